@@ -1,0 +1,200 @@
+"""FedLedger configuration: the defaults users know, and how to override them.
+
+``my_conf`` keeps the key names of the original project (``client.amount``, ``gobal_epoch``
+with its historical spelling, ``BATCH_SIZE`` ...) so existing habits and scripts keep working.
+The engine's own settings sit beside them.
+
+Overrides are applied in a fixed order, later ones winning:
+
+1. a TOML file (``--config run.toml``; nested tables flatten with dots, so
+   ``[client] amount = 4`` and ``"client.amount" = 4`` mean the same),
+2. environment variables ``FL_<KEY>`` (key upper-cased, dots as underscores:
+   ``FL_CLIENT_AMOUNT=4``, ``FL_LEARN_RATE=0.05``),
+3. command-line flags (``--set key=value`` or a program's own flags).
+
+Every value is checked against the default's type and the key's allowed values; an unknown
+key or a wrong type raises :class:`ConfigError` naming the key, the source and what is expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+my_conf: dict[str, Any] = {
+    # --- the names users know from the original project ---
+    "client.amount": 10,  # number of clients (edge nodes) in a job
+    "local_epoch": 2,  # local epochs per round
+    "local_OpenEval": False,  # clients also evaluate right after local training
+    "gobal_epoch": 20,  # global rounds (historical spelling kept on purpose)
+    "openEval": True,  # evaluate every round (else only after the last)
+    "dataset": "cifar",  # digits | mnist | fashionmnist | cifar10 (alias: cifar)
+    "learn_rate": 0.01,
+    "BATCH_SIZE": 64,
+    # --- the engine's settings ---
+    "strategy": "fedper",  # fedper | fedavg | local
+    "model": "auto",  # auto (by dataset) | mlp | cnn_mnist | cnn_cifar
+    "head_layers": 1,  # how many of the last parameterised layers form the head
+    "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
+    "partition": "iid",  # iid | pathological | dirichlet
+    "classes_per_client": 2,  # for the pathological partition
+    "dirichlet_alpha": 0.1,  # for the Dirichlet partition (smaller = more skewed)
+    "train_fraction": 0.75,  # each client's own train/test split
+    "seed": 0,
+    "device": "auto",  # auto (CUDA when present) | cpu | cuda
+    "data_dir": "data",  # where mnist/fashionmnist/cifar10 files live
+    "workers": 0,  # training processes in the simulation; 0 = one per CPU core
+}
+
+ENV_PREFIX = "FL_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else f"one of {', '.join(allowed)}"
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f">= {low}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "> 0"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v < 1 else "between 0 and 1 (exclusive)"
+
+
+_RULES: dict[str, Callable[[Any], str | None]] = {
+    "client.amount": _at_least(1),
+    "local_epoch": _at_least(1),
+    "gobal_epoch": _at_least(1),
+    "learn_rate": _positive,
+    "BATCH_SIZE": _at_least(1),
+    "dataset": _choice("digits", "mnist", "fashionmnist", "cifar10", "cifar"),
+    "strategy": _choice("fedper", "fedavg", "local"),
+    "model": _choice("auto", "mlp", "cnn_mnist", "cnn_cifar"),
+    "head_layers": _at_least(1),
+    "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",
+    "partition": _choice("iid", "pathological", "dirichlet"),
+    "classes_per_client": _at_least(1),
+    "dirichlet_alpha": _positive,
+    "train_fraction": _fraction,
+    "device": _choice("auto", "cpu", "cuda"),
+    "workers": _at_least(0),
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Convert ``value`` to the type of ``my_conf[key]``; strings are parsed (env, CLI)."""
+    expected = type(my_conf[key])
+    problem = f"{key} from {source}: expected {expected.__name__}, got {value!r}"
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(problem + " (use true/false)")
+    if isinstance(value, bool):  # bool is an int subclass; never accept it as a number
+        raise ConfigError(problem)
+    if expected is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ConfigError(problem) from None
+        raise ConfigError(problem)
+    if expected is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ConfigError(problem) from None
+        raise ConfigError(problem)
+    if not isinstance(value, str):
+        raise ConfigError(problem)
+    return value
+
+
+def _apply(conf: dict[str, Any], items: Iterable[tuple[str, Any]], source: str) -> None:
+    for key, value in items:
+        if key not in my_conf:
+            raise ConfigError(
+                f"unknown configuration key {key!r} from {source}; known keys: {', '.join(my_conf)}"
+            )
+        value = _coerce(key, value, source)
+        rule = _RULES.get(key)
+        if rule is not None and (want := rule(value)) is not None:
+            raise ConfigError(f"{key} from {source}: {value!r} is out of range, expected {want}")
+        conf[key] = value
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and name not in my_conf:
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+_ENV_KEYS = {_env_name(key): key for key in my_conf}
+
+
+def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:
+    """Parse ``key=value`` strings (the ``--set`` flag) into a dict of raw strings."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return a validated copy of ``my_conf`` with file, environment and flag overrides applied."""
+    conf = dict(my_conf)
+    if path is not None:
+        file = Path(path)
+        try:
+            table = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        _apply(conf, _flatten(table), f"config file {file}")
+    env = os.environ if env is None else env
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if name not in _ENV_KEYS:
+            raise ConfigError(
+                f"unknown environment variable {name}; known: {', '.join(sorted(_ENV_KEYS))}"
+            )
+        _apply(conf, [(_ENV_KEYS[name], value)], f"environment variable {name}")
+    if overrides:
+        _apply(conf, overrides.items(), "command line")
+    return conf

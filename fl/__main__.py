@@ -1,0 +1,142 @@
+"""``python -m fl``: the standalone serial simulation (server and N clients in one process).
+
+Example: ``python -m fl --dataset digits --clients 10 --rounds 20 --strategy fedper``.
+Every flag overrides one key of ``config.my_conf``; ``--config`` and ``FL_*`` environment
+variables work as described in config.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from config import ConfigError, load_config, parse_assignments
+
+# flag → config key (the names users know stay the config's)
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "dataset": ("dataset", str, "digits | mnist | fashionmnist | cifar10"),
+    "clients": ("client.amount", int, "number of clients"),
+    "rounds": ("gobal_epoch", int, "global rounds"),
+    "strategy": ("strategy", str, "fedper | fedavg | local"),
+    "local-epochs": ("local_epoch", int, "local epochs per round"),
+    "lr": ("learn_rate", float, "learning rate"),
+    "batch-size": ("BATCH_SIZE", int, "batch size"),
+    "momentum": ("momentum", float, "SGD momentum"),
+    "partition": ("partition", str, "iid | pathological | dirichlet"),
+    "classes-per-client": ("classes_per_client", int, "classes per client (pathological)"),
+    "alpha": ("dirichlet_alpha", float, "Dirichlet concentration (dirichlet)"),
+    "train-fraction": ("train_fraction", float, "share of each client's samples used for training"),
+    "model": ("model", str, "auto | mlp | cnn_mnist | cnn_cifar"),
+    "head-layers": ("head_layers", int, "how many last layers form the personal head"),
+    "seed": ("seed", int, "seed of partition, init and shuffles"),
+    "device": ("device", str, "auto | cpu | cuda"),
+    "data-dir": ("data_dir", str, "folder holding dataset files"),
+    "workers": ("workers", int, "training processes (0 = one per core)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fl",
+        description="Simulate federated training (FedPer, FedAvg, Local) in one process.",
+    )
+    parser.add_argument("--config", help="TOML file with overrides of config.my_conf")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set local_OpenEval=true")
+    for flag, (key, kind, text) in FLAGS.items():
+        parser.add_argument(f"--{flag}", type=kind, default=None, help=f"{text} [{key}]")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default runs/sim-<dataset>-<strategy>-<time>)")
+    parser.add_argument("--show-partition", action="store_true",
+                        help="print each client's class histogram before training")
+    parser.add_argument("--quiet", action="store_true", help="print only the final summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        overrides: dict[str, object] = parse_assignments(args.set)
+        for flag, (key, _, _) in FLAGS.items():
+            value = getattr(args, flag.replace("-", "_"))
+            if value is not None:
+                overrides[key] = value
+        conf = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        return 2
+
+    # Imported after the config is checked so that `--help` and config errors answer fast.
+    from fl.datasets import DatasetError, load_dataset
+    from fl.report import histogram_table, rounds_table, save_run
+    from fl.simulation import run_simulation
+
+    try:
+        dataset = load_dataset(conf["dataset"], conf["data_dir"])
+    except DatasetError as exc:
+        console.print(f"[red]dataset error:[/red] {exc}")
+        return 2
+    title = (f"{conf['strategy']} on {dataset.name}: {conf['client.amount']} clients, "
+             f"{conf['partition']} partition, {len(dataset)} samples")
+    console.print(f"[bold]{title}[/bold]")
+    live_view = console.is_terminal and not args.quiet
+    rounds_done: list = []
+    progress = Progress(TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    task = progress.add_task("rounds", total=conf["gobal_epoch"])
+    live = (Live(Group(progress), console=console, vertical_overflow="visible", refresh_per_second=4)
+            if live_view else contextlib.nullcontext())
+
+    def on_round(metrics) -> None:  # noqa: ANN001 - RoundMetrics
+        rounds_done.append(metrics)
+        progress.advance(task)
+        if live_view:  # the table grows above the progress bar
+            live.update(Group(rounds_table(rounds_done), progress))
+        elif not args.quiet:  # a log file gets one line per round
+            console.print(_row_line(metrics), soft_wrap=True)
+
+    try:
+        from fl.federation import JobSpec, client_indices
+
+        if args.show_partition:
+            from fl.partition import class_histogram
+
+            splits = client_indices(dataset.y.numpy(), JobSpec.from_config(conf))
+            hist = class_histogram(dataset.y.numpy(), [s.train for s in splits], dataset.num_classes)
+            console.print(histogram_table(hist.tolist(), [len(s.train) for s in splits],
+                                          [len(s.test) for s in splits]))
+        with live:
+            result = run_simulation(conf, on_round=on_round, dataset=dataset)
+    except (ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+
+    out = args.out or Path("runs") / f"sim-{dataset.name}-{conf['strategy']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = save_run(result, conf, out)
+    if not live_view:
+        console.print(rounds_table(result.rounds, title=title))
+    console.print(
+        f"final accuracy {100 * result.final_accuracy:.2f} %, best {100 * result.best_accuracy:.2f} %, "
+        f"{result.seconds_per_round:.2f} s/round"
+    )
+    for name, path in paths.items():
+        console.print(f"  {name:8s} {path}")
+    return 0
+
+
+def _row_line(m) -> str:  # noqa: ANN001 - RoundMetrics
+    if m.acc_weighted != m.acc_weighted:  # NaN: not evaluated this round
+        return f"round {m.round:4d}  train loss {m.train_loss:.4f}  {m.seconds:.2f} s"
+    return (f"round {m.round:4d}  acc {100 * m.acc_weighted:6.2f} % (min {100 * m.acc_min:6.2f}, "
+            f"max {100 * m.acc_max:6.2f})  loss {m.loss:.4f}  train loss {m.train_loss:.4f}  {m.seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""What a run leaves behind for people: rich tables, a PNG curve, JSON metrics, model files."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from fl.serialize import state_to_bytes, model_hash
+from fl.simulation import RoundMetrics, SimulationResult
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def rounds_table(rounds: Sequence[RoundMetrics], title: str = "") -> Table:
+    """One row per round: weighted/mean/min/max accuracy (%), losses and seconds."""
+    table = Table(title=title or None)
+    for name in ("round", "acc % (weighted)", "mean", "min", "max", "test loss", "train loss", "s"):
+        table.add_column(name, justify="right")
+    show_local = any(r.local_acc_weighted is not None for r in rounds)
+    if show_local:
+        table.add_column("local acc %", justify="right")
+    for r in rounds:
+        row = [str(r.round), _pct(r.acc_weighted), _pct(r.acc_mean), _pct(r.acc_min), _pct(r.acc_max),
+               "–" if math.isnan(r.loss) else f"{r.loss:.4f}", f"{r.train_loss:.4f}", f"{r.seconds:.2f}"]
+        if show_local:
+            row.append(_pct(r.local_acc_weighted))
+        table.add_row(*row)
+    return table
+
+
+def histogram_table(histogram: Sequence[Sequence[int]], num_train: Sequence[int], num_test: Sequence[int]) -> Table:
+    """Per-client class counts of the training split, with train/test sizes."""
+    table = Table(title="training samples per client and class")
+    table.add_column("client", justify="right")
+    for cls in range(len(histogram[0])):
+        table.add_column(str(cls), justify="right")
+    table.add_column("train", justify="right")
+    table.add_column("test", justify="right")
+    for i, counts in enumerate(histogram):
+        table.add_row(str(i), *(str(c) if c else "·" for c in counts), str(num_train[i]), str(num_test[i]))
+    return table
+
+
+def plot_accuracy(curves: dict[str, Sequence[RoundMetrics]], path: Path, title: str) -> None:
+    """Save the weighted test accuracy per round of one or more runs as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, rounds in curves.items():
+        points = [(r.round, 100 * r.acc_weighted) for r in rounds if not math.isnan(r.acc_weighted)]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%, sample-weighted)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_run(result: SimulationResult, conf: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write metrics.json, accuracy.png, the global model and the clients' personal tensors."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = result.job
+    paths = {
+        "metrics": out_dir / "metrics.json",
+        "plot": out_dir / "accuracy.png",
+        "model": out_dir / "global_model.safetensors",
+        "personal": out_dir / "personal_layers.safetensors",
+    }
+    model_bytes = state_to_bytes(result.global_state)
+    paths["model"].write_bytes(model_bytes)
+    personal = {f"client{i}.{k}": v for i, state in enumerate(result.personal_states) for k, v in state.items()}
+    if personal:
+        paths["personal"].write_bytes(state_to_bytes(personal))
+    else:
+        del paths["personal"]
+    metrics = {
+        "config": conf,
+        "job": job.__dict__,
+        "rounds": [r.as_dict() for r in result.rounds],
+        "final_accuracy": result.final_accuracy,
+        "best_accuracy": result.best_accuracy,
+        "seconds_per_round": result.seconds_per_round,
+        "global_model_sha256": model_hash(model_bytes),
+        "clients": {"train": result.num_train, "test": result.num_test, "class_histogram": result.histogram},
+    }
+    paths["metrics"].write_text(json.dumps(metrics, indent=2))
+    plot_accuracy({job.strategy: result.rounds}, paths["plot"],
+                  f"{job.strategy} on {job.dataset}, {job.num_clients} clients ({job.partition})")
+    return paths

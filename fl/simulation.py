@@ -1,0 +1,208 @@
+"""The standalone serial simulation: a server and N clients in one program, no network.
+
+Clients run one after another, or spread over a few worker processes of one thread each:
+small-batch CPU training is bound by per-step overhead, so processes beat threads (see the
+README's performance notes). Every client's round is seeded by (job seed, round, client), so a
+run repeats exactly with the same settings; a different worker count changes only the float
+summation order (threads per process), not which samples or seeds are used.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fl.datasets import Dataset, load_dataset
+from fl.federation import ClientResult, ClientWorker, JobSpec, client_data, client_indices, split_state
+from fl.models import StateDict
+from fl.partition import class_histogram
+from fl.strategy import Update
+from fl.train import ClientData, EvalResult, resolve_device, summarize
+
+
+@dataclass
+class RoundMetrics:
+    round: int
+    acc_weighted: float
+    acc_mean: float
+    acc_min: float
+    acc_max: float
+    loss: float
+    train_loss: float
+    seconds: float
+    local_acc_weighted: float | None = None
+    client_acc: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for JSON; rounds that were not evaluated hold None, not NaN."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class SimulationResult:
+    job: JobSpec
+    rounds: list[RoundMetrics]
+    global_state: StateDict
+    personal_states: list[StateDict]
+    histogram: list[list[int]]
+    num_train: list[int]
+    num_test: list[int]
+
+    @property
+    def best_accuracy(self) -> float:
+        return max(r.acc_weighted for r in self.rounds)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.rounds[-1].acc_weighted
+
+    @property
+    def seconds_per_round(self) -> float:
+        return sum(r.seconds for r in self.rounds) / len(self.rounds)
+
+
+# --- worker processes -------------------------------------------------------------------------
+# State a worker process needs for every task: set once (inherited by fork, or set in-process).
+_CONTEXT: dict[str, Any] = {}
+
+
+def _init_worker(job: JobSpec, clients: list[ClientData], num_classes: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _CONTEXT["worker"] = ClientWorker(job, num_classes, torch.device("cpu"))
+    _CONTEXT["clients"] = clients
+
+
+def _train_task(args: tuple[int, int, StateDict, StateDict, bool]) -> ClientResult:
+    client, round_number, shared, personal, local_eval = args
+    worker: ClientWorker = _CONTEXT["worker"]
+    return worker.train_round(client, _CONTEXT["clients"][client], round_number, shared, personal, local_eval)
+
+
+def _eval_task(args: tuple[int, StateDict, StateDict]) -> EvalResult:
+    client, shared, personal = args
+    return _CONTEXT["worker"].evaluate(_CONTEXT["clients"][client], shared, personal)
+
+
+class _Runner:
+    """Maps tasks over clients in this process or in a pool of worker processes."""
+
+    def __init__(self, job: JobSpec, clients: list[ClientData], num_classes: int,
+                 device: torch.device, workers: int) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1 and device.type == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(job, clients, num_classes, threads),
+            )
+        else:
+            _CONTEXT["worker"] = ClientWorker(job, num_classes, device)
+            _CONTEXT["clients"] = clients
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        if self.pool is None:
+            return map(fn, tasks)
+        return self.pool.map(fn, tasks)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+        _CONTEXT.clear()
+
+
+def default_workers(num_clients: int) -> int:
+    return max(1, min(os.cpu_count() or 1, num_clients))
+
+
+def run_simulation(
+    conf: dict[str, Any],
+    on_round: Callable[[RoundMetrics], None] | None = None,
+    dataset: Dataset | None = None,
+) -> SimulationResult:
+    """Run the job described by ``conf`` (see ``config.my_conf``) and return its metrics."""
+    job = JobSpec.from_config(conf)
+    device = resolve_device(conf["device"])
+    if dataset is None:
+        dataset = load_dataset(job.dataset, conf["data_dir"])
+    splits = client_indices(dataset.y.numpy(), job)
+    clients = [client_data(dataset, s, device) for s in splits]
+    histogram = class_histogram(dataset.y.numpy(), [s.train for s in splits], dataset.num_classes)
+
+    server = ClientWorker(job, dataset.num_classes, torch.device("cpu"))
+    _check_input_shape(server, dataset)
+    global_state = server.model.full_state()
+    personal_states = [split_state(global_state, server.personal_keys) for _ in clients]
+    strategy = server.strategy
+    base_keys, head_keys = server.model.base_keys(), server.model.head_keys()
+
+    workers = conf["workers"] or default_workers(job.num_clients)
+    runner = _Runner(job, clients, dataset.num_classes, device, workers)
+    rounds: list[RoundMetrics] = []
+    try:
+        for round_number in range(1, job.rounds + 1):
+            started = time.perf_counter()
+            shared = split_state(global_state, server.shared_keys)
+            tasks = [(i, round_number, shared, personal_states[i], conf["local_OpenEval"])
+                     for i in range(len(clients))]
+            results: list[ClientResult] = list(runner.map(_train_task, tasks))
+            for result in results:
+                personal_states[result.client] = result.personal
+            updates = [Update(r.shared, r.stats.num_samples) for r in results]
+            global_state = strategy.aggregate(global_state, updates, base_keys, head_keys)
+
+            last = round_number == job.rounds
+            if conf["openEval"] or last:
+                shared = split_state(global_state, server.shared_keys)
+                evals = list(runner.map(_eval_task, [(i, shared, personal_states[i]) for i in range(len(clients))]))
+                summary = summarize(evals)
+                client_acc = [e.accuracy for e in evals]
+            else:
+                summary = {k: float("nan") for k in ("acc_weighted", "acc_mean", "acc_min", "acc_max", "loss")}
+                client_acc = []
+            total_train = sum(r.stats.num_samples for r in results)
+            local = [r.local_eval for r in results if r.local_eval is not None]
+            metrics = RoundMetrics(
+                round=round_number,
+                train_loss=sum(r.stats.loss * r.stats.num_samples for r in results) / total_train,
+                seconds=time.perf_counter() - started,
+                local_acc_weighted=summarize(local)["acc_weighted"] if local else None,
+                client_acc=client_acc,
+                **summary,
+            )
+            rounds.append(metrics)
+            if on_round is not None:
+                on_round(metrics)
+    finally:
+        runner.close()
+    return SimulationResult(
+        job=job,
+        rounds=rounds,
+        global_state=global_state,
+        personal_states=personal_states,
+        histogram=histogram.tolist(),
+        num_train=[c.num_train for c in clients],
+        num_test=[c.num_test for c in clients],
+    )
+
+
+def _check_input_shape(worker: ClientWorker, dataset: Dataset) -> None:
+    """Fail early, with the reason, when the model does not fit the dataset's samples."""
+    try:
+        with torch.no_grad():
+            worker.model.eval()
+            worker.model(dataset.x[:1].to(worker.device))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"model {worker.job.model!r} does not accept {dataset.name} samples of shape "
+            f"{dataset.input_shape}: {exc}"
+        ) from None

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from config import load_config
+from fl.__main__ import main
+from fl.datasets import load_dataset
+from fl.serialize import model_hash, state_from_bytes
+from fl.simulation import run_simulation
+
+DIGITS = load_dataset("digits")
+
+
+def _conf(**overrides):
+    base = {"dataset": "digits", "client.amount": 5, "gobal_epoch": 3, "BATCH_SIZE": 16,
+            "learn_rate": 0.05, "workers": 1}
+    return load_config(env={}, overrides={**base, **overrides})
+
+
+def test_fedper_on_digits_learns_well_above_chance():
+    result = run_simulation(_conf(), dataset=DIGITS)
+    accs = [r.acc_weighted for r in result.rounds]
+    assert len(accs) == 3
+    assert accs[-1] > 0.6  # chance is 0.1
+    assert accs[-1] > accs[0]
+    assert sum(result.num_train) + sum(result.num_test) == len(DIGITS)
+
+
+def test_runs_repeat_exactly_and_barely_depend_on_workers():
+    one = run_simulation(_conf(gobal_epoch=2, workers=2), dataset=DIGITS)
+    again = run_simulation(_conf(gobal_epoch=2, workers=2), dataset=DIGITS)
+    assert [r.acc_weighted for r in one.rounds] == [r.acc_weighted for r in again.rounds]
+    assert all(torch.equal(one.global_state[k], again.global_state[k]) for k in one.global_state)
+    # one process with 2 threads sums in another order than 2 processes with 1 thread each
+    serial = run_simulation(_conf(gobal_epoch=2, workers=1), dataset=DIGITS)
+    assert all(torch.allclose(one.global_state[k], serial.global_state[k], atol=1e-4) for k in one.global_state)
+
+
+def test_fedper_keeps_heads_personal_and_fedavg_shares_them():
+    fedper = run_simulation(_conf(gobal_epoch=1, partition="pathological"), dataset=DIGITS)
+    heads = [s["fc.weight"] for s in fedper.personal_states]
+    assert set(fedper.personal_states[0]) == {"fc.weight", "fc.bias"}
+    assert not torch.equal(heads[0], heads[1])
+    fedavg = run_simulation(_conf(gobal_epoch=1, strategy="fedavg"), dataset=DIGITS)
+    assert fedavg.personal_states[0] == {}
+    local = run_simulation(_conf(gobal_epoch=1, strategy="local"), dataset=DIGITS)
+    assert set(local.personal_states[0]) == set(local.global_state)
+
+
+def test_local_open_eval_and_open_eval_off():
+    result = run_simulation(_conf(gobal_epoch=2, openEval=False, local_OpenEval=True), dataset=DIGITS)
+    assert result.rounds[0].acc_weighted != result.rounds[0].acc_weighted  # NaN: not evaluated
+    assert 0 < result.rounds[-1].acc_weighted <= 1  # the last round is always evaluated
+    assert all(r.local_acc_weighted is not None for r in result.rounds)
+
+
+def test_model_that_does_not_fit_the_data_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not accept digits samples"):
+        run_simulation(_conf(model="cnn_mnist"), dataset=DIGITS)
+
+
+def test_cli_writes_table_plot_metrics_and_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["--dataset", "digits", "--clients", "4", "--rounds", "2", "--strategy", "fedper",
+                 "--batch-size", "16", "--lr", "0.05", "--workers", "1", "--show-partition",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "training samples per client and class" in printed
+    assert "final accuracy" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    model_bytes = (out / "global_model.safetensors").read_bytes()
+    assert metrics["global_model_sha256"] == model_hash(model_bytes)
+    assert set(state_from_bytes(model_bytes)) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc.weight", "fc.bias"}
+    personal = state_from_bytes((out / "personal_layers.safetensors").read_bytes())
+    assert set(personal) == {f"client{i}.{k}" for i in range(4) for k in ("fc.weight", "fc.bias")}
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_reports_config_and_dataset_errors(tmp_path, capsys):
+    assert main(["--clients", "0"]) == 2
+    assert "client.amount" in capsys.readouterr().out
+    assert main(["--dataset", "mnist", "--data-dir", str(tmp_path)]) == 2
+    assert "no mnist IDX files" in capsys.readouterr().out

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from fl.strategy import FedAvg, FedPer, InvalidUpdate, Local, Update, get_strategy, validate_update, weighted_average
+
+BASE = ["base.weight", "base.bias"]
+HEAD = ["head.weight"]
+
+
+def _state(value: float) -> dict[str, torch.Tensor]:
+    return {
+        "base.weight": torch.full((3, 2), value),
+        "base.bias": torch.full((3,), value * 2),
+        "head.weight": torch.full((2, 3), -value),
+    }
+
+
+def test_weighted_average_matches_hand_computation():
+    torch.manual_seed(0)
+    states = [{k: torch.randn(4, 5) for k in ("a", "b")} for _ in range(3)]
+    counts = [10, 30, 60]
+    out = weighted_average([Update(s, n) for s, n in zip(states, counts)], ["a", "b"])
+    for key in ("a", "b"):
+        expected = [[sum(states[i][key][r][c].item() * counts[i] for i in range(3)) / 100 for c in range(5)]
+                    for r in range(4)]
+        assert torch.allclose(out[key], torch.tensor(expected), atol=1e-6)
+
+
+def test_fedper_averages_base_and_leaves_head():
+    global_state = _state(0.0)
+    updates = [Update(_state(1.0), 1), Update(_state(4.0), 3)]
+    # FedPer clients send only the base layers
+    updates = [Update({k: u.state[k] for k in BASE}, u.num_samples) for u in updates]
+    new = FedPer().aggregate(global_state, updates, BASE, HEAD)
+    assert torch.allclose(new["base.weight"], torch.full((3, 2), 3.25))
+    assert torch.allclose(new["base.bias"], torch.full((3,), 6.5))
+    assert torch.equal(new["head.weight"], global_state["head.weight"])
+
+
+def test_fedavg_averages_everything_and_local_nothing():
+    updates = [Update(_state(2.0), 1), Update(_state(6.0), 1)]
+    new = FedAvg().aggregate(_state(0.0), updates, BASE, HEAD)
+    assert torch.allclose(new["head.weight"], torch.full((2, 3), -4.0))
+    assert torch.allclose(new["base.weight"], torch.full((3, 2), 4.0))
+    same = Local().aggregate(_state(0.5), [Update({}, 5)], BASE, HEAD)
+    assert all(torch.equal(same[k], _state(0.5)[k]) for k in same)
+
+
+def test_aggregate_does_not_modify_inputs():
+    global_state = _state(0.0)
+    update = {k: v.clone() for k, v in _state(1.0).items()}
+    FedAvg().aggregate(global_state, [Update(update, 2)], BASE, HEAD)
+    assert torch.equal(global_state["base.weight"], torch.zeros(3, 2))
+    assert torch.equal(update["base.weight"], torch.ones(3, 2))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s.pop("base.bias"), r"missing \['base.bias'\]"),
+        (lambda s: s.update(extra=torch.zeros(1)), r"unexpected \['extra'\]"),
+        (lambda s: s.update({"base.weight": torch.zeros(2, 3)}), r"shape \(2, 3\), expected \(3, 2\)"),
+        (lambda s: s.update({"base.weight": torch.zeros(3, 2, dtype=torch.float64)}), "dtype"),
+        (lambda s: s["base.bias"].__setitem__(0, float("nan")), "NaN or infinite"),
+        (lambda s: s["base.bias"].__setitem__(1, float("inf")), "NaN or infinite"),
+    ],
+)
+def test_bad_updates_are_rejected(mutate, message):
+    bad = {k: v.clone() for k, v in _state(1.0).items() if k in BASE}
+    mutate(bad)
+    good = Update({k: _state(1.0)[k] for k in BASE}, 1)
+    with pytest.raises(InvalidUpdate, match="update 1: .*" + message):
+        FedPer().aggregate(_state(0.0), [good, Update(bad, 1)], BASE, HEAD)
+
+
+def test_bad_sample_counts_rejected():
+    with pytest.raises(InvalidUpdate, match="sample counts"):
+        weighted_average([Update(_state(1.0), 0)], BASE)
+    with pytest.raises(ValueError, match="no updates"):
+        weighted_average([], BASE)
+
+
+def test_validate_update_names_the_key():
+    with pytest.raises(InvalidUpdate, match="head.weight: expected a tensor"):
+        validate_update({"head.weight": torch.zeros(1)}, {"head.weight": [0.0]})
+
+
+def test_get_strategy():
+    assert isinstance(get_strategy("FedPer"), FedPer)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        get_strategy("scaffold")
