@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fl.names import DATASET_ALIASES, DATASETS, DEVICES, MODELS, PARTITIONS, STRATEGIES
+
 my_conf: dict[str, Any] = {
     # --- the names users know from the original project ---
     "client.amount": 10,  # number of clients (edge nodes) in a job
@@ -78,18 +80,21 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "gobal_epoch": _at_least(1),
     "learn_rate": _positive,
     "BATCH_SIZE": _at_least(1),
-    "dataset": _choice("digits", "mnist", "fashionmnist", "cifar10", "cifar"),
-    "strategy": _choice("fedper", "fedavg", "local"),
-    "model": _choice("auto", "mlp", "cnn_mnist", "cnn_cifar"),
+    "dataset": _choice(*DATASETS, *DATASET_ALIASES),
+    "strategy": _choice(*STRATEGIES),
+    "model": _choice(*MODELS),
     "head_layers": _at_least(1),
     "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",
-    "partition": _choice("iid", "pathological", "dirichlet"),
+    "partition": _choice(*PARTITIONS),
     "classes_per_client": _at_least(1),
     "dirichlet_alpha": _positive,
     "train_fraction": _fraction,
-    "device": _choice("auto", "cpu", "cuda"),
+    "device": _choice(*DEVICES),
     "workers": _at_least(0),
+    "seed": _at_least(0),
 }
+
+_CHOICE_KEYS = {"dataset", "strategy", "model", "partition", "device"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -137,6 +142,8 @@ def _apply(conf: dict[str, Any], items: Iterable[tuple[str, Any]], source: str) 
                 f"unknown configuration key {key!r} from {source}; known keys: {', '.join(my_conf)}"
             )
         value = _coerce(key, value, source)
+        if key in _CHOICE_KEYS:
+            value = value.strip().lower()
         rule = _RULES.get(key)
         if rule is not None and (want := rule(value)) is not None:
             raise ConfigError(f"{key} from {source}: {value!r} is out of range, expected {want}")

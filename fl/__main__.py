@@ -1,4 +1,4 @@
-"""``python -m fl``: the standalone serial simulation (server and N clients in one process).
+"""``python -m fl``: the standalone simulation (server and N clients, no network).
 
 Example: ``python -m fl --dataset digits --clients 10 --rounds 20 --strategy fedper``.
 Every flag overrides one key of ``config.my_conf``; ``--config`` and ``FL_*`` environment
@@ -45,7 +45,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fl",
-        description="Simulate federated training (FedPer, FedAvg, Local) in one process.",
+        description="Simulate federated training (FedPer, FedAvg, Local) on one machine, without a network.",
     )
     parser.add_argument("--config", help="TOML file with overrides of config.my_conf")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     out = args.out or Path("runs") / f"sim-{dataset.name}-{conf['strategy']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    paths = save_run(result, conf, out)
+    try:
+        paths = save_run(result, conf, out)
+    except OSError as exc:
+        console.print(f"[red]cannot write the results to {out}:[/red] {exc}")
+        return 1
     if not live_view:
         console.print(rounds_table(result.rounds, title=title))
     console.print(

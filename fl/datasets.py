@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
-ALIASES = {"cifar": "cifar10", "fashion_mnist": "fashionmnist", "fmnist": "fashionmnist"}
+from fl.names import DATASET_ALIASES as ALIASES
+from fl.names import DATASETS
 
 _SOURCES = {
     "mnist": "http://yann.lecun.com/exdb/mnist/ (train/t10k images and labels, IDX .gz)",
@@ -133,7 +133,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{path}: IDX header declares shape {shape} ({expected} bytes) "
             f"but the file holds {len(data) - header} bytes of data"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)  # torch takes native order only
 
 
 def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +150,17 @@ def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.
         raise DatasetError(
             f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels"
         )
+    return images, _check_labels(labels, labels_path)
+
+
+def _check_labels(labels: np.ndarray, source: Path | str) -> np.ndarray:
+    """Class labels as int64 in 0..9, or a DatasetError naming the file."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{source}: labels must be a vector of integers, got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DatasetError(f"{labels_path}: labels must lie in 0..9")
-    return images, labels.astype(np.int64)
+        raise DatasetError(f"{source}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
+    return labels.astype(np.int64)
 
 
 def find_idx_pairs(directory: Path) -> list[tuple[Path, Path]]:
@@ -161,11 +170,11 @@ def find_idx_pairs(directory: Path) -> list[tuple[Path, Path]]:
         if images.suffix not in ("", ".gz"):
             continue
         prefix = images.name.split("-images-idx3-ubyte")[0]
-        for suffix in (images.suffix, ".gz" if images.suffix == "" else ""):
-            labels = directory / f"{prefix}-labels-idx1-ubyte{suffix}"
-            if labels.exists():
-                pairs.append((images, labels))
-                break
+        candidates = [directory / f"{prefix}-labels-idx1-ubyte{s}" for s in (".gz", "")]
+        labels = next((c for c in candidates if c.exists()), None)
+        if labels is None:
+            raise DatasetError(f"{images} has no labels file beside it: expected {candidates[0].name}")
+        pairs.append((images, labels))
     return pairs
 
 
@@ -221,15 +230,17 @@ def restricted_load(data: bytes) -> object:
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = restricted_load(path.read_bytes())
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        if not isinstance(batch, dict):
+            raise ValueError("no dict inside")
+        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = _check_labels(np.asarray(batch["labels"]), path)
+    except DatasetError:
+        raise
+    except KeyError as exc:
+        raise DatasetError(f"{path} lacks the {exc} entry of a CIFAR-10 batch") from None
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
         raise DatasetError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
-    if not isinstance(batch, dict):
-        raise DatasetError(f"{path} is not a CIFAR-10 python batch (no dict inside)")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    if "data" not in batch or "labels" not in batch:
-        raise DatasetError(f"{path} lacks the 'data' and 'labels' entries of a CIFAR-10 batch")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch["labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
         raise DatasetError(
             f"{path}: expected N×3072 pixels and N labels, got {data.shape} and {labels.shape}"

@@ -82,7 +82,14 @@ def client_indices(labels: np.ndarray, job: JobSpec) -> list[ClientIndices]:
     parts = partition(
         labels, job.num_clients, job.partition, job.seed, job.classes_per_client, job.dirichlet_alpha
     )
-    return [client_split(p, job.train_fraction, job.seed, i) for i, p in enumerate(parts)]
+    splits = [client_split(p, job.train_fraction, job.seed, i) for i, p in enumerate(parts)]
+    for i, split in enumerate(splits):
+        if len(split.train) == 0 or len(split.test) == 0:
+            raise ValueError(
+                f"client {i} got {len(split.train)} training and {len(split.test)} test samples "
+                f"from the {job.partition} partition; use fewer clients or another partition"
+            )
+    return splits
 
 
 def client_data(dataset: Dataset, split: ClientIndices, device: torch.device) -> ClientData:

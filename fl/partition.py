@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PARTITIONS = ("iid", "pathological", "dirichlet")
+from fl.names import PARTITIONS
 
 
 @dataclass(frozen=True)

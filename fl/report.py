@@ -70,7 +70,11 @@ def plot_accuracy(curves: dict[str, Sequence[RoundMetrics]], path: Path, title: 
 
 
 def save_run(result: SimulationResult, conf: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write metrics.json, accuracy.png, the global model and the clients' personal tensors."""
+    """Write metrics.json, accuracy.png, the global shared layers and the clients' personal ones.
+
+    The global model file holds what the strategy shares (the base for FedPer, everything for
+    FedAvg) and is left out for Local, where nothing is shared.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     job = result.job
     paths = {
@@ -80,20 +84,20 @@ def save_run(result: SimulationResult, conf: dict[str, Any], out_dir: Path) -> d
         "personal": out_dir / "personal_layers.safetensors",
     }
     model_bytes = state_to_bytes(result.global_state)
-    paths["model"].write_bytes(model_bytes)
     personal = {f"client{i}.{k}": v for i, state in enumerate(result.personal_states) for k, v in state.items()}
-    if personal:
-        paths["personal"].write_bytes(state_to_bytes(personal))
-    else:
-        del paths["personal"]
+    for name, state, data in (("model", result.global_state, model_bytes), ("personal", personal, None)):
+        if state:
+            paths[name].write_bytes(data if data is not None else state_to_bytes(state))
+        else:
+            del paths[name]
     metrics = {
         "config": conf,
         "job": job.__dict__,
         "rounds": [r.as_dict() for r in result.rounds],
         "final_accuracy": result.final_accuracy,
-        "best_accuracy": result.best_accuracy,
+        "best_accuracy": result.best_accuracy,  # the last round is always evaluated: never NaN
         "seconds_per_round": result.seconds_per_round,
-        "global_model_sha256": model_hash(model_bytes),
+        "global_model_sha256": model_hash(model_bytes) if result.global_state else None,
         "clients": {"train": result.num_train, "test": result.num_test, "class_histogram": result.histogram},
     }
     paths["metrics"].write_text(json.dumps(metrics, indent=2))

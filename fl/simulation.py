@@ -1,6 +1,6 @@
-"""The standalone serial simulation: a server and N clients in one program, no network.
+"""The standalone simulation: a server and N clients in one program, no network.
 
-Clients run one after another, or spread over a few worker processes of one thread each:
+Clients run one after another, or spread over worker processes of one thread each:
 small-batch CPU training is bound by per-step overhead, so processes beat threads (see the
 README's performance notes). Every client's round is seeded by (job seed, round, client), so a
 run repeats exactly with the same settings; a different worker count changes only the float
@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from fl.datasets import Dataset, load_dataset
-from fl.federation import ClientResult, ClientWorker, JobSpec, client_data, client_indices, split_state
+from fl.federation import ClientWorker, JobSpec, client_data, client_indices, split_state
 from fl.models import StateDict
 from fl.partition import class_histogram
 from fl.strategy import Update
-from fl.train import ClientData, EvalResult, resolve_device, summarize
+from fl.serialize import state_from_bytes, state_to_bytes
+from fl.train import ClientData, EvalResult, TrainStats, resolve_device, summarize
 
 
 @dataclass
@@ -58,7 +59,8 @@ class SimulationResult:
 
     @property
     def best_accuracy(self) -> float:
-        return max(r.acc_weighted for r in self.rounds)
+        """The best evaluated round (rounds skipped with openEval=False hold NaN)."""
+        return max(r.acc_weighted for r in self.rounds if not math.isnan(r.acc_weighted))
 
     @property
     def final_accuracy(self) -> float:
@@ -71,24 +73,41 @@ class SimulationResult:
 
 # --- worker processes -------------------------------------------------------------------------
 # State a worker process needs for every task: set once (inherited by fork, or set in-process).
+# Tensors cross the process boundary as safetensors bytes, the same encoding the network uses:
+# one memcpy each way, where pickled tensors would each go through a shared-memory handshake.
 _CONTEXT: dict[str, Any] = {}
 
 
-def _init_worker(job: JobSpec, clients: list[ClientData], num_classes: int, threads: int) -> None:
-    torch.set_num_threads(threads)
+def _init_worker(job: JobSpec, clients: list[ClientData], num_classes: int) -> None:
+    # One thread, set before any torch op: small batches gain nothing from more, and an
+    # OpenMP thread team must never be started in a process forked from a threaded parent.
+    torch.set_num_threads(1)
     _CONTEXT["worker"] = ClientWorker(job, num_classes, torch.device("cpu"))
     _CONTEXT["clients"] = clients
 
 
-def _train_task(args: tuple[int, int, StateDict, StateDict, bool]) -> ClientResult:
+@dataclass(frozen=True)
+class _TrainOutcome:
+    client: int
+    shared: bytes
+    personal: bytes
+    stats: TrainStats
+    local_eval: EvalResult | None
+
+
+def _train_task(args: tuple[int, int, bytes, bytes, bool]) -> _TrainOutcome:
     client, round_number, shared, personal, local_eval = args
     worker: ClientWorker = _CONTEXT["worker"]
-    return worker.train_round(client, _CONTEXT["clients"][client], round_number, shared, personal, local_eval)
+    result = worker.train_round(client, _CONTEXT["clients"][client], round_number,
+                                state_from_bytes(shared), state_from_bytes(personal), local_eval)
+    return _TrainOutcome(client, state_to_bytes(result.shared), state_to_bytes(result.personal),
+                         result.stats, result.local_eval)
 
 
-def _eval_task(args: tuple[int, StateDict, StateDict]) -> EvalResult:
+def _eval_task(args: tuple[int, bytes, bytes]) -> EvalResult:
     client, shared, personal = args
-    return _CONTEXT["worker"].evaluate(_CONTEXT["clients"][client], shared, personal)
+    return _CONTEXT["worker"].evaluate(_CONTEXT["clients"][client], state_from_bytes(shared),
+                                       state_from_bytes(personal))
 
 
 class _Runner:
@@ -97,13 +116,15 @@ class _Runner:
     def __init__(self, job: JobSpec, clients: list[ClientData], num_classes: int,
                  device: torch.device, workers: int) -> None:
         self.pool: ProcessPoolExecutor | None = None
-        if workers > 1 and device.type == "cpu":
-            threads = max(1, (os.cpu_count() or 1) // workers)
+        workers = min(workers, len(clients))
+        can_fork = "fork" in multiprocessing.get_all_start_methods()
+        if workers > 1 and device.type == "cpu" and can_fork:
+            # fork: workers inherit the clients' tensors instead of receiving copies
             self.pool = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("fork"),
                 initializer=_init_worker,
-                initargs=(job, clients, num_classes, threads),
+                initargs=(job, clients, num_classes),
             )
         else:
             _CONTEXT["worker"] = ClientWorker(job, num_classes, device)
@@ -141,7 +162,7 @@ def run_simulation(
     server = ClientWorker(job, dataset.num_classes, torch.device("cpu"))
     _check_input_shape(server, dataset)
     global_state = server.model.full_state()
-    personal_states = [split_state(global_state, server.personal_keys) for _ in clients]
+    personal_bytes = [state_to_bytes(split_state(global_state, server.personal_keys))] * len(clients)
     strategy = server.strategy
     base_keys, head_keys = server.model.base_keys(), server.model.head_keys()
 
@@ -151,19 +172,19 @@ def run_simulation(
     try:
         for round_number in range(1, job.rounds + 1):
             started = time.perf_counter()
-            shared = split_state(global_state, server.shared_keys)
-            tasks = [(i, round_number, shared, personal_states[i], conf["local_OpenEval"])
+            shared = state_to_bytes(split_state(global_state, server.shared_keys))
+            tasks = [(i, round_number, shared, personal_bytes[i], conf["local_OpenEval"])
                      for i in range(len(clients))]
-            results: list[ClientResult] = list(runner.map(_train_task, tasks))
+            results: list[_TrainOutcome] = list(runner.map(_train_task, tasks))
             for result in results:
-                personal_states[result.client] = result.personal
-            updates = [Update(r.shared, r.stats.num_samples) for r in results]
+                personal_bytes[result.client] = result.personal
+            updates = [Update(state_from_bytes(r.shared), r.stats.num_samples) for r in results]
             global_state = strategy.aggregate(global_state, updates, base_keys, head_keys)
 
             last = round_number == job.rounds
             if conf["openEval"] or last:
-                shared = split_state(global_state, server.shared_keys)
-                evals = list(runner.map(_eval_task, [(i, shared, personal_states[i]) for i in range(len(clients))]))
+                shared = state_to_bytes(split_state(global_state, server.shared_keys))
+                evals = list(runner.map(_eval_task, [(i, shared, personal_bytes[i]) for i in range(len(clients))]))
                 summary = summarize(evals)
                 client_acc = [e.accuracy for e in evals]
             else:
@@ -187,8 +208,8 @@ def run_simulation(
     return SimulationResult(
         job=job,
         rounds=rounds,
-        global_state=global_state,
-        personal_states=personal_states,
+        global_state=split_state(global_state, server.shared_keys),
+        personal_states=[state_from_bytes(b) for b in personal_bytes],
         histogram=histogram.tolist(),
         num_train=[c.num_train for c in clients],
         num_test=[c.num_test for c in clients],

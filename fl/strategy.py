@@ -9,6 +9,7 @@ combination of partials are the same sample-weighted average, so one function se
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,9 +55,9 @@ def weighted_average(updates: Sequence[Update], keys: Iterable[str]) -> StateDic
     if not updates:
         raise ValueError("nothing to aggregate: no updates")
     counts = [u.num_samples for u in updates]
-    if any(not isinstance(c, int) or c <= 0 for c in counts):
+    if any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c <= 0 for c in counts):
         raise InvalidUpdate(f"sample counts must be positive integers, got {counts}")
-    total = float(sum(counts))
+    total = float(sum(int(c) for c in counts))
     out: StateDict = {}
     for key in keys:
         first = updates[0].state[key]
@@ -65,7 +66,7 @@ def weighted_average(updates: Sequence[Update], keys: Iterable[str]) -> StateDic
             continue
         acc = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
         for update in updates:
-            acc.add_(update.state[key].to(torch.float64), alpha=update.num_samples / total)
+            acc.add_(update.state[key].to(torch.float64), alpha=int(update.num_samples) / total)
         out[key] = acc.to(first.dtype)
     return out
 
@@ -91,6 +92,8 @@ class Strategy(ABC):
         Keys the strategy does not share are carried over from ``global_state`` unchanged.
         """
         keys = self.shared_keys(base_keys, head_keys)
+        if keys and not updates:
+            raise ValueError(f"{self.name}: nothing to aggregate, no client returned an update")
         reference = {k: global_state[k] for k in keys}
         for index, update in enumerate(updates):
             try:
@@ -98,7 +101,7 @@ class Strategy(ABC):
             except InvalidUpdate as exc:
                 raise InvalidUpdate(f"update {index}: {exc}") from None
         new_state = {k: v.clone() for k, v in global_state.items()}
-        if keys and updates:
+        if keys:
             new_state.update(weighted_average(updates, keys))
         return new_state
 

@@ -43,6 +43,7 @@ def test_dotted_key_in_file(tmp_path):
         ({"learn_rate": -1}, "out of range"),
         ({"strategy": "fedsgd"}, "one of fedper, fedavg, local"),
         ({"train_fraction": 1.0}, "between 0 and 1"),
+        ({"seed": -1}, "seed from command line: -1 is out of range"),
     ],
 )
 def test_bad_values_are_clear_errors(overrides, message):
@@ -62,6 +63,11 @@ def test_file_errors(tmp_path):
     bad.write_text("dataset = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, env={})
+
+
+def test_choices_are_case_insensitive_and_aliases_accepted():
+    conf = load_config(env={}, overrides={"dataset": "FMNIST", "strategy": "FedAvg"})
+    assert (conf["dataset"], conf["strategy"]) == ("fmnist", "fedavg")
 
 
 def test_parse_assignments():

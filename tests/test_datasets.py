@@ -123,3 +123,34 @@ def test_digits_loads_offline():
     assert ds.x.shape == (1797, 1, 8, 8)
     assert set(ds.y.tolist()) == set(range(10))
     assert -1.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0
+
+
+def test_big_endian_idx_values_come_back_native(tmp_path):
+    values = np.array([1, -2, 300], dtype=">i4")
+    header = bytes([0, 0, 0x0C, 1]) + struct.pack(">I", 3)
+    (tmp_path / "v").write_bytes(header + values.tobytes())
+    got = read_idx(tmp_path / "v")
+    assert got.dtype.isnative and got.tolist() == [1, -2, 300]
+    assert torch.from_numpy(got).tolist() == [1, -2, 300]
+
+
+def test_images_without_labels_file_is_named(tmp_path):
+    x, _ = fake_mnist(3, 5)
+    write_idx(tmp_path / "set-images-idx3-ubyte.gz", x)
+    with pytest.raises(DatasetError, match="no labels file beside it: expected set-labels-idx1-ubyte.gz"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_cifar_bad_labels_and_missing_entries(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.zeros((2, 3072), dtype=np.uint8)
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": data, b"labels": [0, 12]}, protocol=2))
+    with pytest.raises(DatasetError, match="labels must lie in 0..9"):
+        load_dataset("cifar10", tmp_path)
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": data}, protocol=2))
+    with pytest.raises(DatasetError, match="lacks the 'labels' entry"):
+        load_dataset("cifar10", tmp_path)
+    (folder / "data_batch_1").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DatasetError, match="not a CIFAR-10 python batch"):
+        load_dataset("cifar10", tmp_path)

@@ -41,23 +41,41 @@ def test_fedper_keeps_heads_personal_and_fedavg_shares_them():
     fedper = run_simulation(_conf(gobal_epoch=1, partition="pathological"), dataset=DIGITS)
     heads = [s["fc.weight"] for s in fedper.personal_states]
     assert set(fedper.personal_states[0]) == {"fc.weight", "fc.bias"}
+    assert set(fedper.global_state) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     assert not torch.equal(heads[0], heads[1])
     fedavg = run_simulation(_conf(gobal_epoch=1, strategy="fedavg"), dataset=DIGITS)
     assert fedavg.personal_states[0] == {}
+    assert "fc.weight" in fedavg.global_state
     local = run_simulation(_conf(gobal_epoch=1, strategy="local"), dataset=DIGITS)
-    assert set(local.personal_states[0]) == set(local.global_state)
+    assert local.global_state == {}
+    assert set(local.personal_states[0]) == set(fedavg.global_state)
+    assert not torch.equal(local.personal_states[0]["fc1.weight"], local.personal_states[1]["fc1.weight"])
+
+
+def test_too_many_clients_for_the_data_is_a_clear_error():
+    with pytest.raises(ValueError, match="client .* got .* test samples"):
+        run_simulation(_conf(**{"client.amount": 1797}), dataset=DIGITS)
 
 
 def test_local_open_eval_and_open_eval_off():
     result = run_simulation(_conf(gobal_epoch=2, openEval=False, local_OpenEval=True), dataset=DIGITS)
     assert result.rounds[0].acc_weighted != result.rounds[0].acc_weighted  # NaN: not evaluated
     assert 0 < result.rounds[-1].acc_weighted <= 1  # the last round is always evaluated
+    assert result.best_accuracy == result.final_accuracy == result.rounds[-1].acc_weighted
+    assert result.rounds[0].as_dict()["acc_weighted"] is None
     assert all(r.local_acc_weighted is not None for r in result.rounds)
 
 
 def test_model_that_does_not_fit_the_data_is_a_clear_error():
     with pytest.raises(ValueError, match="does not accept digits samples"):
         run_simulation(_conf(model="cnn_mnist"), dataset=DIGITS)
+
+
+@pytest.fixture(autouse=True)
+def _no_fl_environment(monkeypatch):
+    """The CLI reads FL_* variables; a stray one in the caller's shell must not leak in."""
+    for name in [n for n in __import__("os").environ if n.startswith("FL_")]:
+        monkeypatch.delenv(name)
 
 
 def test_cli_writes_table_plot_metrics_and_model(tmp_path, capsys):
@@ -73,7 +91,8 @@ def test_cli_writes_table_plot_metrics_and_model(tmp_path, capsys):
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     model_bytes = (out / "global_model.safetensors").read_bytes()
     assert metrics["global_model_sha256"] == model_hash(model_bytes)
-    assert set(state_from_bytes(model_bytes)) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc.weight", "fc.bias"}
+    # FedPer's global model is the shared base; each head stays with its client
+    assert set(state_from_bytes(model_bytes)) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     personal = state_from_bytes((out / "personal_layers.safetensors").read_bytes())
     assert set(personal) == {f"client{i}.{k}" for i in range(4) for k in ("fc.weight", "fc.bias")}
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

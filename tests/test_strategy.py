@@ -89,3 +89,14 @@ def test_get_strategy():
     assert isinstance(get_strategy("FedPer"), FedPer)
     with pytest.raises(ValueError, match="unknown strategy"):
         get_strategy("scaffold")
+
+
+def test_no_updates_for_shared_keys_is_an_error_and_numpy_counts_work():
+    import numpy as np
+
+    with pytest.raises(ValueError, match="no client returned an update"):
+        FedPer().aggregate(_state(0.0), [], BASE, HEAD)
+    new = FedPer().aggregate(_state(0.0), [Update({k: _state(2.0)[k] for k in BASE}, np.int64(3))], BASE, HEAD)
+    assert torch.allclose(new["base.weight"], torch.full((3, 2), 2.0))
+    with pytest.raises(InvalidUpdate, match="sample counts"):
+        weighted_average([Update(_state(1.0), True)], BASE)
