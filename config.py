@@ -112,23 +112,14 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         raise ConfigError(problem + " (use true/false)")
     if isinstance(value, bool):  # bool is an int subclass; never accept it as a number
         raise ConfigError(problem)
-    if expected is int:
-        if isinstance(value, int):
-            return value
+    if expected in (int, float):
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                return expected(value.strip())
             except ValueError:
                 raise ConfigError(problem) from None
-        raise ConfigError(problem)
-    if expected is float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise ConfigError(problem) from None
+        if isinstance(value, int) or (expected is float and isinstance(value, float)):
+            return expected(value)
         raise ConfigError(problem)
     if not isinstance(value, str):
         raise ConfigError(problem)
