@@ -85,11 +85,14 @@ def save_run(result: SimulationResult, conf: dict[str, Any], out_dir: Path) -> d
     }
     model_bytes = state_to_bytes(result.global_state)
     personal = {f"client{i}.{k}": v for i, state in enumerate(result.personal_states) for k, v in state.items()}
-    for name, state, data in (("model", result.global_state, model_bytes), ("personal", personal, None)):
-        if state:
-            paths[name].write_bytes(data if data is not None else state_to_bytes(state))
-        else:
-            del paths[name]
+    if result.global_state:
+        paths["model"].write_bytes(model_bytes)
+    else:
+        del paths["model"]
+    if personal:
+        paths["personal"].write_bytes(state_to_bytes(personal))
+    else:
+        del paths["personal"]
     metrics = {
         "config": conf,
         "job": job.__dict__,

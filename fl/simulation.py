@@ -163,6 +163,7 @@ def run_simulation(
     _check_input_shape(server, dataset)
     global_state = server.model.full_state()
     personal_bytes = [state_to_bytes(split_state(global_state, server.personal_keys))] * len(clients)
+    shared = state_to_bytes(split_state(global_state, server.shared_keys))  # encoded once per round
     strategy = server.strategy
     base_keys, head_keys = server.model.base_keys(), server.model.head_keys()
 
@@ -172,7 +173,6 @@ def run_simulation(
     try:
         for round_number in range(1, job.rounds + 1):
             started = time.perf_counter()
-            shared = state_to_bytes(split_state(global_state, server.shared_keys))
             tasks = [(i, round_number, shared, personal_bytes[i], conf["local_OpenEval"])
                      for i in range(len(clients))]
             results: list[_TrainOutcome] = list(runner.map(_train_task, tasks))
@@ -180,10 +180,10 @@ def run_simulation(
                 personal_bytes[result.client] = result.personal
             updates = [Update(state_from_bytes(r.shared), r.stats.num_samples) for r in results]
             global_state = strategy.aggregate(global_state, updates, base_keys, head_keys)
+            shared = state_to_bytes(split_state(global_state, server.shared_keys))
 
             last = round_number == job.rounds
             if conf["openEval"] or last:
-                shared = state_to_bytes(split_state(global_state, server.shared_keys))
                 evals = list(runner.map(_eval_task, [(i, shared, personal_bytes[i]) for i in range(len(clients))]))
                 summary = summarize(evals)
                 client_acc = [e.accuracy for e in evals]

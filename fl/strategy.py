@@ -57,7 +57,8 @@ def weighted_average(updates: Sequence[Update], keys: Iterable[str]) -> StateDic
     counts = [u.num_samples for u in updates]
     if any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c <= 0 for c in counts):
         raise InvalidUpdate(f"sample counts must be positive integers, got {counts}")
-    total = float(sum(int(c) for c in counts))
+    total = sum(int(c) for c in counts)
+    weights = [int(c) / total for c in counts]
     out: StateDict = {}
     for key in keys:
         first = updates[0].state[key]
@@ -65,8 +66,8 @@ def weighted_average(updates: Sequence[Update], keys: Iterable[str]) -> StateDic
             out[key] = first.clone()
             continue
         acc = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
-        for update in updates:
-            acc.add_(update.state[key].to(torch.float64), alpha=int(update.num_samples) / total)
+        for update, weight in zip(updates, weights):
+            acc.add_(update.state[key].to(torch.float64), alpha=weight)
         out[key] = acc.to(first.dtype)
     return out
 
