@@ -1,0 +1,1 @@
+"""The running node: identity (keys), chain rules, and (later) membership and services."""

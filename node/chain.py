@@ -1,0 +1,325 @@
+"""Chain rules: transactions, blocks, their hashes and signatures, and block validation.
+
+Everything hashed goes through one canonical encoding (JSON with sorted keys, fixed separators,
+UTF-8, and no floats: a float has more than one textual form, so metrics travel as fixed-point
+strings made by :func:`fixed`). A transaction's hash is the SHA-256 of its canonical body and
+its sender signs those 32 bytes; a block's hash is the SHA-256 of its canonical header (which
+holds the Merkle root of its transactions) and its proposer signs that.
+
+The entry supernode creates the genesis block, whose proposer becomes the chain's only
+authorised proposer (proof of authority). Every node validates a block against its own copy
+of the chain before storing it; :func:`validate_block` raises :class:`InvalidBlock` with the
+reason and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import Any, Protocol
+
+from node.identity import Identity, IdentityError, node_id_for, verify_signature
+
+ZERO_HASH = "0" * 64
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NODE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class TxKind(StrEnum):
+    REGISTER = "REGISTER"  # a node joins (or changes its address): carries its public key
+    JOB = "JOB"  # a federated job and its settings
+    ROUND = "ROUND"  # the entry node opens a round with the global base's hash
+    MODEL_UPDATE = "MODEL_UPDATE"  # an edge node's base-layer update
+    AGGREGATE = "AGGREGATE"  # a supernode's partial aggregate of its edge nodes' updates
+    GLOBAL_MODEL = "GLOBAL_MODEL"  # the entry node's combined global base for the next round
+    SCORE = "SCORE"  # a node's contribution score in a round
+    SAVE = "SAVE"  # a saved model file's hash
+    EXCLUDED = "EXCLUDED"  # a node left out of a round, and why
+
+
+# Required payload fields and their types, per kind; other fields may be added freely.
+_STR, _INT, _HASH, _LIST, _DICT = "str", "int", "hash", "list", "dict"
+PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
+    TxKind.REGISTER: {"public_key": _HASH, "role": _STR, "address": _STR},
+    TxKind.JOB: {"job_id": _STR, "spec": _DICT},
+    TxKind.ROUND: {"job_id": _STR, "round": _INT, "global_hash": _HASH},
+    TxKind.MODEL_UPDATE: {"job_id": _STR, "round": _INT, "hash": _HASH, "samples": _INT, "size": _INT},
+    TxKind.AGGREGATE: {"job_id": _STR, "round": _INT, "hash": _HASH, "samples": _INT, "updates": _LIST},
+    TxKind.GLOBAL_MODEL: {"job_id": _STR, "round": _INT, "hash": _HASH, "samples": _INT},
+    TxKind.SCORE: {"job_id": _STR, "round": _INT, "node": _STR, "score": _STR},
+    TxKind.SAVE: {"job_id": _STR, "hash": _HASH, "path": _STR},
+    TxKind.EXCLUDED: {"job_id": _STR, "round": _INT, "node": _STR, "reason": _STR},
+}
+ROLES = ("SN", "EN")
+
+
+class ChainError(ValueError):
+    """Something about a transaction or block breaks the chain rules."""
+
+
+class InvalidTransaction(ChainError):
+    pass
+
+
+class InvalidBlock(ChainError):
+    pass
+
+
+# --- canonical encoding -------------------------------------------------------------------------
+def _check_canonical(value: Any, path: str) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return
+    if isinstance(value, float):
+        raise ChainError(f"{path}: floats are not allowed in hashed data; use fixed(x) for a fixed-point string")
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_canonical(item, f"{path}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ChainError(f"{path}: keys must be strings, got {key!r}")
+            _check_canonical(item, f"{path}.{key}")
+        return
+    raise ChainError(f"{path}: {type(value).__name__} cannot be hashed canonically")
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The one byte encoding of ``value`` that is hashed and signed."""
+    _check_canonical(value, "value")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fixed(x: float, digits: int = 6) -> str:
+    """A metric as a fixed-point string, so the same number always hashes the same way."""
+    return f"{x:.{digits}f}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def merkle_root(tx_hashes: Sequence[str]) -> str:
+    """Merkle root over hex transaction hashes (leaf and node hashes domain-separated; an odd
+    node is carried up unchanged). An empty block's root is SHA-256 of nothing."""
+    if not tx_hashes:
+        return sha256_hex(b"")
+    level = [hashlib.sha256(b"\x00" + bytes.fromhex(h)).digest() for h in tx_hashes]
+    while len(level) > 1:
+        nxt = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0].hex()
+
+
+# --- transactions -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transaction:
+    kind: str
+    sender: str  # node id of the signer
+    payload: Mapping[str, Any]
+    timestamp: int  # milliseconds since the epoch
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sender": self.sender, "payload": self.payload, "timestamp": self.timestamp}
+
+    @cached_property
+    def hash(self) -> str:
+        return sha256_hex(canonical_bytes(self.body()))
+
+    @classmethod
+    def create(
+        cls, kind: str, payload: Mapping[str, Any], identity: Identity, timestamp: int | None = None
+    ) -> "Transaction":
+        """A transaction signed by ``identity``; its payload is checked against its kind."""
+        unsigned = cls(str(TxKind(kind)), identity.node_id, dict(payload), now_ms() if timestamp is None else timestamp)
+        check_payload(unsigned)
+        return cls(unsigned.kind, unsigned.sender, unsigned.payload, unsigned.timestamp,
+                   identity.sign(bytes.fromhex(unsigned.hash)))
+
+    @property
+    def round(self) -> int | None:
+        value = self.payload.get("round")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _field_ok(value: Any, kind: str) -> bool:
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == _HASH:
+        return isinstance(value, str) and bool(_HEX64.fullmatch(value))
+    return isinstance(value, {_STR: str, _LIST: (list, tuple), _DICT: Mapping}[kind])
+
+
+def check_payload(tx: Transaction) -> None:
+    """Raise :class:`InvalidTransaction` unless ``tx`` is well formed for its kind."""
+    try:
+        kind = TxKind(tx.kind)
+    except ValueError:
+        raise InvalidTransaction(f"unknown transaction kind {tx.kind!r}; known: {', '.join(TxKind)}") from None
+    if not isinstance(tx.sender, str) or not _NODE_ID.fullmatch(tx.sender):
+        raise InvalidTransaction(f"sender {tx.sender!r} is not a node id (32 hex digits)")
+    if isinstance(tx.timestamp, bool) or not isinstance(tx.timestamp, int) or tx.timestamp < 0:
+        raise InvalidTransaction(f"timestamp {tx.timestamp!r} is not a non-negative integer (ms)")
+    if not isinstance(tx.payload, Mapping):
+        raise InvalidTransaction(f"{kind} payload must be a mapping, got {type(tx.payload).__name__}")
+    for name, expected in PAYLOAD_FIELDS[kind].items():
+        if name not in tx.payload:
+            raise InvalidTransaction(f"{kind} payload lacks {name!r}")
+        if not _field_ok(tx.payload[name], expected):
+            raise InvalidTransaction(f"{kind} payload field {name!r}={tx.payload[name]!r} is not a valid {expected}")
+    try:
+        canonical_bytes(tx.body())
+    except ChainError as exc:
+        raise InvalidTransaction(f"{kind} payload: {exc}") from None
+    if kind is TxKind.REGISTER:
+        if tx.payload["role"] not in ROLES:
+            raise InvalidTransaction(f"REGISTER role {tx.payload['role']!r} must be one of {ROLES}")
+        if node_id_for(bytes.fromhex(tx.payload["public_key"])) != tx.sender:
+            raise InvalidTransaction("REGISTER public key does not belong to the sender id")
+
+
+def register_key(tx: Transaction) -> bytes | None:
+    """The public key a well-formed REGISTER transaction introduces, else None."""
+    if tx.kind != TxKind.REGISTER:
+        return None
+    return bytes.fromhex(tx.payload["public_key"])
+
+
+# --- blocks -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    height: int
+    prev_hash: str
+    merkle_root: str
+    timestamp: int
+    proposer: str
+    signature: bytes = b""
+    transactions: tuple[Transaction, ...] = field(default=())
+
+    def header(self) -> dict[str, Any]:
+        return {"height": self.height, "prev_hash": self.prev_hash, "merkle_root": self.merkle_root,
+                "timestamp": self.timestamp, "proposer": self.proposer}
+
+    @cached_property
+    def hash(self) -> str:
+        return sha256_hex(canonical_bytes(self.header()))
+
+    @classmethod
+    def create(
+        cls,
+        height: int,
+        prev_hash: str,
+        transactions: Iterable[Transaction],
+        identity: Identity,
+        timestamp: int | None = None,
+    ) -> "Block":
+        txs = tuple(transactions)
+        unsigned = cls(height, prev_hash, merkle_root([t.hash for t in txs]),
+                       now_ms() if timestamp is None else timestamp, identity.node_id)
+        return cls(unsigned.height, unsigned.prev_hash, unsigned.merkle_root, unsigned.timestamp,
+                   unsigned.proposer, identity.sign(bytes.fromhex(unsigned.hash)), txs)
+
+
+def genesis_block(identity: Identity, address: str, timestamp: int | None = None) -> Block:
+    """Block 0: the entry supernode registers itself and so becomes the chain's proposer."""
+    register = Transaction.create(
+        TxKind.REGISTER, {"public_key": identity.public_key.hex(), "role": "SN", "address": address,
+                          "proposer": True}, identity, timestamp)
+    return Block.create(0, ZERO_HASH, [register], identity, timestamp)
+
+
+@dataclass(frozen=True)
+class Head:
+    height: int
+    hash: str
+
+
+class ChainView(Protocol):
+    """What validation needs to know about the chain a block would extend."""
+
+    def head(self) -> Head | None: ...
+
+    def proposer(self) -> str | None: ...
+
+    def public_keys(self, node_ids: Iterable[str]) -> dict[str, bytes]: ...
+
+    def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]: ...
+
+
+def validate_block(block: Block, view: ChainView) -> None:
+    """Raise :class:`InvalidBlock` (with the reason) unless ``block`` may extend ``view``'s head."""
+    _check_header_fields(block)
+    head = view.head()
+    if head is None:
+        if block.height != 0 or block.prev_hash != ZERO_HASH:
+            raise InvalidBlock(f"the chain is empty: expected genesis (height 0), got height {block.height}")
+        proposer = block.proposer
+    else:
+        if block.height != head.height + 1:
+            raise InvalidBlock(f"height {block.height} does not follow the head at height {head.height}")
+        if block.prev_hash != head.hash:
+            raise InvalidBlock(f"prev_hash {block.prev_hash[:16]}… is not the head's hash {head.hash[:16]}…")
+        proposer = view.proposer()
+        if block.proposer != proposer:
+            raise InvalidBlock(f"proposer {block.proposer} is not the chain's authorised proposer {proposer}")
+    for index, tx in enumerate(block.transactions):
+        try:
+            check_payload(tx)
+        except InvalidTransaction as exc:
+            raise InvalidBlock(f"block {block.height} transaction {index}: {exc}") from None
+    hashes = [t.hash for t in block.transactions]
+    if merkle_root(hashes) != block.merkle_root:
+        raise InvalidBlock(f"block {block.height}: the Merkle root does not match its transactions")
+    if len(set(hashes)) != len(hashes):
+        raise InvalidBlock(f"block {block.height} holds the same transaction twice")
+    if existing := view.existing_transactions(hashes):
+        raise InvalidBlock(f"block {block.height} repeats transaction {sorted(existing)[0][:16]}… already on the chain")
+
+    keys = view.public_keys({t.sender for t in block.transactions} | {block.proposer})
+    for index, tx in enumerate(block.transactions):
+        new_key = register_key(tx)
+        if new_key is not None:
+            if tx.sender in keys and keys[tx.sender] != new_key:
+                raise InvalidBlock(f"block {block.height} transaction {index}: node {tx.sender} is registered with another key")
+            key = new_key
+        elif tx.sender in keys:
+            key = keys[tx.sender]
+        else:
+            raise InvalidBlock(f"block {block.height} transaction {index}: sender {tx.sender} is not a registered node")
+        if not verify_signature(key, tx.signature, bytes.fromhex(tx.hash)):
+            raise InvalidBlock(f"block {block.height} transaction {index} ({tx.kind}): bad signature")
+        keys[tx.sender] = key
+    if head is None and not any(t.kind == TxKind.REGISTER and t.sender == proposer for t in block.transactions):
+        raise InvalidBlock("the genesis block must register its proposer")
+    if block.proposer not in keys or not verify_signature(keys[block.proposer], block.signature, bytes.fromhex(block.hash)):
+        raise InvalidBlock(f"block {block.height}: bad proposer signature")
+
+
+def _check_header_fields(block: Block) -> None:
+    if isinstance(block.height, bool) or not isinstance(block.height, int) or block.height < 0:
+        raise InvalidBlock(f"height {block.height!r} is not a non-negative integer")
+    for name in ("prev_hash", "merkle_root"):
+        if not isinstance(getattr(block, name), str) or not _HEX64.fullmatch(getattr(block, name)):
+            raise InvalidBlock(f"{name} is not a 64-digit lower-case hex hash")
+    if not isinstance(block.proposer, str) or not _NODE_ID.fullmatch(block.proposer):
+        raise InvalidBlock(f"proposer {block.proposer!r} is not a node id")
+    if isinstance(block.timestamp, bool) or not isinstance(block.timestamp, int) or block.timestamp < 0:
+        raise InvalidBlock(f"timestamp {block.timestamp!r} is not a non-negative integer (ms)")
+    try:
+        block.hash
+    except ChainError as exc:
+        raise InvalidBlock(str(exc)) from None
+

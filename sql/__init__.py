@@ -1,0 +1,1 @@
+"""The ledger's storage: SQLAlchemy Core tables, the store, and the MySQL DDL."""

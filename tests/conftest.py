@@ -1,0 +1,61 @@
+"""Shared fixtures: ledger stores on SQLite (always) and on the machine's MariaDB.
+
+MariaDB tests need a server at ``FEDLEDGER_TEST_MYSQL`` (default
+``mysql+pymysql://root@127.0.0.1:3306``). With ``CI=true`` they must run: an unreachable
+server fails them instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+MYSQL_SERVER = os.environ.get("FEDLEDGER_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _mysql_reachable() -> str | None:
+    """None when the server answers, else why not."""
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    url = make_url(MYSQL_SERVER)
+    try:
+        pymysql.connect(host=url.host, port=url.port or 3306, user=url.username, password=url.password or "",
+                        connect_timeout=3).close()
+    except pymysql.MySQLError as exc:
+        return f"MariaDB/MySQL at {url.host}:{url.port or 3306} is not reachable ({exc})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> str:
+    problem = _mysql_reachable()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"{problem}; CI=true requires the MySQL tests to run")
+        pytest.skip(problem)
+    return MYSQL_SERVER
+
+
+@pytest.fixture
+def mysql_url(mysql_server):
+    """A fresh, empty database on the server, dropped after the test."""
+    from sqlalchemy import create_engine, text
+
+    name = f"fedledger_test_{uuid.uuid4().hex[:12]}"
+    yield f"{mysql_server}/{name}"
+    engine = create_engine(mysql_server)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def ledger_url(request, tmp_path):
+    """The URL of an empty ledger database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("mysql_url")
