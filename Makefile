@@ -25,6 +25,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/accuracy.py --dataset digits
+	$(PY) bench/ledger.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

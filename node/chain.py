@@ -72,27 +72,36 @@ class InvalidBlock(ChainError):
 
 
 # --- canonical encoding -------------------------------------------------------------------------
-def _check_canonical(value: Any, path: str) -> None:
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return
-    if isinstance(value, float):
-        raise ChainError(f"{path}: floats are not allowed in hashed data; use fixed(x) for a fixed-point string")
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_canonical(item, f"{path}[{i}]")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ChainError(f"{path}: keys must be strings, got {key!r}")
-            _check_canonical(item, f"{path}.{key}")
-        return
-    raise ChainError(f"{path}: {type(value).__name__} cannot be hashed canonically")
+_SCALARS = (str, int, bool, type(None))
+
+
+def _non_canonical(value: Any) -> str | None:
+    """Why ``value`` cannot be encoded canonically, or None. Iterative, with exact type tests:
+    it runs on every payload a node hashes, so it must be cheap."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is float:
+            return f"floats are not allowed in hashed data ({item!r}); use fixed(x) for a fixed-point string"
+        if isinstance(item, Mapping):
+            for key, child in item.items():
+                if type(key) is not str:
+                    return f"keys must be strings, got {key!r}"
+                stack.append(child)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif not isinstance(item, _SCALARS):
+            return f"{type(item).__name__} cannot be hashed canonically"
+    return None
 
 
 def canonical_bytes(value: Any) -> bytes:
     """The one byte encoding of ``value`` that is hashed and signed."""
-    _check_canonical(value, "value")
+    if (problem := _non_canonical(value)) is not None:
+        raise ChainError(problem)
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -181,7 +190,7 @@ def check_payload(tx: Transaction) -> None:
         if not _field_ok(tx.payload[name], expected):
             raise InvalidTransaction(f"{kind} payload field {name!r}={tx.payload[name]!r} is not a valid {expected}")
     try:
-        canonical_bytes(tx.body())
+        tx.hash  # noqa: B018 - encodes the body canonically once (then cached), refusing floats
     except ChainError as exc:
         raise InvalidTransaction(f"{kind} payload: {exc}") from None
     if kind is TxKind.REGISTER:

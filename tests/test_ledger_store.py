@@ -141,14 +141,14 @@ def test_rehashed_payload_is_caught_by_the_merkle_root(store, ledger_url):
 
 
 # --- concurrency and failures --------------------------------------------------------------------
-def _propose_many(url: str, home: str, count: int) -> None:
+def _propose_many(url: str, home: str, count: int, worker: int) -> None:
     """Propose ``count`` blocks, re-reading the head whenever another appender got there first."""
     ledger, proposer = Ledger(LedgerStore(url)), Identity.load_or_create(home)
     sender = Identity.load_or_create(home + "-sender")
     made = 0
     while made < count:
         try:
-            ledger.propose([model_update(sender, 1000 + made, made + hash(home) % 1000)], proposer)
+            ledger.propose([model_update(sender, 1000 + made, worker)], proposer)  # distinct per worker
             made += 1
         except (BlockConflict, InvalidBlock):
             time.sleep(0.001)
@@ -174,7 +174,7 @@ def test_concurrent_appenders_never_fork_the_chain(ledger_url, tmp_path, mode):
     home = str(tmp_path / "proposer")
     _seed_chain(ledger_url, home)
     # every appender signs updates with the same registered sender, each with its own content
-    workers = [(ledger_url, home, 25), (ledger_url, home, 25)]
+    workers = [(ledger_url, home, 25, 0), (ledger_url, home, 25, 1)]
     if mode == "threads":
         runners = [threading.Thread(target=_propose_many, args=w) for w in workers]
     else:
@@ -252,3 +252,20 @@ def test_ledger_url_defaults_and_per_node_databases(tmp_path):
     assert ledger_url(None, tmp_path, "sn1") == f"sqlite:///{tmp_path.resolve() / 'ledger.db'}"
     assert ledger_url("mysql+pymysql://root@db:3306", tmp_path, "sn-1").endswith("/fedledger_sn_1")
     assert ledger_url("mysql+pymysql://root@db:3306/mine", tmp_path, "x").endswith("/mine")
+
+
+def test_verify_command_line(tmp_path, capsys):
+    from node.audit import main
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    store = LedgerStore(url)
+    build_chain(Ledger(store), Identity.generate(), blocks=3)
+    store.close()
+    assert main([url]) == 0
+    assert capsys.readouterr().out.startswith("OK: 5 blocks, 12 transactions, head 4 ")
+    _tamper(url, "UPDATE blocks SET prev_hash = '" + "ef" * 32 + "' WHERE height = 3")
+    assert main([url]) == 1
+    assert capsys.readouterr().out.startswith("BAD at height 3: broken link")
+    with pytest.raises(SystemExit):
+        main([f"sqlite:///{tmp_path / 'missing.db'}"])
+    assert "no ledger database" in capsys.readouterr().err
