@@ -49,6 +49,12 @@ my_conf: dict[str, Any] = {
     "device": "auto",  # auto (CUDA when present) | cpu | cuda
     "data_dir": "data",  # where mnist/fashionmnist/cifar10 files live
     "workers": 0,  # training processes in the simulation; 0 = one per CPU core
+    # --- the node network's settings ---
+    "heartbeat_interval": 1.0,  # seconds between heartbeats (EN -> its SN, SN -> entry SN)
+    "dead_after": 3.0,  # seconds without a heartbeat before a node counts as dead
+    "block_interval": 0.5,  # the entry SN seals pending transactions at least this often (s)
+    "block_max_txs": 500,  # ... or as soon as this many are pending
+    "max_model_mb": 1024,  # the largest model a node accepts over the wire
 }
 
 ENV_PREFIX = "FL_"
@@ -92,6 +98,11 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "device": _choice(*DEVICES),
     "workers": _at_least(0),
     "seed": _at_least(0),
+    "heartbeat_interval": _positive,
+    "dead_after": _positive,
+    "block_interval": _positive,
+    "block_max_txs": _at_least(1),
+    "max_model_mb": _at_least(1),
 }
 
 _CHOICE_KEYS = {"dataset", "strategy", "model", "partition", "device"}

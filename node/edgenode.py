@@ -1,0 +1,169 @@
+"""An edge node: joins the network through the entry node and stays attached to a supernode.
+
+It asks the entry node for the least-loaded alive supernode, registers there with a signed
+REGISTER transaction, and heartbeats to it. When two heartbeats in a row fail, it asks the
+entry node again (excluding the supernode that stopped answering) and re-registers elsewhere:
+with the default one-second heartbeat that takes about three seconds.
+
+An edge node serves only what a supernode needs from it (receiving models); it refuses console
+commands and membership or ledger calls with a status that says where to go instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from node.identity import Identity, node_id_for
+from node.rpc import channel, handled, refuse
+from node.supernode import NodeSettings, register_transaction, signed_heartbeat
+from node.transfer import ModelCache, check_header_signature, receive
+from node.wire import tx_to_pb
+
+log = logging.getLogger(__name__)
+
+FAILURES_BEFORE_REHOMING = 2
+
+
+class EdgeNode:
+    role = "EN"
+
+    def __init__(self, identity: Identity, address: str, entry_address: str, settings: NodeSettings) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.address = address
+        self.entry_address = entry_address
+        self.settings = settings
+        self.supernode: pb.NodeInfo | None = None
+        self.models = ModelCache(2 * settings.max_model_bytes)
+        self.on_model: Callable[[Any], None] | None = None  # set by the training layer
+        self.joined = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="edge", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def join(self, exclude: set[str]) -> pb.NodeInfo:
+        """Ask the entry node for a supernode and register there; raises ``grpc.RpcError``."""
+        with channel(self.entry_address) as ch:
+            chosen = rpc_pb.MembershipStub(ch).FindSupernode(
+                pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
+        if node_id_for(chosen.public_key) != chosen.node_id:
+            raise RuntimeError(f"the entry node named supernode {chosen.node_id} with a key that is not its own")
+        tx = register_transaction(self.identity, "EN", self.address, supernode=chosen.node_id)
+        with channel(chosen.address) as ch:
+            rpc_pb.MembershipStub(ch).Register(pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
+        log.info("registered with supernode %s at %s", chosen.node_id, chosen.address)
+        return chosen
+
+    def _run(self) -> None:
+        failures, exclude = 0, set()
+        sn_channel: grpc.Channel | None = None
+        while not self._stop.is_set():
+            try:
+                if self.supernode is None:
+                    self.supernode = self.join(exclude)
+                    exclude.clear()
+                    failures = 0
+                    if sn_channel is not None:
+                        sn_channel.close()
+                    sn_channel = channel(self.supernode.address)
+                    self.joined.set()
+                reply = rpc_pb.MembershipStub(sn_channel).Heartbeat(
+                    signed_heartbeat(self.identity), timeout=max(1.0, self.settings.heartbeat_interval))
+                failures = 0
+                if not reply.known:
+                    log.info("supernode %s no longer knows this node; registering again", self.supernode.node_id)
+                    self._leave()
+                    continue
+            except grpc.RpcError as exc:
+                failures += 1
+                where = self.supernode.address if self.supernode else self.entry_address
+                log.warning("%s: %s %s", where, exc.code().name, exc.details())
+                if self.supernode is not None and (failures >= FAILURES_BEFORE_REHOMING
+                                                   or exc.code() == grpc.StatusCode.FAILED_PRECONDITION):
+                    log.warning("supernode %s stopped answering; asking the entry node for another",
+                                self.supernode.node_id)
+                    exclude.add(self.supernode.node_id)
+                    self._leave()
+                    failures = 0
+                    continue
+            except Exception:  # noqa: BLE001 - keep trying whatever happened
+                log.exception("edge node loop failed")
+            self._stop.wait(self.settings.heartbeat_interval)
+        if sn_channel is not None:
+            sn_channel.close()
+
+    def _leave(self) -> None:
+        self.supernode = None
+        self.joined.clear()
+
+
+class EdgeTrainingService(rpc_pb.TrainingServicer):
+    """Receives models from this edge node's supernode only."""
+
+    def __init__(self, node: EdgeNode) -> None:
+        self.node = node
+
+    @handled
+    def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
+        def authorise(header: pb.ModelHeader) -> None:
+            sn = self.node.supernode
+            if sn is None or header.sender != sn.node_id:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                             f"node {header.sender} is not this edge node's supernode")
+            check_header_signature(header, sn.public_key)
+
+        model = receive(request_iterator, self.node.settings.max_model_bytes, authorise)
+        if self.node.on_model is not None:
+            self.node.on_model(model)
+        self.node.models.put(model)
+        return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
+
+    @handled
+    def UploadUpdate(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
+        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "edge nodes do not take updates; upload to a supernode")
+
+    @handled
+    def DownloadModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
+        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "edge nodes do not serve models; ask a supernode")
+        yield  # pragma: no cover - makes this a stream handler
+
+
+def refusing_servicer(base: type, service: str, code: grpc.StatusCode, message: str) -> Any:
+    """A servicer whose every method answers ``code`` with ``message``."""
+
+    def refuse_call(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    methods = pb.DESCRIPTOR.services_by_name[service].methods
+    return type(f"Refusing{service}", (base,), {m.name: refuse_call for m in methods})()
+
+
+def edge_servicers(node: EdgeNode, entry_address: str) -> list[tuple[Callable[[Any, Any], None], Any]]:
+    where = f"connect to a supernode such as the entry node at {entry_address}"
+    return [
+        (rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(node)),
+        (rpc_pb.add_ConsoleServicer_to_server, refusing_servicer(
+            rpc_pb.ConsoleServicer, "Console", grpc.StatusCode.PERMISSION_DENIED,
+            f"this is an edge node: it does not take console commands; {where}")),
+        (rpc_pb.add_MembershipServicer_to_server, refusing_servicer(
+            rpc_pb.MembershipServicer, "Membership", grpc.StatusCode.FAILED_PRECONDITION,
+            f"this is an edge node: it keeps no membership; {where}")),
+        (rpc_pb.add_LedgerServicer_to_server, refusing_servicer(
+            rpc_pb.LedgerServicer, "Ledger", grpc.StatusCode.FAILED_PRECONDITION,
+            f"this is an edge node: it keeps no ledger; {where}")),
+    ]

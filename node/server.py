@@ -1,0 +1,59 @@
+"""Start a node's gRPC server (with health checking and reflection) and run it until a signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from base_package import data_pb2 as pb
+from node.rpc import CHANNEL_OPTIONS
+
+log = logging.getLogger(__name__)
+
+SERVICES = [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]
+
+
+def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None], Any]],
+                 workers: int = 32) -> grpc.Server:
+    """A started server on ``bind`` (HOST:PORT) with every servicer, health and reflection."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+                         options=CHANNEL_OPTIONS)
+    for add, servicer in servicers:
+        add(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *SERVICES]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    try:
+        port = server.add_insecure_port(bind)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {bind}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {bind}: the address is taken or not local")
+    server.start()
+    return server
+
+
+def wait_for_signal() -> int:
+    """Block until SIGINT or SIGTERM; return the signal number."""
+    received: list[int] = []
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        done.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    while not done.wait(0.5):
+        pass
+    return received[0]

@@ -1,0 +1,142 @@
+"""The gRPC face of a supernode: decode the request, call :class:`Supernode`, encode the reply."""
+
+from __future__ import annotations
+
+import grpc
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from fl.serialize import state_from_bytes
+from node.audit import verify_chain
+from node.rpc import handled, refuse
+from node.supernode import Supernode
+from node.transfer import ReceivedModel, check_header_signature, chunks, receive
+from node.wire import block_from_pb, block_to_pb, head_to_pb, tx_from_pb
+
+MAX_GET_BLOCKS = 500
+
+
+class MembershipService(rpc_pb.MembershipServicer):
+    def __init__(self, node: Supernode) -> None:
+        self.node = node
+
+    @handled
+    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
+        if not request.HasField("registration"):
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "RegisterRequest needs a signed REGISTER transaction")
+        return self.node.register(tx_from_pb(request.registration))
+
+    @handled
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
+        return self.node.heartbeat(request)
+
+    @handled
+    def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.NodeList:
+        return self.node.list_nodes(request.role)
+
+    @handled
+    def FindSupernode(self, request: pb.FindSupernodeRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
+        return self.node.find_supernode(request)
+
+
+class LedgerService(rpc_pb.LedgerServicer):
+    def __init__(self, node: Supernode) -> None:
+        self.node = node
+
+    @handled
+    def SubmitTransaction(self, request: pb.Transaction, context: grpc.ServicerContext) -> pb.SubmitReply:
+        return pb.SubmitReply(tx_hash=self.node.submit(tx_from_pb(request)))
+
+    @handled
+    def PushBlock(self, request: pb.Block, context: grpc.ServicerContext) -> pb.PushReply:
+        stored, head = self.node.receive_block(block_from_pb(request))
+        return pb.PushReply(head=head_to_pb(head), stored=stored)
+
+    @handled
+    def GetBlocks(self, request: pb.GetBlocksRequest, context: grpc.ServicerContext):
+        if request.from_height < 0:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "from_height must be >= 0")
+        limit = min(request.limit or MAX_GET_BLOCKS, MAX_GET_BLOCKS)
+        for block in self.node.ledger.store.blocks_from(request.from_height, limit):
+            yield block_to_pb(block)
+
+    @handled
+    def GetHead(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.Head:
+        return head_to_pb(self.node.ledger.head())
+
+
+class TrainingService(rpc_pb.TrainingServicer):
+    """Model streams: edge nodes upload updates here; the entry node distributes models here."""
+
+    def __init__(self, node: Supernode) -> None:
+        self.node = node
+
+    @handled
+    def UploadUpdate(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
+        def authorise(header: pb.ModelHeader) -> None:
+            member = self.node.members.get(header.sender)
+            if member is None or member.role != "EN" or member.supernode != self.node.node_id:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                             f"node {header.sender} is not an edge node of this supernode; register here first")
+            check_header_signature(header, member.public_key)
+
+        return self._accept(receive(request_iterator, self.node.settings.max_model_bytes, authorise))
+
+    @handled
+    def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
+        def authorise(header: pb.ModelHeader) -> None:
+            entry = self.node.entry_id
+            if self.node.is_entry or header.sender != entry:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED, "only the entry node distributes models to supernodes")
+            key = self.node.ledger.store.public_keys([entry]).get(entry)
+            if key is None:
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this supernode has not synced the entry node's key yet")
+            check_header_signature(header, key)
+
+        return self._accept(receive(request_iterator, self.node.settings.max_model_bytes, authorise))
+
+    def _accept(self, model: ReceivedModel) -> pb.TransferReceipt:
+        state_from_bytes(model.data)  # safetensors only; malformed bytes are INVALID_ARGUMENT
+        if self.node.on_model is not None:
+            self.node.on_model(model)  # the training layer checks shapes against its job
+        self.node.models.put(model)
+        return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
+
+    @handled
+    def DownloadModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
+        model = self.node.models.get(request.model_hash)
+        if model is None:
+            raise refuse(grpc.StatusCode.NOT_FOUND, f"this node holds no model with hash {request.model_hash[:16]}…")
+        yield from chunks(model.header, model.data)
+
+
+class ConsoleService(rpc_pb.ConsoleServicer):
+    def __init__(self, node: Supernode) -> None:
+        self.node = node
+
+    @handled
+    def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.StatusReply:
+        node = self.node
+        return pb.StatusReply(
+            node_id=node.node_id, role=pb.SN, entry=node.is_entry, address=node.address,
+            head=head_to_pb(node.ledger.head()), final_height=node.final_height(),
+            pending_transactions=node.pending_count(), supernodes=node.supernodes_pb(),
+            edge_nodes=node.list_nodes(pb.EN))
+
+    @handled
+    def GetBlock(self, request: pb.BlockRequest, context: grpc.ServicerContext) -> pb.Block:
+        height = request.height
+        if height < 0:
+            head = self.node.ledger.head()
+            height = head.height if head else 0
+        block = self.node.ledger.store.block(height)
+        if block is None:
+            raise refuse(grpc.StatusCode.NOT_FOUND, f"no block at height {request.height}")
+        return block_to_pb(block)
+
+    @handled
+    def Verify(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.VerifyReply:
+        report = verify_chain(self.node.ledger.store)
+        return pb.VerifyReply(ok=report.ok, blocks=report.blocks, transactions=report.transactions,
+                              head=head_to_pb(report.head), bad_height=-1 if report.bad_height is None else report.bad_height,
+                              reason=report.reason)
