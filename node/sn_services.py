@@ -6,11 +6,10 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from fl.serialize import state_from_bytes
 from node.audit import verify_chain
 from node.rpc import handled, refuse
 from node.supernode import Supernode
-from node.transfer import ReceivedModel, check_header_signature, chunks, receive
+from node.transfer import ReceivedModel, check_header_signature, receive
 from node.wire import block_from_pb, block_to_pb, head_to_pb, tx_from_pb
 
 MAX_GET_BLOCKS = 500
@@ -96,7 +95,7 @@ class TrainingService(rpc_pb.TrainingServicer):
         return self._accept(receive(request_iterator, self.node.settings.max_model_bytes, authorise))
 
     def _accept(self, model: ReceivedModel) -> pb.TransferReceipt:
-        state_from_bytes(model.data)  # safetensors only; malformed bytes are INVALID_ARGUMENT
+        model.layout()  # a safetensors layout that fits the bytes, or INVALID_ARGUMENT; decoded when used
         if self.node.on_model is not None:
             self.node.on_model(model)  # the training layer checks shapes against its job
         self.node.models.put(model)
@@ -107,7 +106,7 @@ class TrainingService(rpc_pb.TrainingServicer):
         model = self.node.models.get(request.model_hash)
         if model is None:
             raise refuse(grpc.StatusCode.NOT_FOUND, f"this node holds no model with hash {request.model_hash[:16]}…")
-        yield from chunks(model.header, model.data)
+        yield from model.stream()
 
 
 class ConsoleService(rpc_pb.ConsoleServicer):

@@ -1,0 +1,135 @@
+"""Model transfer over gRPC on loopback, next to raw TCP and the codec, in one table.
+
+Starts an entry supernode and an edge node as real processes, then streams a 100 MB model
+(safetensors bytes, 1 MiB chunks, signed header) EN → SN (``UploadUpdate``: the supernode checks
+the signature, the SHA-256 and the safetensors layout) and SN → EN (``DistributeModel``: the edge
+node checks the signature and the SHA-256), each timed from the first byte sent to the receipt.
+The receiver decodes a model when it uses it; that cost is the "safetensors decode" row. Beside them, in the same run: raw loopback TCP
+between two processes, safetensors encode and decode, and SHA-256 of the same bytes.
+
+    python bench/transfer.py [--mb 100] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from base_package import data_pb2_grpc as rpc_pb  # noqa: E402
+from fl.serialize import state_from_bytes, state_to_bytes  # noqa: E402
+from netkit import NodeProcess, wait_until  # noqa: E402
+from node.identity import Identity  # noqa: E402
+from node.transfer import chunks, make_header  # noqa: E402
+
+
+def best_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def _sink(port_queue, size: int) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port_queue.put(server.getsockname()[1])
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                got = 0
+                while got < size:
+                    piece = conn.recv(1 << 20)
+                    if not piece:
+                        break
+                    got += len(piece)
+                conn.sendall(b"k")
+                if got == 0:
+                    return
+
+
+def raw_tcp_seconds(data: bytes, repeats: int) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    sink = ctx.Process(target=_sink, args=(ports, len(data)), daemon=True)
+    sink.start()
+    port = ports.get(timeout=30)
+
+    def send() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(data)
+            conn.recv(1)
+
+    seconds = best_seconds(send, repeats)
+    sink.terminate()
+    return seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mb", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    console = Console()
+
+    generator = torch.Generator().manual_seed(0)
+    per_tensor = 1_000_000  # 4 MB of float32 each
+    state = {f"layer{i}.weight": torch.randn(per_tensor, generator=generator)
+             for i in range(max(1, args.mb // 4))}
+    data = state_to_bytes(state)
+    size_mb = len(data) / 1e6
+    rows: list[tuple[str, float]] = []
+    rows.append(("safetensors encode", size_mb / best_seconds(lambda: state_to_bytes(state), args.repeats)))
+    rows.append(("safetensors decode", size_mb / best_seconds(lambda: state_from_bytes(data), args.repeats)))
+    rows.append(("SHA-256", size_mb / best_seconds(lambda: hashlib.sha256(data).digest(), args.repeats)))
+    raw = size_mb / raw_tcp_seconds(data, args.repeats)
+    rows.append(("raw loopback TCP (process → process)", raw))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"FL_MAX_MODEL_MB": str(4 * args.mb)}
+        sn = NodeProcess(Path(tmp), "entry", "SN", is_entry=True, env=env)
+        en = NodeProcess(Path(tmp), "en", "EN", entry=sn.address, env=env)
+        try:
+            sn.wait_ready()
+            en.wait_ready()
+            wait_until(lambda: any(n.alive for n in sn.status().edge_nodes.nodes), 60, "the edge node to join")
+            en_id, sn_id = Identity.load_or_create(en.home), Identity.load_or_create(sn.home)
+            upload = sn.stub(rpc_pb.TrainingStub).UploadUpdate
+            distribute = en.stub(rpc_pb.TrainingStub).DistributeModel
+            # the sender hashes its model once, when it makes it (the hash goes on the chain too)
+            en_header, sn_header = make_header(en_id, data), make_header(sn_id, data)
+            rows.append(("gRPC EN → SN (UploadUpdate: signature, SHA-256, layout)", size_mb / best_seconds(
+                lambda: upload(chunks(en_header, data), timeout=120), args.repeats)))
+            rows.append(("gRPC SN → EN (DistributeModel: signature, SHA-256)", size_mb / best_seconds(
+                lambda: distribute(chunks(sn_header, data), timeout=120), args.repeats)))
+        finally:
+            en.stop()
+            sn.stop()
+
+    table = Table(title=f"Moving a {size_mb:.0f} MB model (best of {args.repeats})")
+    table.add_column("path")
+    table.add_column("MB/s", justify="right")
+    table.add_column("vs raw TCP", justify="right")
+    for name, rate in rows:
+        table.add_row(name, f"{rate:,.0f}", f"{rate / raw:.0%}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Start real node processes on loopback for tests, and wait for conditions on them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+
+ROOT = Path(__file__).resolve().parents[1]
+# fast membership for tests: heartbeats every 0.3 s, dead after 1.5 s, blocks every 0.2 s
+FAST = {"FL_HEARTBEAT_INTERVAL": "0.3", "FL_DEAD_AFTER": "1.5", "FL_BLOCK_INTERVAL": "0.2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except grpc.RpcError as exc:  # a node still starting
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
+
+
+class NodeProcess:
+    def __init__(self, tmp: Path, name: str, nt: str, entry: str | None = None, is_entry: bool = False,
+                 db: str | None = None, env: dict[str, str] | None = None, extra: list[str] = ()) -> None:
+        self.name, self.port = name, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.home = tmp / name
+        self.log = tmp / f"{name}.log"
+        args = [sys.executable, str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--nt", nt, "--entry", entry or self.address, "--home", str(self.home), *extra]
+        if is_entry:
+            args.append("-z")
+        if db:
+            args += ["--db", db]
+        environment = {**os.environ, **FAST, **(env or {})}
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=self.log.open("w"),
+                                     stderr=subprocess.STDOUT)
+        self.channel = grpc.insecure_channel(self.address)
+
+    def stub(self, kind: type) -> Any:
+        return kind(self.channel)
+
+    def status(self) -> pb.StatusReply:
+        return self.stub(rpc_pb.ConsoleStub).Status(pb.Empty(), timeout=5)
+
+    def head(self) -> pb.Head:
+        return self.stub(rpc_pb.LedgerStub).GetHead(pb.Empty(), timeout=5)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        wait_until(serving, timeout, f"{self.name} to serve")
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait: the exit status."""
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.channel.close()
+        self.proc.kill()
+        self.proc.wait()

@@ -1,0 +1,183 @@
+"""The node network as real processes on loopback: entry SN, a second SN, four ENs.
+
+One scenario per ledger backend (SQLite, and MariaDB when reachable; required with CI=true):
+edge nodes spread over both supernodes, both supernodes hold the same chain, bad requests are
+refused with the right status while everything keeps working, a killed supernode's edge nodes
+re-home, a late supernode catches up, and SIGTERM stops every node with exit status 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import replace
+
+import grpc
+import pytest
+import torch
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from sqlalchemy import create_engine, text
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from fl.serialize import state_to_bytes
+from netkit import NodeProcess, wait_until
+from node.chain import Block, Transaction, TxKind
+from node.identity import Identity
+from node.supernode import register_transaction, signed_heartbeat
+from node.transfer import chunks, make_header
+from node.wire import block_to_pb, tx_to_pb
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def db_for(request):
+    """A function giving each supernode its own ledger database on the backend."""
+    if request.param == "sqlite":
+        yield lambda name: None
+        return
+    server = request.getfixturevalue("mysql_server")
+    prefix = f"fedledger_test_{uuid.uuid4().hex[:8]}"
+    made: list[str] = []
+
+    def db(name: str) -> str:
+        made.append(f"{prefix}_{name}")
+        return f"{server}/{made[-1]}"
+
+    yield db
+    engine = create_engine(server)
+    with engine.begin() as conn:
+        for name in made:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    engine.dispose()
+
+
+@pytest.fixture
+def nodes():
+    started: list[NodeProcess] = []
+    yield started
+    for node in started:
+        node.stop(timeout=5)
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def _same_head(*sns: NodeProcess) -> pb.Head | None:
+    heads = [sn.head() for sn in sns]
+    return heads[0] if all(h.height == heads[0].height and h.hash == heads[0].hash for h in heads) else None
+
+
+def test_network_scenario(tmp_path, db_for, nodes):
+    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
+    nodes.append(entry)
+    entry.wait_ready()
+    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"))
+    nodes.append(sn)
+    sn.wait_ready()
+    wait_until(lambda: len([n for n in entry.status().supernodes.nodes if n.alive]) == 2, 20, "SN registration")
+    ens = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address) for i in range(4)]
+    nodes.extend(ens)
+
+    # --- edge nodes spread over both supernodes -------------------------------------------------
+    def placed() -> dict[str, list[str]]:
+        edges = [n for n in entry.status().edge_nodes.nodes if n.alive]
+        if len(edges) < 4:
+            return {}
+        by_sn: dict[str, list[str]] = {}
+        for n in edges:
+            by_sn.setdefault(n.supernode, []).append(n.node_id)
+        return by_sn
+
+    by_sn = wait_until(placed, 60, "4 edge nodes to register")
+    reflection = ProtoReflectionDescriptorDatabase(entry.channel)
+    assert {"fedledger.Membership", "fedledger.Ledger", "fedledger.Training", "fedledger.Console",
+            "grpc.health.v1.Health"} <= set(reflection.get_services())
+    entry_id, sn_id = entry.status().node_id, sn.status().node_id
+    assert sorted(len(v) for v in by_sn.values()) == [2, 2] and set(by_sn) == {entry_id, sn_id}
+
+    # --- both supernodes hold the same chain, with every registration on it ------------------------
+    wait_until(lambda: entry.status().pending_transactions == 0 and _same_head(entry, sn), 20, "equal heads")
+    registrations = []
+    for height in range(entry.head().height + 1):
+        block = entry.stub(rpc_pb.ConsoleStub).GetBlock(pb.BlockRequest(height=height))
+        assert block == sn.stub(rpc_pb.ConsoleStub).GetBlock(pb.BlockRequest(height=height))
+        registrations += [t.sender for t in block.transactions if t.kind == "REGISTER"]
+    assert {entry_id, sn_id} | {id_ for ids in by_sn.values() for id_ in ids} <= set(registrations)
+    assert entry.status().final_height == entry.head().height
+
+    # --- bad input is refused with a status; nothing is stored ------------------------------------
+    head_before = entry.head()
+    membership, ledger = entry.stub(rpc_pb.MembershipStub), entry.stub(rpc_pb.LedgerStub)
+    victim, forger = Identity.generate(), Identity.generate()
+    forged = replace(register_transaction(victim, "SN", "127.0.0.1:1"),
+                     signature=forger.sign(b"x" * 32))
+    assert _code(lambda: membership.Register(pb.RegisterRequest(registration=tx_to_pb(forged)))) \
+        == grpc.StatusCode.UNAUTHENTICATED
+    malformed = pb.Transaction(kind="MODEL_UPDATE", sender=victim.node_id, payload=b"{not json", timestamp=1)
+    assert _code(lambda: ledger.SubmitTransaction(malformed)) == grpc.StatusCode.INVALID_ARGUMENT
+    floats = pb.Transaction(kind="SCORE", sender=victim.node_id, payload=b'{"score":0.5}', timestamp=1)
+    assert _code(lambda: ledger.SubmitTransaction(floats)) == grpc.StatusCode.INVALID_ARGUMENT
+    stranger = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 1, "node": "x", "score": "1"}, victim)
+    assert _code(lambda: ledger.SubmitTransaction(tx_to_pb(stranger))) == grpc.StatusCode.PERMISSION_DENIED
+    oversized = pb.Transaction(kind="SCORE", sender=victim.node_id, payload=b"0" * (9 << 20))
+    assert _code(lambda: ledger.SubmitTransaction(oversized)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not membership.Heartbeat(signed_heartbeat(victim)).known  # unknown node: register first
+    en_identity = Identity.load_or_create(ens[0].home)
+    bad_beat = signed_heartbeat(en_identity)
+    bad_beat.signature = forger.sign(b"beat")
+    assert _code(lambda: membership.Heartbeat(bad_beat)) == grpc.StatusCode.UNAUTHENTICATED
+    # wrong node types
+    assert _code(lambda: ens[0].status()) == grpc.StatusCode.PERMISSION_DENIED
+    sn_register = register_transaction(Identity.generate(), "SN", "127.0.0.1:2")
+    assert _code(lambda: sn.stub(rpc_pb.MembershipStub).Register(
+        pb.RegisterRequest(registration=tx_to_pb(sn_register)))) == grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: sn.stub(rpc_pb.MembershipStub).FindSupernode(
+        pb.FindSupernodeRequest(node_id=victim.node_id))) == grpc.StatusCode.FAILED_PRECONDITION
+    # a block not made by the entry node
+    sn_head = sn.head()
+    rogue = Block.create(sn_head.height + 1, sn_head.hash, [], forger)
+    assert _code(lambda: sn.stub(rpc_pb.LedgerStub).PushBlock(block_to_pb(rogue))) == grpc.StatusCode.INVALID_ARGUMENT
+    # models: an unregistered sender, a wrong hash, an oversized header, bytes that are not safetensors
+    model = state_to_bytes({"w": torch.ones(4, 4)})
+    target = entry if en_identity.node_id in by_sn[entry_id] else sn  # en0's supernode
+    training = target.stub(rpc_pb.TrainingStub)
+    assert _code(lambda: training.UploadUpdate(chunks(make_header(victim, model), model))) \
+        == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: training.UploadUpdate(chunks(make_header(en_identity, model, model_hash="ab" * 32), model))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    huge = make_header(en_identity, model)
+    huge.size = 10 << 30
+    assert _code(lambda: training.UploadUpdate(iter([pb.ModelChunk(header=huge)]))) \
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    junk = b"\x00" * 64
+    assert _code(lambda: training.UploadUpdate(chunks(make_header(en_identity, junk), junk))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    receipt = training.UploadUpdate(chunks(make_header(en_identity, model), model))
+    assert receipt.model_hash == hashlib.sha256(model).hexdigest()
+    downloaded = b"".join(c.data for c in training.DownloadModel(pb.ModelRequest(model_hash=receipt.model_hash)))
+    assert downloaded == model
+    # ... and the network kept working, its chains untouched by any of it
+    assert entry.head().height >= head_before.height
+    wait_until(lambda: _same_head(entry, sn), 10, "equal heads after bad input")
+    for node in (entry, sn):
+        assert node.stub(rpc_pb.ConsoleStub).Verify(pb.Empty()).ok
+
+    # --- kill a supernode: its edge nodes re-home within 10 s ------------------------------------------
+    orphans = set(by_sn[sn_id])
+    sn.kill()
+    wait_until(lambda: all(n.supernode == entry_id and n.alive for n in entry.status().edge_nodes.nodes
+                           if n.node_id in orphans), 10, "edge nodes to re-home")
+
+    # --- a supernode started late catches up to the same head -----------------------------------------
+    late = NodeProcess(tmp_path, "sn2", "SN", entry=entry.address, db=db_for("sn2"))
+    nodes.append(late)
+    late.wait_ready()
+    wait_until(lambda: entry.status().pending_transactions == 0 and _same_head(entry, late), 30, "late SN to catch up")
+    assert late.stub(rpc_pb.ConsoleStub).Verify(pb.Empty()).ok
+
+    # --- SIGTERM: every node exits cleanly ---------------------------------------------------------
+    for node in [*ens, late, entry]:
+        assert node.stop() == 0, node.log.read_text()[-2000:]

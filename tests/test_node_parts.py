@@ -1,0 +1,82 @@
+"""Node pieces in-process: wire decoding, model streams, membership choices, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import grpc
+import pytest
+
+from base_package import data_pb2 as pb
+from main import build_parser, main
+from node.chain import Transaction, TxKind
+from node.identity import Identity
+from node.membership import Member, Members
+from node.rpc import ServiceError, split_address
+from node.transfer import ModelCache, ReceivedModel, chunks, make_header, receive
+from node.wire import WireError, tx_from_pb, tx_to_pb
+
+
+def test_transactions_round_trip_and_malformed_payloads_are_refused():
+    me = Identity.generate()
+    tx = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 2, "node": "n", "score": "0.5"}, me)
+    assert tx_from_pb(tx_to_pb(tx)).hash == tx.hash
+    for payload, reason in [(b"\xff", "UTF-8"), (b"[1]", "JSON object"), (b'{"a":1.5}', "float"),
+                            (b'{"a":NaN}', "float"), (b"0" * (65 * 1024), "limit")]:
+        with pytest.raises(WireError, match=reason):
+            tx_from_pb(pb.Transaction(kind="SCORE", sender=me.node_id, payload=payload))
+
+
+def _status(fn) -> grpc.StatusCode:
+    with pytest.raises(ServiceError) as info:
+        fn()
+    return info.value.code
+
+
+def test_model_stream_checks_size_hash_and_order():
+    me = Identity.generate()
+    data = bytes(range(256)) * 10_000
+    got = receive(chunks(make_header(me, data, "job", 3, 42), data, chunk_bytes=4096), max_bytes=10 << 20)
+    assert got.data == data and got.header.num_samples == 42
+    header = make_header(me, data)
+    assert _status(lambda: receive(chunks(header, data[:-1] + b"x"), 10 << 20)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _status(lambda: receive(chunks(header, data[:-5]), 10 << 20)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _status(lambda: receive(chunks(header, data + b"extra"), 10 << 20)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _status(lambda: receive(chunks(header, data), 1000)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _status(lambda: receive(iter([pb.ModelChunk(data=b"x")]), 1000)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _status(lambda: receive(iter([]), 1000)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_model_cache_keeps_the_newest_within_its_budget():
+    cache = ModelCache(max_bytes=250)
+    models = [ReceivedModel.of(pb.ModelHeader(model_hash=hashlib.sha256(bytes([i])).hexdigest(), size=100), bytes(100))
+              for i in range(3)]
+    for m in models:
+        cache.put(m)
+    assert cache.get(models[0].header.model_hash) is None
+    assert cache.get(models[2].header.model_hash) is models[2]
+
+
+def test_supernode_choice_spreads_joins_excludes_and_skips_the_dead():
+    members = Members(dead_after=1.0, self_id="entry")
+    for sn in ("entry", "sn1", "sn2"):
+        members.add(Member(sn, "SN", f"{sn}:1", b""))
+    picks = [members.pick_supernode(f"en{i}").node_id for i in range(6)]
+    assert sorted(picks) == ["entry", "entry", "sn1", "sn1", "sn2", "sn2"]  # reservations spread joins
+    assert members.pick_supernode("en9", exclude=["entry", "sn1"]).node_id == "sn2"
+    members.get("sn1").last_seen = members.get("sn2").last_seen = time.monotonic() - 5
+    assert members.pick_supernode("en10").node_id == "entry"  # the others are dead; self is alive
+    assert members.pick_supernode("en11", exclude=["entry"]) is None
+
+
+def test_cli_flags_init_and_clear_errors(tmp_path, capsys):
+    args = build_parser().parse_args(["--port", "8080", "--nt", "sn", "--entry", "127.0.0.1:8080", "-z"])
+    assert args.nt == "SN" and args.is_entry and args.host == "0.0.0.0"
+    assert main(["init", "--home", str(tmp_path / "n")]) == 0
+    out = capsys.readouterr().out
+    assert Identity.load_or_create(tmp_path / "n").node_id in out
+    assert "gobal_epoch" in (tmp_path / "n" / "config.toml").read_text()
+    assert main(["--port", "1", "--nt", "EN", "--entry", "nowhere", "--home", str(tmp_path / "x")]) == 2
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        split_address("host:99999")
