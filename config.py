@@ -55,6 +55,9 @@ my_conf: dict[str, Any] = {
     "block_interval": 0.5,  # the entry SN seals pending transactions at least this often (s)
     "block_max_txs": 500,  # ... or as soon as this many are pending
     "max_model_mb": 1024,  # the largest model a node accepts over the wire
+    "round_timeout": 300.0,  # seconds an edge node has for one round before it is left out
+    "torch_threads": 1,  # torch threads per edge node (several ENs often share a host's cores)
+    "own_data": False,  # an EN trains on everything in its data_dir instead of its job shard
 }
 
 ENV_PREFIX = "FL_"
@@ -103,6 +106,8 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "block_interval": _positive,
     "block_max_txs": _at_least(1),
     "max_model_mb": _at_least(1),
+    "round_timeout": _positive,
+    "torch_threads": _at_least(1),
 }
 
 _CHOICE_KEYS = {"dataset", "strategy", "model", "partition", "device"}

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, help="key, config and SQLite ledger (default: ~/.fedledger/<sn|en>-<port>)")
     p.add_argument("--db", metavar="URL",
                    help="ledger database: sqlite:///FILE or mysql+pymysql://USER:PW@HOST:3306[/DB] "
-                        "(no DB: one named fedledger_<sn-port> is created); default <home>/ledger.db")
+                        "(no DB: each supernode gets its own, fedledger_sn_<node id>); default <home>/ledger.db")
     p.add_argument("--data-dir", help="where this node's dataset files live (config data_dir)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device (config device)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower)
@@ -82,11 +82,14 @@ def _toml_value(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from node.identity import Identity
     from node.rpc import route_ip, split_address
-    from node.server import build_server, wait_for_signal
+    from node.server import build_server, stop_event
     from node.supernode import NodeSettings
 
     log = logging.getLogger("fedledger")
+    stopping = stop_event()  # SIGINT/SIGTERM from here on stop the node cleanly
     split_address(args.entry)  # a clear error now rather than a failed dial later
+    if args.advertise:
+        split_address(args.advertise)
     home = args.home or Path.home() / ".fedledger" / f"{args.nt.lower()}-{args.port}"
     overrides = parse_assignments(args.set)
     if args.data_dir:
@@ -96,48 +99,71 @@ def run(args: argparse.Namespace) -> int:
     config_file = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
     conf = load_config(config_file, overrides=overrides)
     identity = Identity.load_or_create(home)
-    address = args.advertise or f"{route_ip(args.entry)}:{args.port}"
+    address = args.advertise or f"{_url_host(route_ip(args.entry))}:{args.port}"
     settings = NodeSettings.from_config(conf)
 
-    store = None
-    if args.nt == "SN":
-        from node.ledger import Ledger
-        from node.sn_services import ConsoleService, LedgerService, MembershipService, TrainingService
-        from node.supernode import Supernode
-        from base_package import data_pb2_grpc as rpc_pb
-        from sql.store import LedgerStore, ledger_url
-
-        store = LedgerStore(ledger_url(args.db, home, f"sn-{args.port}"))
-        node: Any = Supernode(identity, address, Ledger(store), args.entry, args.is_entry, settings)
-        servicers = [(rpc_pb.add_MembershipServicer_to_server, MembershipService(node)),
-                     (rpc_pb.add_LedgerServicer_to_server, LedgerService(node)),
-                     (rpc_pb.add_TrainingServicer_to_server, TrainingService(node)),
-                     (rpc_pb.add_ConsoleServicer_to_server, ConsoleService(node))]
-        ledger_text = store.describe()
-    else:
-        if args.is_entry:
-            raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
-        from node.edgenode import EdgeNode, edge_servicers
-
-        node = EdgeNode(identity, address, args.entry, settings)
-        servicers = edge_servicers(node, args.entry)
-        ledger_text = "none (edge node)"
-
-    server = build_server(f"{args.host}:{args.port}", servicers)
+    closers: list[Any] = []
     try:
-        node.start()
-        role = "SN, entry" if args.is_entry else args.nt
-        log.info("node %s (%s) serving on %s:%d, reachable at %s; home %s; ledger %s",
-                 identity.node_id, role, args.host, args.port, address, home, ledger_text)
-        signum = wait_for_signal()
-        log.info("signal %d: shutting down", signum)
+        if args.nt == "SN":
+            node, servicers, ledger_text = _supernode(args, home, conf, identity, address, settings, closers)
+        else:
+            if args.is_entry:
+                raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
+            from node.edgenode import EdgeNode, edge_servicers
+            from node.trainer import EdgeTrainer
+
+            node = EdgeNode(identity, address, args.entry, settings)
+            node.trainer = EdgeTrainer(node, home, conf)
+            servicers = edge_servicers(node, args.entry)
+            ledger_text = "none (edge node)"
+        server = build_server(f"{_url_host(args.host)}:{args.port}", servicers)
+        try:
+            node.start()
+            role = "SN, entry" if args.is_entry else args.nt
+            log.info("node %s (%s) serving on %s:%d, reachable at %s; home %s; ledger %s",
+                     identity.node_id, role, args.host, args.port, address, home, ledger_text)
+            while not stopping.wait(0.5):
+                pass
+            log.info("signal received: shutting down")
+        finally:
+            server.stop(grace=3).wait()  # no new requests, then finish the node's own work
+            node.stop()
     finally:
-        node.stop()
-        server.stop(grace=3).wait()
-        if store is not None:
-            store.close()
+        for close in closers:
+            close()
     log.info("stopped cleanly")
     return 0
+
+
+def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity: Any, address: str,
+               settings: Any, closers: list[Any]) -> tuple[Any, list[Any], str]:
+    from base_package import data_pb2_grpc as rpc_pb
+    from node.admin import load_or_create_token, token_hash
+    from node.coordinator import Coordinator
+    from node.ledger import Ledger
+    from node.sn_services import ConsoleService, LedgerService, MembershipService, TrainingService
+    from node.supernode import Supernode
+    from sql.store import LedgerStore, ledger_url
+
+    store = LedgerStore(ledger_url(args.db, home, f"sn_{identity.node_id[:16]}"))
+    closers.append(store.close)
+    node = Supernode(identity, address, Ledger(store), args.entry, args.is_entry, settings)
+    if args.is_entry:
+        token, created = load_or_create_token(home)
+        node.admin_token_hash = token_hash(token)
+        node.coordinator = Coordinator(node, conf)
+        if created:  # shown once; it stays in the entry node's home
+            print(f"admin token (also in {home / 'admin.token'}): {token}", flush=True)
+    servicers = [(rpc_pb.add_MembershipServicer_to_server, MembershipService(node)),
+                 (rpc_pb.add_LedgerServicer_to_server, LedgerService(node)),
+                 (rpc_pb.add_TrainingServicer_to_server, TrainingService(node)),
+                 (rpc_pb.add_ConsoleServicer_to_server, ConsoleService(node))]
+    return node, servicers, store.describe()
+
+
+def _url_host(host: str) -> str:
+    """IPv6 literals need brackets in HOST:PORT."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x61se_package/data.proto\x12\tfedledger\"\x07\n\x05\x45mpty\"b\n\x0bTransaction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xa5\x01\n\x05\x42lock\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x11\n\tprev_hash\x18\x02 \x01(\t\x12\x13\n\x0bmerkle_root\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x10\n\x08proposer\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12,\n\x0ctransactions\x18\x07 \x03(\x0b\x32\x16.fedledger.Transaction\"$\n\x04Head\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07tx_hash\x18\x01 \x01(\t\":\n\tPushReply\x12\x1d\n\x04head\x18\x01 \x01(\x0b\x32\x0f.fedledger.Head\x12\x0e\n\x06stored\x18\x02 \x01(\x08\"6\n\x10GetBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x1e\n\x0c\x42lockRequest\x12\x0e\n\x06height\x18\x01 \x01(\x03\"\xa4\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedledger.Role\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x0c\n\x04load\x18\x05 \x01(\x05\x12\x11\n\tsupernode\x18\x06 \x01(\t\x12\x13\n\x0bseen_ms_ago\x18\x07 \x01(\x03\x12\x12\n\npublic_key\x18\x08 \x01(\x0c\".\n\x08NodeList\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.fedledger.NodeInfo\"?\n\x0fRegisterRequest\x12,\n\x0cregistration\x18\x01 \x01(\x0b\x32\x16.fedledger.Transaction\"\x7f\n\rRegisterReply\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x14\n\x0csupernode_id\x18\x02 \x01(\t\x12\'\n\nsupernodes\x18\x03 \x01(\x0b\x32\x13.fedledger.NodeList\x12\x1d\n\x04head\x18\x04 \x01(\x0b\x32\x0f.fedledger.Head\"r\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x12\n\nedge_nodes\x18\x03 \x03(\t\x12\x13\n\x0bhead_height\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"g\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\'\n\nsupernodes\x18\x02 \x01(\x0b\x32\x13.fedledger.NodeList\x12\x1d\n\x04head\x18\x03 \x01(\x0b\x32\x0f.fedledger.Head\"1\n\x10ListNodesRequest\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.fedledger.Role\"8\n\x14\x46indSupernodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xclude\x18\x02 \x03(\t\"\x99\x01\n\x0bModelHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x12\n\nmodel_hash\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12\x0e\n\x06sender\x18\x06 \x01(\t\x12\x11\n\ttimestamp\x18\x07 \x01(\x03\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"N\n\nModelChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedledger.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\x0fTransferReceipt\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\"\n\x0cModelRequest\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\"\x82\x02\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedledger.Role\x12\r\n\x05\x65ntry\x18\x03 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x1d\n\x04head\x18\x05 \x01(\x0b\x32\x0f.fedledger.Head\x12\x14\n\x0c\x66inal_height\x18\x06 \x01(\x03\x12\x1c\n\x14pending_transactions\x18\x07 \x01(\x05\x12\'\n\nsupernodes\x18\x08 \x01(\x0b\x32\x13.fedledger.NodeList\x12\'\n\nedge_nodes\x18\t \x01(\x0b\x32\x13.fedledger.NodeList\"\x82\x01\n\x0bVerifyReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x03\x12\x14\n\x0ctransactions\x18\x03 \x01(\x03\x12\x1d\n\x04head\x18\x04 \x01(\x0b\x32\x0f.fedledger.Head\x12\x12\n\nbad_height\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t*,\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x06\n\x02SN\x10\x01\x12\x06\n\x02\x45N\x10\x02\x32\x99\x02\n\nMembership\x12@\n\x08Register\x12\x1a.fedledger.RegisterRequest\x1a\x18.fedledger.RegisterReply\x12\x43\n\tHeartbeat\x12\x1b.fedledger.HeartbeatRequest\x1a\x19.fedledger.HeartbeatReply\x12=\n\tListNodes\x12\x1b.fedledger.ListNodesRequest\x1a\x13.fedledger.NodeList\x12\x45\n\rFindSupernode\x12\x1f.fedledger.FindSupernodeRequest\x1a\x13.fedledger.NodeInfo2\xee\x01\n\x06Ledger\x12\x43\n\x11SubmitTransaction\x12\x16.fedledger.Transaction\x1a\x16.fedledger.SubmitReply\x12\x33\n\tPushBlock\x12\x10.fedledger.Block\x1a\x14.fedledger.PushReply\x12<\n\tGetBlocks\x12\x1b.fedledger.GetBlocksRequest\x1a\x10.fedledger.Block0\x01\x12,\n\x07GetHead\x12\x10.fedledger.Empty\x1a\x0f.fedledger.Head2\xda\x01\n\x08Training\x12\x43\n\x0cUploadUpdate\x12\x15.fedledger.ModelChunk\x1a\x1a.fedledger.TransferReceipt(\x01\x12\x46\n\x0f\x44istributeModel\x12\x15.fedledger.ModelChunk\x1a\x1a.fedledger.TransferReceipt(\x01\x12\x41\n\rDownloadModel\x12\x17.fedledger.ModelRequest\x1a\x15.fedledger.ModelChunk0\x01\x32\xa8\x01\n\x07\x43onsole\x12\x32\n\x06Status\x12\x10.fedledger.Empty\x1a\x16.fedledger.StatusReply\x12\x35\n\x08GetBlock\x12\x17.fedledger.BlockRequest\x1a\x10.fedledger.Block\x12\x32\n\x06Verify\x12\x10.fedledger.Empty\x1a\x16.fedledger.VerifyReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x61se_package/data.proto\x12\tfedledger\"\x07\n\x05\x45mpty\"b\n\x0bTransaction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xa5\x01\n\x05\x42lock\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x11\n\tprev_hash\x18\x02 \x01(\t\x12\x13\n\x0bmerkle_root\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x10\n\x08proposer\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12,\n\x0ctransactions\x18\x07 \x03(\x0b\x32\x16.fedledger.Transaction\"$\n\x04Head\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07tx_hash\x18\x01 \x01(\t\":\n\tPushReply\x12\x1d\n\x04head\x18\x01 \x01(\x0b\x32\x0f.fedledger.Head\x12\x0e\n\x06stored\x18\x02 \x01(\x08\"6\n\x10GetBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x1e\n\x0c\x42lockRequest\x12\x0e\n\x06height\x18\x01 \x01(\x03\"\xa4\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedledger.Role\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x0c\n\x04load\x18\x05 \x01(\x05\x12\x11\n\tsupernode\x18\x06 \x01(\t\x12\x13\n\x0bseen_ms_ago\x18\x07 \x01(\x03\x12\x12\n\npublic_key\x18\x08 \x01(\x0c\".\n\x08NodeList\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.fedledger.NodeInfo\"?\n\x0fRegisterRequest\x12,\n\x0cregistration\x18\x01 \x01(\x0b\x32\x16.fedledger.Transaction\"\x9b\x01\n\rRegisterReply\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x14\n\x0csupernode_id\x18\x02 \x01(\t\x12\'\n\nsupernodes\x18\x03 \x01(\x0b\x32\x13.fedledger.NodeList\x12\x1d\n\x04head\x18\x04 \x01(\x0b\x32\x0f.fedledger.Head\x12\x1a\n\x12\x61\x64min_token_sha256\x18\x05 \x01(\t\"r\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x12\n\nedge_nodes\x18\x03 \x03(\t\x12\x13\n\x0bhead_height\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"g\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\'\n\nsupernodes\x18\x02 \x01(\x0b\x32\x13.fedledger.NodeList\x12\x1d\n\x04head\x18\x03 \x01(\x0b\x32\x0f.fedledger.Head\"1\n\x10ListNodesRequest\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.fedledger.Role\"8\n\x14\x46indSupernodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xclude\x18\x02 \x03(\t\"\x99\x01\n\x0bModelHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x12\n\nmodel_hash\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12\x0e\n\x06sender\x18\x06 \x01(\t\x12\x11\n\ttimestamp\x18\x07 \x01(\x03\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"N\n\nModelChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedledger.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\x0fTransferReceipt\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\"\n\x0cModelRequest\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\"\x8a\x01\n\x0cRoundRequest\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.fedledger.Transaction\x12)\n\tauthority\x18\x02 \x01(\x0b\x32\x16.fedledger.Transaction\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x03 \x01(\x03\x12\x15\n\revaluate_only\x18\x04 \x01(\x08\"E\n\x0b\x45valMetrics\x12\x0f\n\x07\x63orrect\x18\x01 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\"\x90\x01\n\nEdgeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06update\x18\x02 \x01(\x0b\x32\x16.fedledger.Transaction\x12$\n\x04\x65val\x18\x03 \x01(\x0b\x32\x16.fedledger.EvalMetrics\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\",\n\tExclusion\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9b\x01\n\x0fSupernodeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cpartial_hash\x18\x02 \x01(\t\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12$\n\x05\x65\x64ges\x18\x04 \x03(\x0b\x32\x15.fedledger.EdgeResult\x12&\n\x08\x65xcluded\x18\x05 \x03(\x0b\x32\x14.fedledger.Exclusion\"\x82\x02\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedledger.Role\x12\r\n\x05\x65ntry\x18\x03 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x1d\n\x04head\x18\x05 \x01(\x0b\x32\x0f.fedledger.Head\x12\x14\n\x0c\x66inal_height\x18\x06 \x01(\x03\x12\x1c\n\x14pending_transactions\x18\x07 \x01(\x05\x12\'\n\nsupernodes\x18\x08 \x01(\x0b\x32\x13.fedledger.NodeList\x12\'\n\nedge_nodes\x18\t \x01(\x0b\x32\x13.fedledger.NodeList\"t\n\nJobRequest\x12\x35\n\x08settings\x18\x01 \x03(\x0b\x32#.fedledger.JobRequest.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x0cRoundMetrics\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x14\n\x0c\x61\x63\x63_weighted\x18\x02 \x01(\x01\x12\x10\n\x08\x61\x63\x63_mean\x18\x03 \x01(\x01\x12\x0f\n\x07\x61\x63\x63_min\x18\x04 \x01(\x01\x12\x0f\n\x07\x61\x63\x63_max\x18\x05 \x01(\x01\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x12\n\ntrain_loss\x18\x07 \x01(\x01\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x14\n\x0cparticipants\x18\t \x01(\x05\x12&\n\x08\x65xcluded\x18\n \x03(\x0b\x32\x14.fedledger.Exclusion\x12\x13\n\x0bglobal_hash\x18\x0b \x01(\t\"\xd5\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0e\n\x06rounds\x18\x04 \x01(\x05\x12(\n\x07metrics\x18\x05 \x03(\x0b\x32\x17.fedledger.RoundMetrics\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12#\n\x03job\x18\x07 \x01(\x0b\x32\x16.fedledger.Transaction\x12,\n\x0cglobal_model\x18\x08 \x01(\x0b\x32\x16.fedledger.Transaction\"c\n\x08\x45\x64geEval\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tsupernode\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\"\xad\x01\n\nEvalReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\"\n\x05\x65\x64ges\x18\x03 \x03(\x0b\x32\x13.fedledger.EdgeEval\x12\x14\n\x0c\x61\x63\x63_weighted\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x63\x63_mean\x18\x05 \x01(\x01\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12&\n\x08\x65xcluded\x18\x07 \x03(\x0b\x32\x14.fedledger.Exclusion\"?\n\x0bSaveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\x82\x01\n\x0bVerifyReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x03\x12\x14\n\x0ctransactions\x18\x03 \x01(\x03\x12\x1d\n\x04head\x18\x04 \x01(\x0b\x32\x0f.fedledger.Head\x12\x12\n\nbad_height\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t*,\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x06\n\x02SN\x10\x01\x12\x06\n\x02\x45N\x10\x02\x32\x99\x02\n\nMembership\x12@\n\x08Register\x12\x1a.fedledger.RegisterRequest\x1a\x18.fedledger.RegisterReply\x12\x43\n\tHeartbeat\x12\x1b.fedledger.HeartbeatRequest\x1a\x19.fedledger.HeartbeatReply\x12=\n\tListNodes\x12\x1b.fedledger.ListNodesRequest\x1a\x13.fedledger.NodeList\x12\x45\n\rFindSupernode\x12\x1f.fedledger.FindSupernodeRequest\x1a\x13.fedledger.NodeInfo2\xee\x01\n\x06Ledger\x12\x43\n\x11SubmitTransaction\x12\x16.fedledger.Transaction\x1a\x16.fedledger.SubmitReply\x12\x33\n\tPushBlock\x12\x10.fedledger.Block\x1a\x14.fedledger.PushReply\x12<\n\tGetBlocks\x12\x1b.fedledger.GetBlocksRequest\x1a\x10.fedledger.Block0\x01\x12,\n\x07GetHead\x12\x10.fedledger.Empty\x1a\x0f.fedledger.Head2\xd9\x02\n\x08Training\x12\x43\n\x0cUploadUpdate\x12\x15.fedledger.ModelChunk\x1a\x1a.fedledger.TransferReceipt(\x01\x12\x46\n\x0f\x44istributeModel\x12\x15.fedledger.ModelChunk\x1a\x1a.fedledger.TransferReceipt(\x01\x12\x41\n\rDownloadModel\x12\x17.fedledger.ModelRequest\x1a\x15.fedledger.ModelChunk0\x01\x12?\n\x08RunRound\x12\x17.fedledger.RoundRequest\x1a\x1a.fedledger.SupernodeResult\x12<\n\nTrainRound\x12\x17.fedledger.RoundRequest\x1a\x15.fedledger.EdgeResult2\xa8\x04\n\x07\x43onsole\x12\x32\n\x06Status\x12\x10.fedledger.Empty\x1a\x16.fedledger.StatusReply\x12\x35\n\x08GetBlock\x12\x17.fedledger.BlockRequest\x1a\x10.fedledger.Block\x12\x32\n\x06Verify\x12\x10.fedledger.Empty\x1a\x16.fedledger.VerifyReply\x12=\n\tListNodes\x12\x1b.fedledger.ListNodesRequest\x1a\x13.fedledger.NodeList\x12\x37\n\x08StartJob\x12\x15.fedledger.JobRequest\x1a\x14.fedledger.JobStatus\x12\x30\n\x06Resume\x12\x10.fedledger.Empty\x1a\x14.fedledger.JobStatus\x12/\n\x05Pause\x12\x10.fedledger.Empty\x1a\x14.fedledger.JobStatus\x12\x30\n\x06GetJob\x12\x10.fedledger.Empty\x1a\x14.fedledger.JobStatus\x12\x33\n\x08\x45valuate\x12\x10.fedledger.Empty\x1a\x15.fedledger.EvalReport\x12<\n\nRecordSave\x12\x16.fedledger.SaveRequest\x1a\x16.fedledger.SubmitReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'base_package.data_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1991
-  _globals['_ROLE']._serialized_end=2035
+  _globals['_JOBREQUEST_SETTINGSENTRY']._loaded_options = None
+  _globals['_JOBREQUEST_SETTINGSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=3499
+  _globals['_ROLE']._serialized_end=3543
   _globals['_EMPTY']._serialized_start=38
   _globals['_EMPTY']._serialized_end=45
   _globals['_TRANSACTION']._serialized_start=47
@@ -55,34 +57,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODELIST']._serialized_end=746
   _globals['_REGISTERREQUEST']._serialized_start=748
   _globals['_REGISTERREQUEST']._serialized_end=811
-  _globals['_REGISTERREPLY']._serialized_start=813
-  _globals['_REGISTERREPLY']._serialized_end=940
-  _globals['_HEARTBEATREQUEST']._serialized_start=942
-  _globals['_HEARTBEATREQUEST']._serialized_end=1056
-  _globals['_HEARTBEATREPLY']._serialized_start=1058
-  _globals['_HEARTBEATREPLY']._serialized_end=1161
-  _globals['_LISTNODESREQUEST']._serialized_start=1163
-  _globals['_LISTNODESREQUEST']._serialized_end=1212
-  _globals['_FINDSUPERNODEREQUEST']._serialized_start=1214
-  _globals['_FINDSUPERNODEREQUEST']._serialized_end=1270
-  _globals['_MODELHEADER']._serialized_start=1273
-  _globals['_MODELHEADER']._serialized_end=1426
-  _globals['_MODELCHUNK']._serialized_start=1428
-  _globals['_MODELCHUNK']._serialized_end=1506
-  _globals['_TRANSFERRECEIPT']._serialized_start=1508
-  _globals['_TRANSFERRECEIPT']._serialized_end=1559
-  _globals['_MODELREQUEST']._serialized_start=1561
-  _globals['_MODELREQUEST']._serialized_end=1595
-  _globals['_STATUSREPLY']._serialized_start=1598
-  _globals['_STATUSREPLY']._serialized_end=1856
-  _globals['_VERIFYREPLY']._serialized_start=1859
-  _globals['_VERIFYREPLY']._serialized_end=1989
-  _globals['_MEMBERSHIP']._serialized_start=2038
-  _globals['_MEMBERSHIP']._serialized_end=2319
-  _globals['_LEDGER']._serialized_start=2322
-  _globals['_LEDGER']._serialized_end=2560
-  _globals['_TRAINING']._serialized_start=2563
-  _globals['_TRAINING']._serialized_end=2781
-  _globals['_CONSOLE']._serialized_start=2784
-  _globals['_CONSOLE']._serialized_end=2952
+  _globals['_REGISTERREPLY']._serialized_start=814
+  _globals['_REGISTERREPLY']._serialized_end=969
+  _globals['_HEARTBEATREQUEST']._serialized_start=971
+  _globals['_HEARTBEATREQUEST']._serialized_end=1085
+  _globals['_HEARTBEATREPLY']._serialized_start=1087
+  _globals['_HEARTBEATREPLY']._serialized_end=1190
+  _globals['_LISTNODESREQUEST']._serialized_start=1192
+  _globals['_LISTNODESREQUEST']._serialized_end=1241
+  _globals['_FINDSUPERNODEREQUEST']._serialized_start=1243
+  _globals['_FINDSUPERNODEREQUEST']._serialized_end=1299
+  _globals['_MODELHEADER']._serialized_start=1302
+  _globals['_MODELHEADER']._serialized_end=1455
+  _globals['_MODELCHUNK']._serialized_start=1457
+  _globals['_MODELCHUNK']._serialized_end=1535
+  _globals['_TRANSFERRECEIPT']._serialized_start=1537
+  _globals['_TRANSFERRECEIPT']._serialized_end=1588
+  _globals['_MODELREQUEST']._serialized_start=1590
+  _globals['_MODELREQUEST']._serialized_end=1624
+  _globals['_ROUNDREQUEST']._serialized_start=1627
+  _globals['_ROUNDREQUEST']._serialized_end=1765
+  _globals['_EVALMETRICS']._serialized_start=1767
+  _globals['_EVALMETRICS']._serialized_end=1836
+  _globals['_EDGERESULT']._serialized_start=1839
+  _globals['_EDGERESULT']._serialized_end=1983
+  _globals['_EXCLUSION']._serialized_start=1985
+  _globals['_EXCLUSION']._serialized_end=2029
+  _globals['_SUPERNODERESULT']._serialized_start=2032
+  _globals['_SUPERNODERESULT']._serialized_end=2187
+  _globals['_STATUSREPLY']._serialized_start=2190
+  _globals['_STATUSREPLY']._serialized_end=2448
+  _globals['_JOBREQUEST']._serialized_start=2450
+  _globals['_JOBREQUEST']._serialized_end=2566
+  _globals['_JOBREQUEST_SETTINGSENTRY']._serialized_start=2519
+  _globals['_JOBREQUEST_SETTINGSENTRY']._serialized_end=2566
+  _globals['_ROUNDMETRICS']._serialized_start=2569
+  _globals['_ROUNDMETRICS']._serialized_end=2806
+  _globals['_JOBSTATUS']._serialized_start=2809
+  _globals['_JOBSTATUS']._serialized_end=3022
+  _globals['_EDGEEVAL']._serialized_start=3024
+  _globals['_EDGEEVAL']._serialized_end=3123
+  _globals['_EVALREPORT']._serialized_start=3126
+  _globals['_EVALREPORT']._serialized_end=3299
+  _globals['_SAVEREQUEST']._serialized_start=3301
+  _globals['_SAVEREQUEST']._serialized_end=3364
+  _globals['_VERIFYREPLY']._serialized_start=3367
+  _globals['_VERIFYREPLY']._serialized_end=3497
+  _globals['_MEMBERSHIP']._serialized_start=3546
+  _globals['_MEMBERSHIP']._serialized_end=3827
+  _globals['_LEDGER']._serialized_start=3830
+  _globals['_LEDGER']._serialized_end=4068
+  _globals['_TRAINING']._serialized_start=4071
+  _globals['_TRAINING']._serialized_end=4416
+  _globals['_CONSOLE']._serialized_start=4419
+  _globals['_CONSOLE']._serialized_end=4971
 # @@protoc_insertion_point(module_scope)

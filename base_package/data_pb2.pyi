@@ -121,16 +121,18 @@ class RegisterRequest(_message.Message):
     def __init__(self, registration: _Optional[_Union[Transaction, _Mapping]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("entry_id", "supernode_id", "supernodes", "head")
+    __slots__ = ("entry_id", "supernode_id", "supernodes", "head", "admin_token_sha256")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     SUPERNODE_ID_FIELD_NUMBER: _ClassVar[int]
     SUPERNODES_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     supernode_id: str
     supernodes: NodeList
     head: Head
-    def __init__(self, entry_id: _Optional[str] = ..., supernode_id: _Optional[str] = ..., supernodes: _Optional[_Union[NodeList, _Mapping]] = ..., head: _Optional[_Union[Head, _Mapping]] = ...) -> None: ...
+    admin_token_sha256: str
+    def __init__(self, entry_id: _Optional[str] = ..., supernode_id: _Optional[str] = ..., supernodes: _Optional[_Union[NodeList, _Mapping]] = ..., head: _Optional[_Union[Head, _Mapping]] = ..., admin_token_sha256: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id", "timestamp", "edge_nodes", "head_height", "signature")
@@ -212,6 +214,64 @@ class ModelRequest(_message.Message):
     model_hash: str
     def __init__(self, model_hash: _Optional[str] = ...) -> None: ...
 
+class RoundRequest(_message.Message):
+    __slots__ = ("job", "authority", "deadline_ms", "evaluate_only")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    job: Transaction
+    authority: Transaction
+    deadline_ms: int
+    evaluate_only: bool
+    def __init__(self, job: _Optional[_Union[Transaction, _Mapping]] = ..., authority: _Optional[_Union[Transaction, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., evaluate_only: _Optional[bool] = ...) -> None: ...
+
+class EvalMetrics(_message.Message):
+    __slots__ = ("correct", "num_samples", "loss_sum")
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
+    correct: int
+    num_samples: int
+    loss_sum: float
+    def __init__(self, correct: _Optional[int] = ..., num_samples: _Optional[int] = ..., loss_sum: _Optional[float] = ...) -> None: ...
+
+class EdgeResult(_message.Message):
+    __slots__ = ("node_id", "update", "eval", "train_loss", "seconds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    update: Transaction
+    eval: EvalMetrics
+    train_loss: float
+    seconds: float
+    def __init__(self, node_id: _Optional[str] = ..., update: _Optional[_Union[Transaction, _Mapping]] = ..., eval: _Optional[_Union[EvalMetrics, _Mapping]] = ..., train_loss: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class Exclusion(_message.Message):
+    __slots__ = ("node_id", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SupernodeResult(_message.Message):
+    __slots__ = ("node_id", "partial_hash", "num_samples", "edges", "excluded")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_HASH_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    partial_hash: str
+    num_samples: int
+    edges: _containers.RepeatedCompositeFieldContainer[EdgeResult]
+    excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
+    def __init__(self, node_id: _Optional[str] = ..., partial_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeResult, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ...) -> None: ...
+
 class StatusReply(_message.Message):
     __slots__ = ("node_id", "role", "entry", "address", "head", "final_height", "pending_transactions", "supernodes", "edge_nodes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +293,107 @@ class StatusReply(_message.Message):
     supernodes: NodeList
     edge_nodes: NodeList
     def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., entry: _Optional[bool] = ..., address: _Optional[str] = ..., head: _Optional[_Union[Head, _Mapping]] = ..., final_height: _Optional[int] = ..., pending_transactions: _Optional[int] = ..., supernodes: _Optional[_Union[NodeList, _Mapping]] = ..., edge_nodes: _Optional[_Union[NodeList, _Mapping]] = ...) -> None: ...
+
+class JobRequest(_message.Message):
+    __slots__ = ("settings",)
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: _containers.ScalarMap[str, str]
+    def __init__(self, settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RoundMetrics(_message.Message):
+    __slots__ = ("round", "acc_weighted", "acc_mean", "acc_min", "acc_max", "loss", "train_loss", "seconds", "participants", "excluded", "global_hash")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ACC_WEIGHTED_FIELD_NUMBER: _ClassVar[int]
+    ACC_MEAN_FIELD_NUMBER: _ClassVar[int]
+    ACC_MIN_FIELD_NUMBER: _ClassVar[int]
+    ACC_MAX_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_HASH_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    acc_weighted: float
+    acc_mean: float
+    acc_min: float
+    acc_max: float
+    loss: float
+    train_loss: float
+    seconds: float
+    participants: int
+    excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
+    global_hash: str
+    def __init__(self, round: _Optional[int] = ..., acc_weighted: _Optional[float] = ..., acc_mean: _Optional[float] = ..., acc_min: _Optional[float] = ..., acc_max: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., seconds: _Optional[float] = ..., participants: _Optional[int] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., global_hash: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "state", "round", "rounds", "metrics", "error", "job", "global_model")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    round: int
+    rounds: int
+    metrics: _containers.RepeatedCompositeFieldContainer[RoundMetrics]
+    error: str
+    job: Transaction
+    global_model: Transaction
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[RoundMetrics, _Mapping]]] = ..., error: _Optional[str] = ..., job: _Optional[_Union[Transaction, _Mapping]] = ..., global_model: _Optional[_Union[Transaction, _Mapping]] = ...) -> None: ...
+
+class EdgeEval(_message.Message):
+    __slots__ = ("node_id", "supernode", "accuracy", "loss", "num_samples")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SUPERNODE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    supernode: str
+    accuracy: float
+    loss: float
+    num_samples: int
+    def __init__(self, node_id: _Optional[str] = ..., supernode: _Optional[str] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., num_samples: _Optional[int] = ...) -> None: ...
+
+class EvalReport(_message.Message):
+    __slots__ = ("job_id", "round", "edges", "acc_weighted", "acc_mean", "loss", "excluded")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    ACC_WEIGHTED_FIELD_NUMBER: _ClassVar[int]
+    ACC_MEAN_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    edges: _containers.RepeatedCompositeFieldContainer[EdgeEval]
+    acc_weighted: float
+    acc_mean: float
+    loss: float
+    excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeEval, _Mapping]]] = ..., acc_weighted: _Optional[float] = ..., acc_mean: _Optional[float] = ..., loss: _Optional[float] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ...) -> None: ...
+
+class SaveRequest(_message.Message):
+    __slots__ = ("job_id", "model_hash", "path")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model_hash: str
+    path: str
+    def __init__(self, job_id: _Optional[str] = ..., model_hash: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("ok", "blocks", "transactions", "head", "bad_height", "reason")

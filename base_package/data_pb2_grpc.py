@@ -451,6 +451,16 @@ class TrainingStub:
                 request_serializer=base__package_dot_data__pb2.ModelRequest.SerializeToString,
                 response_deserializer=base__package_dot_data__pb2.ModelChunk.FromString,
                 _registered_method=True)
+        self.RunRound = channel.unary_unary(
+                '/fedledger.Training/RunRound',
+                request_serializer=base__package_dot_data__pb2.RoundRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.SupernodeResult.FromString,
+                _registered_method=True)
+        self.TrainRound = channel.unary_unary(
+                '/fedledger.Training/TrainRound',
+                request_serializer=base__package_dot_data__pb2.RoundRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.EdgeResult.FromString,
+                _registered_method=True)
 
 
 class TrainingServicer:
@@ -477,6 +487,20 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunRound(self, request, context):
+        """entry node -> supernode
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainRound(self, request, context):
+        """supernode -> edge node
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -494,6 +518,16 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.DownloadModel,
                     request_deserializer=base__package_dot_data__pb2.ModelRequest.FromString,
                     response_serializer=base__package_dot_data__pb2.ModelChunk.SerializeToString,
+            ),
+            'RunRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunRound,
+                    request_deserializer=base__package_dot_data__pb2.RoundRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.SupernodeResult.SerializeToString,
+            ),
+            'TrainRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainRound,
+                    request_deserializer=base__package_dot_data__pb2.RoundRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.EdgeResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -587,9 +621,65 @@ class Training:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RunRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Training/RunRound',
+            base__package_dot_data__pb2.RoundRequest.SerializeToString,
+            base__package_dot_data__pb2.SupernodeResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Training/TrainRound',
+            base__package_dot_data__pb2.RoundRequest.SerializeToString,
+            base__package_dot_data__pb2.EdgeResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ConsoleStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every call needs the admin token as metadata `authorization: Bearer <token>`. Job commands
+    are for the entry node; the others work on any supernode. Edge nodes refuse all of them.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -612,10 +702,47 @@ class ConsoleStub:
                 request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
                 response_deserializer=base__package_dot_data__pb2.VerifyReply.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/fedledger.Console/ListNodes',
+                request_serializer=base__package_dot_data__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.NodeList.FromString,
+                _registered_method=True)
+        self.StartJob = channel.unary_unary(
+                '/fedledger.Console/StartJob',
+                request_serializer=base__package_dot_data__pb2.JobRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/fedledger.Console/Resume',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/fedledger.Console/Pause',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/fedledger.Console/GetJob',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/fedledger.Console/Evaluate',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.EvalReport.FromString,
+                _registered_method=True)
+        self.RecordSave = channel.unary_unary(
+                '/fedledger.Console/RecordSave',
+                request_serializer=base__package_dot_data__pb2.SaveRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.SubmitReply.FromString,
+                _registered_method=True)
 
 
 class ConsoleServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every call needs the admin token as metadata `authorization: Bearer <token>`. Job commands
+    are for the entry node; the others work on any supernode. Edge nodes refuse all of them.
+    """
 
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -631,6 +758,53 @@ class ConsoleServicer:
 
     def Verify(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartJob(self, request, context):
+        """trainFL(...)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """train()
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pause(self, request, context):
+        """pause()
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evaluate(self, request, context):
+        """eval()
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordSave(self, request, context):
+        """save(): the saved model's hash on the chain
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -653,6 +827,41 @@ def add_ConsoleServicer_to_server(servicer, server):
                     request_deserializer=base__package_dot_data__pb2.Empty.FromString,
                     response_serializer=base__package_dot_data__pb2.VerifyReply.SerializeToString,
             ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=base__package_dot_data__pb2.ListNodesRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.NodeList.SerializeToString,
+            ),
+            'StartJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartJob,
+                    request_deserializer=base__package_dot_data__pb2.JobRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.JobStatus.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.JobStatus.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.JobStatus.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.JobStatus.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.EvalReport.SerializeToString,
+            ),
+            'RecordSave': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSave,
+                    request_deserializer=base__package_dot_data__pb2.SaveRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.SubmitReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'fedledger.Console', rpc_method_handlers)
@@ -662,7 +871,9 @@ def add_ConsoleServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Console:
-    """Missing associated documentation comment in .proto file."""
+    """Every call needs the admin token as metadata `authorization: Bearer <token>`. Job commands
+    are for the entry node; the others work on any supernode. Edge nodes refuse all of them.
+    """
 
     @staticmethod
     def Status(request,
@@ -735,6 +946,195 @@ class Console:
             '/fedledger.Console/Verify',
             base__package_dot_data__pb2.Empty.SerializeToString,
             base__package_dot_data__pb2.VerifyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/ListNodes',
+            base__package_dot_data__pb2.ListNodesRequest.SerializeToString,
+            base__package_dot_data__pb2.NodeList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/StartJob',
+            base__package_dot_data__pb2.JobRequest.SerializeToString,
+            base__package_dot_data__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/Resume',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/Pause',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/GetJob',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/Evaluate',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.EvalReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/RecordSave',
+            base__package_dot_data__pb2.SaveRequest.SerializeToString,
+            base__package_dot_data__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from node.chain import ZERO_HASH, Head, InvalidTransaction, check_payload, merkle_root, register_key
+from node.chain import (ZERO_HASH, Head, InvalidTransaction, check_payload, check_sender_role, merkle_root,
+                        register_key)
 from node.identity import verify_signature
 from sql.store import LedgerStore, StoredBlock
 
@@ -71,6 +72,7 @@ class _Walk:
     """What the audit has learnt so far: the registered keys and the last good block."""
 
     keys: dict[str, bytes] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
     proposer: str | None = None
     previous: StoredBlock | None = None
     transactions: int = 0
@@ -158,10 +160,17 @@ def _audit_block(stored: StoredBlock, walk: _Walk) -> Iterator[_SignatureCheck]:
     checks = []
     for index, tx in enumerate(block.transactions):
         new_key = register_key(tx)
-        if new_key is not None and walk.keys.setdefault(tx.sender, new_key) != new_key:
-            raise _Bad(height, f"transaction {index}: node {tx.sender} re-registers with another key")
+        if new_key is not None:
+            if walk.keys.setdefault(tx.sender, new_key) != new_key:
+                raise _Bad(height, f"transaction {index}: node {tx.sender} re-registers with another key")
+            if walk.roles.setdefault(tx.sender, tx.payload["role"]) != tx.payload["role"]:
+                raise _Bad(height, f"transaction {index}: node {tx.sender} re-registers with another role")
         if tx.sender not in walk.keys:
             raise _Bad(height, f"transaction {index}: sender {tx.sender} was never registered")
+        try:
+            check_sender_role(tx, walk.roles.get(tx.sender), walk.proposer)
+        except InvalidTransaction as exc:
+            raise _Bad(height, f"transaction {index}: {exc}") from None
         checks.append(_SignatureCheck(height, f"transaction {index} ({tx.kind}): bad signature", walk.keys[tx.sender],
                                       tx.signature, bytes.fromhex(tx.hash)))
     if walk.proposer not in walk.keys:

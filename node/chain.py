@@ -57,6 +57,15 @@ PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
     TxKind.EXCLUDED: {"job_id": _STR, "round": _INT, "node": _STR, "reason": _STR},
 }
 ROLES = ("SN", "EN")
+# Who may send what: the entry node (the proposer) runs jobs, supernodes aggregate and report,
+# edge nodes send updates; anyone may register itself.
+PROPOSER_KINDS = {TxKind.JOB, TxKind.ROUND, TxKind.GLOBAL_MODEL, TxKind.SAVE}
+KIND_ROLES: dict[TxKind, str] = {TxKind.AGGREGATE: "SN", TxKind.EXCLUDED: "SN", TxKind.SCORE: "SN",
+                                 TxKind.MODEL_UPDATE: "EN"}
+MAX_INT = 2**53  # exact in every JSON reader
+MAX_ROUND = 2**31 - 1
+_JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # lower case: MySQL compares case-insensitively
+_MAX_TEXT = {"address": 255, "reason": 1000, "path": 1024, "score": 64}
 
 
 class ChainError(ValueError):
@@ -166,7 +175,7 @@ class Transaction:
 
 def _field_ok(value: Any, kind: str) -> bool:
     if kind == _INT:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_INT
     if kind == _HASH:
         return isinstance(value, str) and bool(_HEX64.fullmatch(value))
     return isinstance(value, {_STR: str, _LIST: (list, tuple), _DICT: Mapping}[kind])
@@ -189,15 +198,45 @@ def check_payload(tx: Transaction) -> None:
             raise InvalidTransaction(f"{kind} payload lacks {name!r}")
         if not _field_ok(tx.payload[name], expected):
             raise InvalidTransaction(f"{kind} payload field {name!r}={tx.payload[name]!r} is not a valid {expected}")
+    _check_limits(kind, tx.payload)
     try:
         tx.hash  # noqa: B018 - encodes the body canonically once (then cached), refusing floats
-    except ChainError as exc:
-        raise InvalidTransaction(f"{kind} payload: {exc}") from None
+    except (ChainError, ValueError, RecursionError) as exc:
+        raise InvalidTransaction(f"{kind} payload cannot be encoded canonically: {exc}") from None
     if kind is TxKind.REGISTER:
         if tx.payload["role"] not in ROLES:
             raise InvalidTransaction(f"REGISTER role {tx.payload['role']!r} must be one of {ROLES}")
         if node_id_for(bytes.fromhex(tx.payload["public_key"])) != tx.sender:
             raise InvalidTransaction("REGISTER public key does not belong to the sender id")
+        supernode = tx.payload.get("supernode", "")
+        if not isinstance(supernode, str) or (supernode and not _NODE_ID.fullmatch(supernode)):
+            raise InvalidTransaction(f"REGISTER supernode {supernode!r} is not a node id")
+
+
+def _check_limits(kind: TxKind, payload: Mapping[str, Any]) -> None:
+    """Bounds every database backend can store alike (lengths, integer ranges, id formats)."""
+    job_id = payload.get("job_id")
+    if job_id is not None and (not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id)):
+        raise InvalidTransaction(f"{kind} job_id {job_id!r} must be 1-64 lower-case letters, digits, '.', '_' or '-'")
+    if "round" in payload and isinstance(payload["round"], int) and payload["round"] > MAX_ROUND:
+        raise InvalidTransaction(f"{kind} round {payload['round']} is out of range")
+    for name, limit in _MAX_TEXT.items():
+        if isinstance(payload.get(name), str) and len(payload[name]) > limit:
+            raise InvalidTransaction(f"{kind} {name} is longer than {limit} characters")
+    node = payload.get("node")
+    if node is not None and (not isinstance(node, str) or not _NODE_ID.fullmatch(node)):
+        raise InvalidTransaction(f"{kind} node {node!r} is not a node id")
+
+
+def check_sender_role(tx: Transaction, role: str | None, proposer: str | None) -> None:
+    """Raise :class:`InvalidTransaction` unless the sender's role may send this kind."""
+    kind = TxKind(tx.kind)
+    if kind in PROPOSER_KINDS and tx.sender != proposer:
+        raise InvalidTransaction(f"only the entry node may send {kind} transactions")
+    wanted = KIND_ROLES.get(kind)
+    if wanted is not None and role != wanted:
+        raise InvalidTransaction(f"{kind} transactions come from {'supernodes' if wanted == 'SN' else 'edge nodes'}; "
+                                 f"{tx.sender} is {'an unknown node' if role is None else f'a {role}'}")
 
 
 def register_key(tx: Transaction) -> bytes | None:
@@ -265,6 +304,8 @@ class ChainView(Protocol):
 
     def public_keys(self, node_ids: Iterable[str]) -> dict[str, bytes]: ...
 
+    def roles(self, node_ids: Iterable[str]) -> dict[str, str]: ...
+
     def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]: ...
 
 
@@ -297,17 +338,25 @@ def validate_block(block: Block, view: ChainView) -> None:
     if existing := view.existing_transactions(hashes):
         raise InvalidBlock(f"block {block.height} repeats transaction {sorted(existing)[0][:16]}… already on the chain")
 
-    keys = view.public_keys({t.sender for t in block.transactions} | {block.proposer})
+    senders = {t.sender for t in block.transactions} | {block.proposer}
+    keys, roles = view.public_keys(senders), view.roles(senders)
     for index, tx in enumerate(block.transactions):
         new_key = register_key(tx)
         if new_key is not None:
             if tx.sender in keys and keys[tx.sender] != new_key:
                 raise InvalidBlock(f"block {block.height} transaction {index}: node {tx.sender} is registered with another key")
+            if roles.get(tx.sender, tx.payload["role"]) != tx.payload["role"]:
+                raise InvalidBlock(f"block {block.height} transaction {index}: node {tx.sender} cannot change its role")
             key = new_key
+            roles[tx.sender] = tx.payload["role"]
         elif tx.sender in keys:
             key = keys[tx.sender]
         else:
             raise InvalidBlock(f"block {block.height} transaction {index}: sender {tx.sender} is not a registered node")
+        try:
+            check_sender_role(tx, roles.get(tx.sender), proposer)
+        except InvalidTransaction as exc:
+            raise InvalidBlock(f"block {block.height} transaction {index}: {exc}") from None
         if not verify_signature(key, tx.signature, bytes.fromhex(tx.hash)):
             raise InvalidBlock(f"block {block.height} transaction {index} ({tx.kind}): bad signature")
         keys[tx.sender] = key

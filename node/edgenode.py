@@ -20,11 +20,12 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.identity import Identity, node_id_for
+from node.chain import register_key
+from node.identity import Identity, node_id_for, verify_signature
 from node.rpc import channel, handled, refuse
 from node.supernode import NodeSettings, register_transaction, signed_heartbeat
 from node.transfer import ModelCache, check_header_signature, receive
-from node.wire import tx_to_pb
+from node.wire import block_from_pb, tx_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class EdgeNode:
         self.entry_address = entry_address
         self.settings = settings
         self.supernode: pb.NodeInfo | None = None
+        self.entry_id: str | None = None  # pinned from the entry node's genesis block at join
+        self.entry_key: bytes | None = None
+        self.trainer: Any = None  # an EdgeTrainer, set by main
         self.models = ModelCache(2 * settings.max_model_bytes)
         self.on_model: Callable[[Any], None] | None = None  # set by the training layer
         self.joined = threading.Event()
@@ -59,6 +63,8 @@ class EdgeNode:
     def join(self, exclude: set[str]) -> pb.NodeInfo:
         """Ask the entry node for a supernode and register there; raises ``grpc.RpcError``."""
         with channel(self.entry_address) as ch:
+            if self.entry_key is None:
+                self.entry_id, self.entry_key = _entry_identity(ch)
             chosen = rpc_pb.MembershipStub(ch).FindSupernode(
                 pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
         if node_id_for(chosen.public_key) != chosen.node_id:
@@ -93,6 +99,8 @@ class EdgeNode:
                 failures += 1
                 where = self.supernode.address if self.supernode else self.entry_address
                 log.warning("%s: %s %s", where, exc.code().name, exc.details())
+                if self.supernode is None and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    exclude.clear()  # nothing else is alive: the excluded supernode may be back
                 if self.supernode is not None and (failures >= FAILURES_BEFORE_REHOMING
                                                    or exc.code() == grpc.StatusCode.FAILED_PRECONDITION):
                     log.warning("supernode %s stopped answering; asking the entry node for another",
@@ -110,6 +118,21 @@ class EdgeNode:
     def _leave(self) -> None:
         self.supernode = None
         self.joined.clear()
+
+
+def _entry_identity(ch: grpc.Channel) -> tuple[str, bytes]:
+    """The entry node's id and key, from its genesis block (checked): the trust anchor for the
+    orders this edge node will act on."""
+    genesis = next(iter(rpc_pb.LedgerStub(ch).GetBlocks(pb.GetBlocksRequest(from_height=0, limit=1), timeout=5)), None)
+    if genesis is None or genesis.height != 0:
+        raise RuntimeError("the entry node has no genesis block yet")
+    block = block_from_pb(genesis)
+    for tx in block.transactions:
+        key = register_key(tx)
+        if key is not None and tx.sender == block.proposer and node_id_for(key) == block.proposer \
+                and verify_signature(key, block.signature, bytes.fromhex(block.hash)):
+            return block.proposer, key
+    raise RuntimeError("the entry node's genesis block does not register its proposer with a valid signature")
 
 
 class EdgeTrainingService(rpc_pb.TrainingServicer):
@@ -132,6 +155,16 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
             self.node.on_model(model)
         self.node.models.put(model)
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
+
+    @handled
+    def TrainRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.EdgeResult:
+        if self.node.trainer is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this edge node does not train")
+        return self.node.trainer.handle(request)
+
+    @handled
+    def RunRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.SupernodeResult:
+        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "edge nodes do not run supernode rounds")
 
     @handled
     def UploadUpdate(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:

@@ -62,10 +62,11 @@ class Members:
             if edge_nodes is not None:
                 member.edge_nodes = frozenset(edge_nodes)
                 for en in member.edge_nodes:
-                    self._reserved.pop(en, None)
                     child = self._members.get(en)
-                    if child is not None:
-                        child.last_seen, child.supernode = now, node_id
+                    # a supernode vouches only for edge nodes that registered with it
+                    if child is not None and child.role == "EN" and child.supernode == node_id:
+                        child.last_seen = now
+                        self._reserved.pop(en, None)
 
     def alive(self, member: Member) -> bool:
         return member.node_id == self.self_id or time.monotonic() - member.last_seen <= self.dead_after

@@ -43,17 +43,14 @@ def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None]
     return server
 
 
-def wait_for_signal() -> int:
-    """Block until SIGINT or SIGTERM; return the signal number."""
-    received: list[int] = []
-    done = threading.Event()
+def stop_event() -> threading.Event:
+    """An event set by the first SIGINT or SIGTERM (installed now, before any slow start-up)."""
+    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        done.set()
+        log.info("signal %d", signum)
+        stopping.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    while not done.wait(0.5):
-        pass
-    return received[0]
+    return stopping

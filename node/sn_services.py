@@ -6,7 +6,10 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
+from node.admin import require_admin
 from node.audit import verify_chain
+from node.chain import Transaction, TxKind
+from node.coordinator import Coordinator
 from node.rpc import handled, refuse
 from node.supernode import Supernode
 from node.transfer import ReceivedModel, check_header_signature, receive
@@ -55,7 +58,7 @@ class LedgerService(rpc_pb.LedgerServicer):
     def GetBlocks(self, request: pb.GetBlocksRequest, context: grpc.ServicerContext):
         if request.from_height < 0:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "from_height must be >= 0")
-        limit = min(request.limit or MAX_GET_BLOCKS, MAX_GET_BLOCKS)
+        limit = request.limit if 0 < request.limit <= MAX_GET_BLOCKS else MAX_GET_BLOCKS
         for block in self.node.ledger.store.blocks_from(request.from_height, limit):
             yield block_to_pb(block)
 
@@ -102,6 +105,14 @@ class TrainingService(rpc_pb.TrainingServicer):
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 
     @handled
+    def RunRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.SupernodeResult:
+        return self.node.rounds.run(request)
+
+    @handled
+    def TrainRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.EdgeResult:
+        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "supernodes do not train; edge nodes do")
+
+    @handled
     def DownloadModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
         model = self.node.models.get(request.model_hash)
         if model is None:
@@ -110,11 +121,24 @@ class TrainingService(rpc_pb.TrainingServicer):
 
 
 class ConsoleService(rpc_pb.ConsoleServicer):
+    """Operator commands. Every call needs the admin token; job commands need the entry node."""
+
     def __init__(self, node: Supernode) -> None:
         self.node = node
 
+    def _admin(self, context: grpc.ServicerContext) -> None:
+        require_admin(context, self.node.admin_token_hash)
+
+    def _coordinator(self, context: grpc.ServicerContext) -> Coordinator:
+        self._admin(context)
+        if self.node.coordinator is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"jobs run on the entry node; connect the console to {self.node.entry_address}")
+        return self.node.coordinator
+
     @handled
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.StatusReply:
+        self._admin(context)
         node = self.node
         return pb.StatusReply(
             node_id=node.node_id, role=pb.SN, entry=node.is_entry, address=node.address,
@@ -123,7 +147,13 @@ class ConsoleService(rpc_pb.ConsoleServicer):
             edge_nodes=node.list_nodes(pb.EN))
 
     @handled
+    def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.NodeList:
+        self._admin(context)
+        return self.node.list_nodes(request.role)
+
+    @handled
     def GetBlock(self, request: pb.BlockRequest, context: grpc.ServicerContext) -> pb.Block:
+        self._admin(context)
         height = request.height
         if height < 0:
             head = self.node.ledger.head()
@@ -135,7 +165,38 @@ class ConsoleService(rpc_pb.ConsoleServicer):
 
     @handled
     def Verify(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.VerifyReply:
+        self._admin(context)
         report = verify_chain(self.node.ledger.store)
         return pb.VerifyReply(ok=report.ok, blocks=report.blocks, transactions=report.transactions,
                               head=head_to_pb(report.head), bad_height=-1 if report.bad_height is None else report.bad_height,
                               reason=report.reason)
+
+    @handled
+    def StartJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
+        return self._coordinator(context).start_job(dict(request.settings))
+
+    @handled
+    def Resume(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JobStatus:
+        return self._coordinator(context).resume()
+
+    @handled
+    def Pause(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JobStatus:
+        return self._coordinator(context).pause()
+
+    @handled
+    def GetJob(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JobStatus:
+        return self._coordinator(context).status()
+
+    @handled
+    def Evaluate(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.EvalReport:
+        return self._coordinator(context).evaluate()
+
+    @handled
+    def RecordSave(self, request: pb.SaveRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
+        coordinator = self._coordinator(context)
+        if self.node.models.get(request.model_hash) is None:
+            raise refuse(grpc.StatusCode.NOT_FOUND, f"this node holds no model {request.model_hash[:16]}…")
+        tx = Transaction.create(TxKind.SAVE, {"job_id": request.job_id or coordinator.status().job_id or "none",
+                                              "hash": request.model_hash, "path": request.path[:1024]},
+                                self.node.identity)
+        return pb.SubmitReply(tx_hash=self.node.submit(tx))

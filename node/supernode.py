@@ -24,18 +24,23 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.chain import Block, Head, Transaction, TxKind, check_payload, now_ms
+from node.chain import (Block, Head, InvalidBlock, InvalidTransaction, Transaction, TxKind, canonical_bytes,
+                        check_payload, check_sender_role, now_ms)
 from node.identity import Identity, verify_signature
 from node.ledger import Ledger
 from node.membership import Member, Members
 from node.rpc import channel, refuse
+from node.rounds import RoundRunner
 from node.transfer import ModelCache
 from node.wire import block_from_pb, block_to_pb, head_to_pb, signed_fields, tx_to_pb
+from sql.store import StoreError
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_MAX_SKEW_MS = 60_000
 SYNC_BATCH = 500
+MAX_PENDING = 20_000  # transactions waiting for a block; beyond that submitters are asked to retry
+MAX_BLOCK_BYTES = 6 << 20  # a sealed block must fit one gRPC message (8 MiB) when pushed
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ class Supernode:
         self._peer_heads: dict[str, int] = {}
         self._pushers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push")
         self._entry_channel: grpc.Channel | None = None
+        self.admin_token_hash = ""  # the entry node sets it from its token; others learn it at registration
+        self.rounds = RoundRunner(self)
+        self.coordinator: Any = None  # the entry node's job runner, set by main
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,13 +135,19 @@ class Supernode:
 
     def stop(self) -> None:
         """Stop the loops; the entry node seals what is pending into a last block first."""
+        if self.coordinator is not None:
+            self.coordinator.stop()
         self._stop.set()
         with self._pool_cond:
             self._pool_cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=10)
         if self.is_entry:
-            self._seal_pending()
+            try:
+                self._seal_pending()
+            except Exception:  # noqa: BLE001
+                log.exception("could not seal the last pending transactions")
+        self.rounds.close()
         self._pushers.shutdown(wait=True, cancel_futures=False)
         if self._entry_channel is not None:
             self._entry_channel.close()
@@ -171,7 +185,8 @@ class Supernode:
         self.submit(tx)
         log.info("registered %s %s at %s", role, tx.sender, address)
         return pb.RegisterReply(entry_id=self.entry_id or "", supernode_id=self.node_id,
-                                supernodes=self.supernodes_pb(), head=head_to_pb(self.ledger.head()))
+                                supernodes=self.supernodes_pb(), head=head_to_pb(self.ledger.head()),
+                                admin_token_sha256=self.admin_token_hash if role == "SN" else "")
 
     def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatReply:
         member = self.members.get(req.node_id)
@@ -225,12 +240,23 @@ class Supernode:
             reply = self._entry_stub(rpc_pb.LedgerStub).SubmitTransaction(tx_to_pb(tx), timeout=10)
             return reply.tx_hash
         check_payload(tx)
+        if self.ledger.store.existing_transactions([tx.hash]):
+            return tx.hash  # already sealed: idempotent
+        stored_key = self.ledger.store.public_keys([tx.sender]).get(tx.sender)  # database reads outside the lock
+        stored_role = self.ledger.store.roles([tx.sender]).get(tx.sender)
         with self._pool_cond:
-            if tx.hash in self._pool_hashes or self.ledger.store.existing_transactions([tx.hash]):
-                return tx.hash  # already pending or sealed: idempotent
-            key = self._sender_key(tx)
+            if tx.hash in self._pool_hashes:
+                return tx.hash
+            if len(self._pool) >= MAX_PENDING:
+                raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{len(self._pool)} transactions are waiting for a block; retry shortly")
+            key, role = self._pending_identity(tx, stored_key, stored_role)
             if key is None:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {tx.sender} is not a registered node")
+            try:
+                check_sender_role(tx, role, self.node_id)
+            except InvalidTransaction as exc:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
             if not verify_signature(key, tx.signature, bytes.fromhex(tx.hash)):
                 raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"transaction {tx.hash[:16]}… has a bad signature")
             if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
@@ -241,51 +267,76 @@ class Supernode:
             self._pool_cond.notify_all()
         return tx.hash
 
-    def _sender_key(self, tx: Transaction) -> bytes | None:
+    def _pending_identity(self, tx: Transaction, key: bytes | None, role: str | None) -> tuple[bytes | None, str | None]:
+        """The sender's key and role: from the chain, or from a registration still in the pool."""
         if tx.kind == TxKind.REGISTER:
-            return bytes.fromhex(tx.payload["public_key"])
+            if role is not None and role != tx.payload["role"]:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as {role}")
+            return bytes.fromhex(tx.payload["public_key"]), tx.payload["role"]
         for pending in self._pool:
             if pending.kind == TxKind.REGISTER and pending.sender == tx.sender:
-                return bytes.fromhex(pending.payload["public_key"])
-        return self.ledger.store.public_keys([tx.sender]).get(tx.sender)
+                return bytes.fromhex(pending.payload["public_key"]), pending.payload["role"]
+        return key, role
 
     def pending_count(self) -> int:
         with self._pool_cond:
             return len(self._pool)
 
     def _block_loop(self) -> None:
+        backoff = 0.0
         while not self._stop.is_set():
             with self._pool_cond:
                 self._pool_cond.wait_for(lambda: self._pool or self._stop.is_set())
-                deadline = time.monotonic() + self.settings.block_interval
+                deadline = time.monotonic() + max(self.settings.block_interval, backoff)
                 while (len(self._pool) < self.settings.block_max_txs and not self._stop.is_set()
                        and (left := deadline - time.monotonic()) > 0):
                     self._pool_cond.wait(left)
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                return
+            try:
                 self._seal_pending()
+                backoff = 0.0
+            except StoreError as exc:  # the database is down: keep the pool, try again later
+                backoff = min(max(1.0, 2 * backoff), 30.0)
+                log.error("could not seal a block (%s); %d transactions kept, retrying in %.0f s",
+                          exc, self.pending_count(), backoff)
+            except Exception:  # noqa: BLE001 - the block loop must survive anything
+                log.exception("sealing a block failed")
+                self._stop.wait(1.0)
+
+    def _next_batch(self) -> list[Transaction]:
+        """Pending transactions for one block: at most block_max_txs, and few enough bytes that the
+        block fits one gRPC message when pushed to the other supernodes."""
+        batch, size = [], 0
+        with self._pool_cond:
+            for tx in self._pool[: self.settings.block_max_txs]:
+                size += len(canonical_bytes(tx.payload)) + 512
+                if batch and size > MAX_BLOCK_BYTES:
+                    break
+                batch.append(tx)
+        return batch
 
     def _seal_pending(self) -> None:
-        with self._pool_cond:
-            batch = self._pool[: self.settings.block_max_txs]
+        batch = self._next_batch()
         if not batch:
             return
         try:
             block = self.ledger.propose(batch, self.identity)
-        except Exception:  # noqa: BLE001 - never lose the pool to one bad transaction
-            log.exception("sealing %d transactions failed; retrying them one by one", len(batch))
+        except InvalidBlock as exc:  # one bad transaction: never lose the others to it
+            log.error("sealing %d transactions failed (%s); sealing them one by one", len(batch), exc)
             block = None
             for tx in batch:
                 try:
                     self.ledger.propose([tx], self.identity)
-                except Exception as exc:  # noqa: BLE001
-                    log.error("dropped transaction %s (%s): %s", tx.hash[:16], tx.kind, exc)
+                except InvalidBlock as one:
+                    log.error("dropped transaction %s (%s): %s", tx.hash[:16], tx.kind, one)
         with self._pool_cond:
             sealed = {t.hash for t in batch}
             self._pool = [t for t in self._pool if t.hash not in sealed]
             self._pool_hashes -= sealed
         head = self.ledger.head()
         if block is not None:
-            log.info("sealed block %d with %d transactions", block.height, len(block.transactions))
+            log.debug("sealed block %d with %d transactions", block.height, len(block.transactions))
         if head is not None:
             self._push_head(head.height)
 
@@ -313,8 +364,8 @@ class Supernode:
         own = head.height if head else -1
         if not self.is_entry:
             return own
-        peers = [self._peer_heads.get(m.node_id, -1) for m in self.members.of_role("SN", alive_only=True)
-                 if m.node_id != self.node_id]
+        peers = [min(own, self._peer_heads.get(m.node_id, -1)) for m in self.members.of_role("SN", alive_only=True)
+                 if m.node_id != self.node_id]  # a peer cannot hold more than we made
         heights = sorted([own, *peers], reverse=True)
         return heights[len(heights) // 2]
 
@@ -341,7 +392,8 @@ class Supernode:
                     if self.ledger.add_block(block_from_pb(message)):
                         added += 1
                     got += 1
-                if got < SYNC_BATCH:
+                after = self.ledger.head()
+                if got < SYNC_BATCH or after is None or after.height < start:  # done, or no progress
                     return added
 
     def _report_loop(self) -> None:
@@ -353,6 +405,7 @@ class Supernode:
                     reply = self._entry_stub(rpc_pb.MembershipStub).Register(pb.RegisterRequest(
                         registration=tx_to_pb(register_transaction(self.identity, "SN", self.address))), timeout=10)
                     self.entry_id = reply.entry_id
+                    self.admin_token_hash = reply.admin_token_sha256
                     self.supernode_view = reply.supernodes
                     registered = True
                     log.info("registered with entry node %s at %s", reply.entry_id, self.entry_address)
@@ -362,6 +415,7 @@ class Supernode:
                     signed_heartbeat(self.identity, self.my_edge_nodes(), head.height if head else -1), timeout=5)
                 if not reply.known:
                     registered = False
+                    self._stop.wait(self.settings.heartbeat_interval)
                     continue
                 self.supernode_view = reply.supernodes
                 if reply.head.height > (head.height if head else -1):

@@ -36,8 +36,8 @@ def tx_from_pb(msg: pb.Transaction) -> Transaction:
     try:
         payload = json.loads(msg.payload.decode("utf-8"), parse_float=_no_floats,
                              parse_constant=_no_floats)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"transaction payload is not UTF-8 JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge integers, deep nesting
+        raise WireError(f"transaction payload is not usable JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise WireError(f"transaction payload must be a JSON object, got {type(payload).__name__}")
     return Transaction(msg.kind, msg.sender, payload, msg.timestamp, bytes(msg.signature))

@@ -117,7 +117,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; foreign keys are off by default in SQLite
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a pushed block must survive a power cut
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -241,6 +241,14 @@ class LedgerStore:
         rows = self._read(lambda c: c.execute(
             select(nodes.c.node_id, nodes.c.public_key).where(nodes.c.node_id.in_(ids))).all(), "read public keys")
         return {r.node_id: bytes.fromhex(r.public_key) for r in rows}
+
+    def roles(self, node_ids: Iterable[str]) -> dict[str, str]:
+        ids = sorted(set(node_ids))
+        if not ids:
+            return {}
+        rows = self._read(lambda c: c.execute(
+            select(nodes.c.node_id, nodes.c.role).where(nodes.c.node_id.in_(ids))).all(), "read node roles")
+        return {r.node_id: r.role for r in rows}
 
     def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]:
         hashes = sorted(set(tx_hashes))

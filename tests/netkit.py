@@ -44,7 +44,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 class NodeProcess:
     def __init__(self, tmp: Path, name: str, nt: str, entry: str | None = None, is_entry: bool = False,
-                 db: str | None = None, env: dict[str, str] | None = None, extra: list[str] = ()) -> None:
+                 db: str | None = None, env: dict[str, str] | None = None, extra: list[str] = (),
+                 token_source: "NodeProcess | None" = None) -> None:
         self.name, self.port = name, free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.home = tmp / name
@@ -59,12 +60,27 @@ class NodeProcess:
         self.proc = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT)
         self.channel = grpc.insecure_channel(self.address)
+        self.token_source = token_source
 
     def stub(self, kind: type) -> Any:
         return kind(self.channel)
 
+    token_source: "NodeProcess | None" = None  # the entry node, whose home holds the admin token
+
+    @property
+    def token(self) -> str:
+        source = self.token_source or self
+        return (source.home / "admin.token").read_text().strip()
+
+    def admin(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")]
+
+    def console(self, method: str, request: Any = None, timeout: float = 30) -> Any:
+        call = getattr(self.stub(rpc_pb.ConsoleStub), method)
+        return call(request if request is not None else pb.Empty(), metadata=self.admin(), timeout=timeout)
+
     def status(self) -> pb.StatusReply:
-        return self.stub(rpc_pb.ConsoleStub).Status(pb.Empty(), timeout=5)
+        return self.console("Status", timeout=5)
 
     def head(self) -> pb.Head:
         return self.stub(rpc_pb.LedgerStub).GetHead(pb.Empty(), timeout=5)

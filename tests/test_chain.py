@@ -16,6 +16,7 @@ class MemoryView:
     def __init__(self) -> None:
         self.chain: list[Block] = []
         self.keys: dict[str, bytes] = {}
+        self.role: dict[str, str] = {}
 
     def head(self):
         return Head(self.chain[-1].height, self.chain[-1].hash) if self.chain else None
@@ -25,6 +26,9 @@ class MemoryView:
 
     def public_keys(self, ids):
         return {i: self.keys[i] for i in ids if i in self.keys}
+
+    def roles(self, ids):
+        return {i: self.role[i] for i in ids if i in self.role}
 
     def existing_transactions(self, hashes):
         on_chain = {t.hash for b in self.chain for t in b.transactions}
@@ -36,6 +40,7 @@ class MemoryView:
         for tx in block.transactions:
             if tx.kind == TxKind.REGISTER:
                 self.keys[tx.sender] = bytes.fromhex(tx.payload["public_key"])
+                self.role[tx.sender] = tx.payload["role"]
 
 
 @pytest.fixture
@@ -140,3 +145,26 @@ def test_genesis_must_register_its_proposer():
         view.add(Block.create(0, ZERO_HASH, [], proposer))
     with pytest.raises(InvalidBlock, match="expected genesis"):
         view.add(Block.create(1, ZERO_HASH, [], proposer))
+
+
+def test_each_kind_comes_only_from_its_role(setup):
+    view, proposer, edge = setup
+    head = view.head()
+    order = Transaction.create(TxKind.ROUND, {"job_id": "j", "round": 1, "global_hash": "a" * 64}, edge)
+    with pytest.raises(InvalidBlock, match="only the entry node may send ROUND"):
+        view.add(Block.create(head.height + 1, head.hash, [order], proposer))
+    aggregate = Transaction.create(TxKind.AGGREGATE, {"job_id": "j", "round": 1, "hash": "a" * 64, "samples": 1,
+                                                      "updates": []}, edge)
+    with pytest.raises(InvalidBlock, match="AGGREGATE transactions come from supernodes"):
+        view.add(Block.create(head.height + 1, head.hash, [aggregate], proposer))
+    flip = register(edge, role="SN")
+    with pytest.raises(InvalidBlock, match="cannot change its role"):
+        view.add(Block.create(head.height + 1, head.hash, [flip], proposer))
+
+
+def test_payload_limits_keep_backends_alike():
+    me = Identity.generate()
+    for payload, reason in [({"job_id": "Job", "round": 1, "global_hash": "a" * 64}, "lower-case"),
+                            ({"job_id": "j", "round": 2**40, "global_hash": "a" * 64}, "out of range")]:
+        with pytest.raises(InvalidTransaction, match=reason):
+            Transaction.create(TxKind.ROUND, payload, me)

@@ -74,7 +74,7 @@ def test_network_scenario(tmp_path, db_for, nodes):
     entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
     nodes.append(entry)
     entry.wait_ready()
-    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"))
+    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry)
     nodes.append(sn)
     sn.wait_ready()
     wait_until(lambda: len([n for n in entry.status().supernodes.nodes if n.alive]) == 2, 20, "SN registration")
@@ -102,8 +102,8 @@ def test_network_scenario(tmp_path, db_for, nodes):
     wait_until(lambda: entry.status().pending_transactions == 0 and _same_head(entry, sn), 20, "equal heads")
     registrations = []
     for height in range(entry.head().height + 1):
-        block = entry.stub(rpc_pb.ConsoleStub).GetBlock(pb.BlockRequest(height=height))
-        assert block == sn.stub(rpc_pb.ConsoleStub).GetBlock(pb.BlockRequest(height=height))
+        block = entry.console("GetBlock", pb.BlockRequest(height=height))
+        assert block == sn.console("GetBlock", pb.BlockRequest(height=height))
         registrations += [t.sender for t in block.transactions if t.kind == "REGISTER"]
     assert {entry_id, sn_id} | {id_ for ids in by_sn.values() for id_ in ids} <= set(registrations)
     assert entry.status().final_height == entry.head().height
@@ -120,7 +120,7 @@ def test_network_scenario(tmp_path, db_for, nodes):
     assert _code(lambda: ledger.SubmitTransaction(malformed)) == grpc.StatusCode.INVALID_ARGUMENT
     floats = pb.Transaction(kind="SCORE", sender=victim.node_id, payload=b'{"score":0.5}', timestamp=1)
     assert _code(lambda: ledger.SubmitTransaction(floats)) == grpc.StatusCode.INVALID_ARGUMENT
-    stranger = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 1, "node": "x", "score": "1"}, victim)
+    stranger = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 1, "node": victim.node_id, "score": "1"}, victim)
     assert _code(lambda: ledger.SubmitTransaction(tx_to_pb(stranger))) == grpc.StatusCode.PERMISSION_DENIED
     oversized = pb.Transaction(kind="SCORE", sender=victim.node_id, payload=b"0" * (9 << 20))
     assert _code(lambda: ledger.SubmitTransaction(oversized)) == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -130,7 +130,10 @@ def test_network_scenario(tmp_path, db_for, nodes):
     bad_beat.signature = forger.sign(b"beat")
     assert _code(lambda: membership.Heartbeat(bad_beat)) == grpc.StatusCode.UNAUTHENTICATED
     # wrong node types
-    assert _code(lambda: ens[0].status()) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: ens[0].stub(rpc_pb.ConsoleStub).Status(pb.Empty())) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: entry.stub(rpc_pb.ConsoleStub).Status(pb.Empty())) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(lambda: entry.stub(rpc_pb.ConsoleStub).Status(
+        pb.Empty(), metadata=[("authorization", "Bearer wrong")])) == grpc.StatusCode.UNAUTHENTICATED
     sn_register = register_transaction(Identity.generate(), "SN", "127.0.0.1:2")
     assert _code(lambda: sn.stub(rpc_pb.MembershipStub).Register(
         pb.RegisterRequest(registration=tx_to_pb(sn_register)))) == grpc.StatusCode.FAILED_PRECONDITION
@@ -163,7 +166,7 @@ def test_network_scenario(tmp_path, db_for, nodes):
     assert entry.head().height >= head_before.height
     wait_until(lambda: _same_head(entry, sn), 10, "equal heads after bad input")
     for node in (entry, sn):
-        assert node.stub(rpc_pb.ConsoleStub).Verify(pb.Empty()).ok
+        assert node.console("Verify").ok
 
     # --- kill a supernode: its edge nodes re-home within 10 s ------------------------------------------
     orphans = set(by_sn[sn_id])
@@ -172,11 +175,11 @@ def test_network_scenario(tmp_path, db_for, nodes):
                            if n.node_id in orphans), 10, "edge nodes to re-home")
 
     # --- a supernode started late catches up to the same head -----------------------------------------
-    late = NodeProcess(tmp_path, "sn2", "SN", entry=entry.address, db=db_for("sn2"))
+    late = NodeProcess(tmp_path, "sn2", "SN", entry=entry.address, db=db_for("sn2"), token_source=entry)
     nodes.append(late)
     late.wait_ready()
     wait_until(lambda: entry.status().pending_transactions == 0 and _same_head(entry, late), 30, "late SN to catch up")
-    assert late.stub(rpc_pb.ConsoleStub).Verify(pb.Empty()).ok
+    assert late.console("Verify").ok
 
     # --- SIGTERM: every node exits cleanly ---------------------------------------------------------
     for node in [*ens, late, entry]:

@@ -20,9 +20,9 @@ from node.wire import WireError, tx_from_pb, tx_to_pb
 
 def test_transactions_round_trip_and_malformed_payloads_are_refused():
     me = Identity.generate()
-    tx = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 2, "node": "n", "score": "0.5"}, me)
+    tx = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 2, "node": me.node_id, "score": "0.5"}, me)
     assert tx_from_pb(tx_to_pb(tx)).hash == tx.hash
-    for payload, reason in [(b"\xff", "UTF-8"), (b"[1]", "JSON object"), (b'{"a":1.5}', "float"),
+    for payload, reason in [(b"\xff", "usable JSON"), (b"[1]", "JSON object"), (b'{"a":1.5}', "float"),
                             (b'{"a":NaN}', "float"), (b"0" * (65 * 1024), "limit")]:
         with pytest.raises(WireError, match=reason):
             tx_from_pb(pb.Transaction(kind="SCORE", sender=me.node_id, payload=payload))

@@ -1,0 +1,291 @@
+"""The entry node's job runner: rounds across supernodes, the global model, pause and resume.
+
+A round r: sign ROUND(r) naming the global base H(r); give that base to every supernode with
+edge nodes in the job; have each supernode run its part (``RoundRunner``) before the deadline;
+download and check each partial aggregate against the hash the supernode put on the chain; and
+average the partials, weighted by samples, into H(r+1), signed in a GLOBAL_MODEL transaction.
+With ``openEval`` every edge node then evaluates H(r+1) with its own head.
+
+``pause()`` takes effect between rounds; ``train()`` resumes at the next round. The job's
+progress (round, global model, metrics) stays in memory and its history is on the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import grpc
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from config import ConfigError, load_config
+from fl.federation import ClientWorker, JobSpec, split_state
+from fl.serialize import state_from_bytes, state_to_bytes
+from fl.strategy import Update, validate_update, weighted_average
+from fl.train import EvalResult, summarize
+from node.chain import Transaction, TxKind, fixed, now_ms
+from node.jobs import Job, job_payload
+from node.rpc import channel, refuse
+from node.transfer import ReceivedModel, chunks, make_header, receive
+from node.wire import tx_to_pb
+
+log = logging.getLogger(__name__)
+
+# trainFL(...) keywords that are friendlier than the config keys they stand for
+ALIASES = {"rounds": "gobal_epoch", "clients": "client.amount", "lr": "learn_rate", "batch_size": "BATCH_SIZE",
+           "local_epochs": "local_epoch", "eval_every_round": "openEval"}
+
+
+class Coordinator:
+    def __init__(self, node: Any, base_conf: dict[str, Any]) -> None:
+        self.node = node  # the entry Supernode
+        self.base_conf = base_conf
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sn-round")
+        self.state = "idle"
+        self.error = ""
+        self.job: Job | None = None
+        self.round = 0  # rounds completed
+        self.metrics: list[pb.RoundMetrics] = []
+        self.global_model: ReceivedModel | None = None
+        self.global_tx: Transaction | None = None
+        self._pause_requested = False
+        self._sent: dict[str, str] = {}  # supernode -> hash of the last model it received from us
+
+    # --- console commands -------------------------------------------------------------------------
+    def start_job(self, settings: dict[str, str]) -> pb.JobStatus:
+        with self._lock:
+            if self.state in ("running", "pausing"):
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"job {self.job.job_id} is running; pause() it or wait for it to finish")
+            overrides = {ALIASES.get(k, k): v for k, v in settings.items()}
+            try:
+                conf = load_config(env={}, overrides={**_job_defaults(self.base_conf), **overrides})
+            except ConfigError as exc:
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            alive = [m.node_id for m in self.node.members.of_role("EN", alive_only=True)]
+            wanted = int(conf["client.amount"]) if "client.amount" in overrides else len(alive)
+            if not alive or wanted > len(alive):
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"the job wants {wanted} edge nodes but {len(alive)} are alive; start more "
+                             f"edge nodes or pass clients=<n>")
+            participants = sorted(alive)[:wanted]
+            spec = replace(JobSpec.from_config(conf), num_clients=len(participants))
+            job_id = f"job-{now_ms()}"
+            tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf), self.node.identity)
+            self.node.submit(tx)
+            self.job = Job.from_tx(tx)
+            worker = ClientWorker(spec, 10, _cpu())  # the job's initial model, the same on every node
+            initial = state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
+            self.global_model = ReceivedModel.of(make_header(self.node.identity, initial, job_id, 0), initial)
+            self.node.models.put(self.global_model)
+            self.global_tx, self.round, self.metrics, self.error = None, 0, [], ""
+            log.info("job %s: %s on %s, %d rounds, %d edge nodes", job_id, spec.strategy, spec.dataset,
+                     spec.rounds, len(participants))
+            self._launch()
+            return self.status()
+
+    def resume(self) -> pb.JobStatus:
+        """train(): resume a paused (or failed) job at its next round; with no job, start one."""
+        with self._lock:
+            if self.state == "running":
+                return self.status()
+            if self.state == "pausing":  # the pause has not taken effect yet: cancel it
+                self._pause_requested, self.state = False, "running"
+                return self.status()
+            if self.job is not None and self.state in ("paused", "failed"):
+                self._pause_requested = False
+                self._launch()
+                return self.status()
+        return self.start_job({})
+
+    def pause(self) -> pb.JobStatus:
+        with self._lock:
+            if self.state == "running":
+                self._pause_requested = True
+                self.state = "pausing"
+            elif self.state not in ("pausing", "paused"):
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no job is running (state: {self.state})")
+            return self.status()
+
+    def stop(self) -> None:
+        """Node shutdown: let the round in progress finish (bounded), then stop."""
+        self._pause_requested = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def status(self) -> pb.JobStatus:
+        job = self.job
+        return pb.JobStatus(
+            job_id=job.job_id if job else "", state=self.state, round=self.round,
+            rounds=job.spec.rounds if job else 0, metrics=self.metrics, error=self.error,
+            job=tx_to_pb(job.tx) if job else None,
+            global_model=tx_to_pb(self.global_tx) if self.global_tx else None)
+
+    def evaluate(self) -> pb.EvalReport:
+        if self.job is None or self.global_tx is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "no global model yet: run at least one round")
+        return self._evaluate(self.job, self.global_tx)
+
+    # --- the round loop ---------------------------------------------------------------------------
+    def _launch(self) -> None:
+        self.state = "running"
+        self._thread = threading.Thread(target=self._run, name="job", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        job = self.job
+        assert job is not None
+        try:
+            while self.round < job.spec.rounds:
+                with self._lock:
+                    if self._pause_requested:
+                        self.state, self._pause_requested = "paused", False
+                        log.info("job %s paused after round %d", job.job_id, self.round)
+                        return
+                self._round(job, self.round + 1)
+            with self._lock:
+                self.state = "done"
+            log.info("job %s done after %d rounds", job.job_id, self.round)
+        except Exception as exc:  # noqa: BLE001 - report it; the job can be resumed
+            log.exception("job %s failed in round %d", job.job_id, self.round + 1)
+            with self._lock:
+                self.state, self.error = "failed", f"round {self.round + 1}: {exc}"
+
+    def _round(self, job: Job, round_number: int) -> None:
+        started = time.perf_counter()
+        node, current = self.node, self.global_model
+        assert current is not None
+        order = Transaction.create(TxKind.ROUND, {"job_id": job.job_id, "round": round_number,
+                                                  "global_hash": current.header.model_hash}, node.identity)
+        node.submit(order)
+        results = self._fan_out(job, order, current, evaluate=False)
+        reference = state_from_bytes(current.data)
+        partials, excluded, edges = [], [], []
+        for sn, result in results:
+            excluded.extend(result.excluded)
+            edges.extend(result.edges)
+            if result.partial_hash:
+                partial = self._fetch(sn, result.partial_hash)
+                state = state_from_bytes(partial.data)
+                validate_update(reference, state)
+                partials.append(Update(state, result.num_samples))
+        if not partials:
+            raise RuntimeError("no edge node returned a usable update: " +
+                               "; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants")
+        new_state = weighted_average(partials, list(reference))
+        data = state_to_bytes(new_state)
+        samples = sum(p.num_samples for p in partials)
+        self.global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
+        node.models.put(self.global_model)
+        train_loss = sum(e.train_loss * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
+        self.global_tx = Transaction.create(TxKind.GLOBAL_MODEL, {
+            "job_id": job.job_id, "round": round_number, "hash": self.global_model.header.model_hash,
+            "samples": samples, "metrics": {"train_loss": fixed(train_loss), "updates": str(len(edges))}},
+            node.identity)
+        node.submit(self.global_tx)
+        summary = {k: math.nan for k in ("acc_weighted", "acc_mean", "acc_min", "acc_max", "loss")}
+        if job.evaluate_every_round or round_number == job.spec.rounds:
+            report = self._evaluate(job, self.global_tx)
+            excluded.extend(report.excluded)
+            if report.edges:
+                summary = _summary(report)
+        self.metrics.append(pb.RoundMetrics(
+            round=round_number, train_loss=train_loss, seconds=time.perf_counter() - started,
+            participants=len(edges), excluded=excluded, global_hash=self.global_model.header.model_hash, **summary))
+        self.round = round_number
+        log.info("job %s round %d: accuracy %.4f, %d updates, %d left out, %.2f s", job.job_id, round_number,
+                 summary["acc_weighted"], len(edges), len(excluded), time.perf_counter() - started)
+
+    def _evaluate(self, job: Job, global_tx: Transaction) -> pb.EvalReport:
+        model = self.node.models.get(global_tx.payload["hash"])
+        if model is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "the global model is no longer held")
+        results = self._fan_out(job, global_tx, model, evaluate=True)
+        report = pb.EvalReport(job_id=job.job_id, round=global_tx.payload["round"])
+        evals: list[EvalResult] = []
+        for sn, result in results:
+            report.excluded.extend(result.excluded)
+            for edge in result.edges:
+                ev = EvalResult(edge.eval.correct, edge.eval.loss_sum, edge.eval.num_samples)
+                evals.append(ev)
+                report.edges.append(pb.EdgeEval(node_id=edge.node_id, supernode=sn.node_id, accuracy=ev.accuracy,
+                                                loss=ev.loss, num_samples=ev.num_samples))
+        if evals:
+            s = summarize(evals)
+            report.acc_weighted, report.acc_mean, report.loss = s["acc_weighted"], s["acc_mean"], s["loss"]
+        return report
+
+    def _fan_out(self, job: Job, authority: Transaction, model: ReceivedModel,
+                 evaluate: bool) -> list[tuple[Any, pb.SupernodeResult]]:
+        """Run the round (or evaluation) on every alive supernode, this one included."""
+        node = self.node
+        request = pb.RoundRequest(job=tx_to_pb(job.tx), authority=tx_to_pb(authority), evaluate_only=evaluate,
+                                  deadline_ms=now_ms() + int(job.round_timeout * 1000))
+        supernodes = node.members.of_role("SN", alive_only=True)
+        futures = [(sn, self._pool.submit(self._run_on, sn, request, model)) for sn in supernodes]
+        results = []
+        for sn, future in futures:
+            try:
+                results.append((sn, future.result()))
+            except Exception as exc:  # noqa: BLE001 - a supernode that fails is left out of this round
+                log.warning("supernode %s failed the round: %s", sn.node_id[:8], exc)
+        return results
+
+    def _run_on(self, sn: Any, request: pb.RoundRequest, model: ReceivedModel) -> pb.SupernodeResult:
+        node = self.node
+        if sn.node_id == node.node_id:
+            return node.rounds.run(request)
+        timeout = (request.deadline_ms - now_ms()) / 1000 + 30
+        with channel(sn.address) as ch:
+            stub = rpc_pb.TrainingStub(ch)
+            if self._sent.get(sn.node_id) != model.header.model_hash:
+                stub.DistributeModel(model.stream(), timeout=timeout)
+                self._sent[sn.node_id] = model.header.model_hash
+            return stub.RunRound(request, timeout=timeout)
+
+    def _fetch(self, sn: Any, model_hash: str) -> ReceivedModel:
+        """A supernode's partial aggregate, checked against its hash."""
+        local = self.node.models.get(model_hash)
+        if local is not None:
+            return local
+        with channel(sn.address) as ch:
+            model = receive(rpc_pb.TrainingStub(ch).DownloadModel(pb.ModelRequest(model_hash=model_hash), timeout=60),
+                            self.node.settings.max_model_bytes)
+        if model.header.model_hash != model_hash:
+            raise refuse(grpc.StatusCode.DATA_LOSS, f"supernode {sn.node_id} sent another model than {model_hash[:16]}…")
+        return model
+
+
+def _samples(edge: pb.EdgeResult) -> int:
+    from node.wire import tx_from_pb
+
+    return int(tx_from_pb(edge.update).payload["samples"]) if edge.HasField("update") else 0
+
+
+def _summary(report: pb.EvalReport) -> dict[str, float]:
+    accs = [e.accuracy for e in report.edges]
+    return {"acc_weighted": report.acc_weighted, "acc_mean": report.acc_mean, "acc_min": min(accs),
+            "acc_max": max(accs), "loss": report.loss}
+
+
+def _job_defaults(conf: dict[str, Any]) -> dict[str, Any]:
+    """The entry node's configuration as the job's defaults (only keys a job uses)."""
+    keys = ("client.amount", "local_epoch", "gobal_epoch", "openEval", "dataset", "learn_rate", "BATCH_SIZE",
+            "strategy", "model", "head_layers", "momentum", "partition", "classes_per_client", "dirichlet_alpha",
+            "train_fraction", "seed", "round_timeout")
+    return {k: conf[k] for k in keys}
+
+
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")

@@ -1,0 +1,151 @@
+"""A supernode's part of a round: fan out to its edge nodes, check their updates, aggregate.
+
+For each of its edge nodes in the job, in parallel: send the global model if that node does not
+have it yet, then ask it to train (or evaluate) before the round's deadline. An edge node that
+fails, times out, or returns an update that does not fit (unsigned, wrong job or round, missing
+bytes, wrong keys/shapes/dtypes, NaN) is left out with the reason, recorded on the chain in an
+EXCLUDED transaction. The rest are averaged, weighted by samples, into the supernode's partial
+aggregate; the edge nodes' signed MODEL_UPDATE transactions and the supernode's AGGREGATE go to
+the entry node for the next block.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from fl.serialize import state_from_bytes, state_to_bytes
+from fl.strategy import InvalidUpdate, Update, validate_update, weighted_average
+from node.chain import Transaction, TxKind, check_payload, fixed, now_ms
+from node.identity import verify_signature
+from node.jobs import Job, authorised_model, check_signed_by
+from node.rpc import channel, refuse, status_for
+from node.transfer import ReceivedModel, chunks, make_header
+from node.wire import WireError, tx_from_pb, tx_to_pb
+
+log = logging.getLogger(__name__)
+
+
+class RoundRunner:
+    def __init__(self, node: Any) -> None:
+        self.node = node  # a Supernode
+        self._sent: dict[str, str] = {}  # edge node -> hash of the last model it received from us
+        self._sent_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="edge-round")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self, request: pb.RoundRequest) -> pb.SupernodeResult:
+        node = self.node
+        job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
+        entry_id = node.entry_id or ""
+        entry_key = node.ledger.store.public_keys([entry_id]).get(entry_id)
+        if entry_key is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this supernode has not synced the entry node's key yet")
+        check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
+        check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), entry_id, entry_key)
+        job = Job.from_tx(job_tx)
+        round_number, model_hash = authorised_model(authority, job.job_id)
+        model = node.models.get(model_hash)
+        if model is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this supernode lacks global model {model_hash[:16]}…")
+        mine = {m.node_id: m for m in node.members.of_role("EN", alive_only=True) if m.supernode == node.node_id}
+        edges = [mine[n] for n in job.participants if n in mine]
+        futures = {e.node_id: self._pool.submit(self._ask_edge, e, model, request) for e in edges}
+        results, excluded = [], []
+        for edge_id, future in futures.items():
+            try:
+                results.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
+                excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
+        reply = pb.SupernodeResult(node_id=node.node_id, edges=results, excluded=excluded)
+        if request.evaluate_only:
+            return reply
+        return self._aggregate(job, round_number, model, reply)
+
+    def _ask_edge(self, edge: Any, model: ReceivedModel, request: pb.RoundRequest) -> pb.EdgeResult:
+        timeout = max(0.5, (request.deadline_ms - now_ms()) / 1000)
+        with channel(edge.address) as ch:
+            stub = rpc_pb.TrainingStub(ch)
+            with self._sent_lock:
+                needs_model = self._sent.get(edge.node_id) != model.header.model_hash
+            if needs_model:  # re-signed by this supernode: edge nodes take models from their own SN
+                header = make_header(self.node.identity, model.data, model.header.job_id, model.header.round,
+                                     model.header.num_samples, model_hash=model.header.model_hash)
+                stub.DistributeModel(chunks(header, model.data), timeout=timeout)
+                with self._sent_lock:
+                    self._sent[edge.node_id] = model.header.model_hash
+            return stub.TrainRound(request, timeout=timeout)
+
+    def _aggregate(self, job: Job, round_number: int, model: ReceivedModel,
+                   reply: pb.SupernodeResult) -> pb.SupernodeResult:
+        node = self.node
+        reference = state_from_bytes(model.data)
+        kept, updates, txs = [], [], []
+        for result in reply.edges:
+            try:
+                tx, state = self._check_update(result, job, round_number, reference)
+            except Exception as exc:  # noqa: BLE001
+                reply.excluded.append(pb.Exclusion(node_id=result.node_id, reason=_reason(exc)))
+                continue
+            kept.append(result)
+            updates.append(Update(state, tx.payload["samples"]))
+            txs.append(tx)
+        del reply.edges[:]
+        reply.edges.extend(kept)
+        for tx in txs:
+            node.submit(tx)
+        for exclusion in reply.excluded:
+            node.submit(Transaction.create(TxKind.EXCLUDED, {
+                "job_id": job.job_id, "round": round_number, "node": exclusion.node_id,
+                "reason": exclusion.reason[:500]}, node.identity))
+        if not updates:
+            return reply
+        partial = state_to_bytes(weighted_average(updates, list(reference)))
+        samples = sum(u.num_samples for u in updates)
+        header = make_header(node.identity, partial, job.job_id, round_number, samples)
+        node.models.put(ReceivedModel.of(header, partial))
+        loss = sum(r.train_loss * u.num_samples for r, u in zip(kept, updates)) / samples
+        node.submit(Transaction.create(TxKind.AGGREGATE, {
+            "job_id": job.job_id, "round": round_number, "hash": header.model_hash, "samples": samples,
+            "updates": [t.payload["hash"] for t in txs], "metrics": {"train_loss": fixed(loss)}}, node.identity))
+        reply.partial_hash, reply.num_samples = header.model_hash, samples
+        return reply
+
+    def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int,
+                      reference: dict[str, Any]) -> tuple[Transaction, dict[str, Any]]:
+        tx = tx_from_pb(result.update)
+        check_payload(tx)
+        member = self.node.members.get(result.node_id)
+        if tx.kind != TxKind.MODEL_UPDATE or tx.sender != result.node_id or member is None:
+            raise InvalidUpdate("the result is not a MODEL_UPDATE of the edge node that sent it")
+        if not verify_signature(member.public_key, tx.signature, bytes.fromhex(tx.hash)):
+            raise InvalidUpdate("the MODEL_UPDATE transaction has a bad signature")
+        if tx.payload["job_id"] != job.job_id or tx.payload["round"] != round_number:
+            raise InvalidUpdate(f"the update is for {tx.payload['job_id']} round {tx.payload['round']}")
+        if tx.payload["samples"] <= 0:
+            raise InvalidUpdate("the update claims no training samples")
+        received = self.node.models.get(tx.payload["hash"])
+        if received is None or received.header.sender != result.node_id:
+            raise InvalidUpdate("the update's bytes were never uploaded to this supernode")
+        state = state_from_bytes(received.data)
+        validate_update(reference, state)
+        return tx, state
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return "missed the round deadline"
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, (InvalidUpdate, WireError)):
+        return f"invalid update: {exc}"
+    code, message = status_for(exc)
+    return f"{code.name}: {message}"

@@ -1,0 +1,146 @@
+"""An edge node's part of a federated job: its own data, its own head, one round at a time.
+
+For each round the supernode sends the global shared layers (checked against the hash the
+entry node signed), then asks the edge node to train: it loads the global layers plus its own
+personal layers, trains on its own training split, keeps the personal layers (on disk, in its
+home, so a restart loses nothing), uploads only the shared layers to its supernode, and returns
+a MODEL_UPDATE transaction it signed. Evaluation is the same minus training.
+
+The data shard follows from the job alone: the job's seed and partition, and this node's index
+in the job's participant list, so every edge node computes only its own part. With
+``own_data`` the node instead uses everything in its ``data_dir`` (its own dataset).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from fl.datasets import load_dataset
+from fl.federation import ClientWorker, client_data, client_indices, split_state
+from fl.partition import client_split
+from fl.serialize import state_from_bytes, state_to_bytes
+from fl.train import ClientData, resolve_device
+from node.chain import Transaction, TxKind, fixed, now_ms
+from node.jobs import Job, authorised_model, check_signed_by
+from node.rpc import channel, refuse
+from node.transfer import chunks, make_header
+from node.wire import tx_from_pb, tx_to_pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _JobState:
+    job: Job
+    index: int
+    data: ClientData
+    worker: ClientWorker
+    personal: dict[str, torch.Tensor]
+    personal_path: Path
+
+
+class EdgeTrainer:
+    def __init__(self, node: Any, home: Path, conf: dict[str, Any]) -> None:
+        self.node = node  # an EdgeNode
+        self.home = Path(home)
+        self.data_dir = conf["data_dir"]
+        self.own_data = conf["own_data"]
+        self.device = resolve_device(conf["device"])
+        if self.device.type == "cpu":
+            torch.set_num_threads(conf["torch_threads"])
+        self._jobs: dict[str, _JobState] = {}
+        self._lock = threading.Lock()  # one round at a time on this node
+
+    def handle(self, request: pb.RoundRequest) -> pb.EdgeResult:
+        started = time.perf_counter()
+        node = self.node
+        if node.entry_key is None:
+            raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has not joined the network yet")
+        job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
+        check_signed_by(job_tx, (TxKind.JOB,), node.entry_id, node.entry_key)
+        check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), node.entry_id, node.entry_key)
+        if request.evaluate_only != (authority.kind == TxKind.GLOBAL_MODEL):
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "train on a ROUND order, evaluate on a GLOBAL_MODEL one")
+        job = Job.from_tx(job_tx)
+        round_number, model_hash = authorised_model(authority, job.job_id)
+        model = node.models.get(model_hash)
+        if model is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"this edge node does not hold the global model {model_hash[:16]}…; distribute it first")
+        with self._lock:
+            state = self._job_state(job)
+            shared = state_from_bytes(model.data)
+            if request.evaluate_only:
+                ev = state.worker.evaluate(state.data, shared, state.personal)
+                return pb.EdgeResult(node_id=node.node_id, seconds=time.perf_counter() - started,
+                                     eval=pb.EvalMetrics(correct=ev.correct, num_samples=ev.num_samples,
+                                                         loss_sum=ev.loss_sum))
+            if request.deadline_ms and now_ms() > request.deadline_ms:
+                raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"round {round_number} is already past its deadline")
+            result = state.worker.train_round(state.index, state.data, round_number, shared, state.personal)
+            state.personal = result.personal
+            _save_atomically(state.personal_path, state_to_bytes(result.personal))
+            update = state_to_bytes(result.shared)  # only the shared layers ever leave this node
+            header = make_header(node.identity, update, job.job_id, round_number, result.stats.num_samples)
+        sn = node.supernode
+        if sn is None:
+            raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node lost its supernode during the round")
+        with channel(sn.address) as ch:
+            rpc_pb.TrainingStub(ch).UploadUpdate(chunks(header, update), timeout=max(1.0, _seconds_left(request)))
+        tx = Transaction.create(TxKind.MODEL_UPDATE, {
+            "job_id": job.job_id, "round": round_number, "hash": header.model_hash,
+            "samples": result.stats.num_samples, "size": len(update),
+            "metrics": {"train_loss": fixed(result.stats.loss)}}, node.identity)
+        return pb.EdgeResult(node_id=node.node_id, update=tx_to_pb(tx), train_loss=result.stats.loss,
+                             seconds=time.perf_counter() - started)
+
+    def _job_state(self, job: Job) -> _JobState:
+        state = self._jobs.get(job.job_id)
+        if state is not None:
+            return state
+        if self.node.node_id not in job.participants:
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"this edge node is not a participant of {job.job_id}")
+        index = job.participants.index(self.node.node_id)
+        data, num_classes = self._load_data(job, index)
+        worker = ClientWorker(job.spec, num_classes, self.device)
+        path = self.home / "jobs" / job.job_id / "personal.safetensors"
+        if path.exists():  # a restart: the head trained so far is still ours
+            personal = state_from_bytes(path.read_bytes())
+            log.info("job %s: resumed personal layers from %s", job.job_id, path)
+        else:
+            personal = split_state(worker.model.full_state(), worker.personal_keys)
+        self._jobs = {job.job_id: _JobState(job, index, data, worker, personal, path)}  # one job at a time
+        return self._jobs[job.job_id]
+
+    def _load_data(self, job: Job, index: int) -> tuple[ClientData, int]:
+        dataset = load_dataset(job.spec.dataset, self.data_dir)
+        if self.own_data:
+            split = client_split(np.arange(len(dataset)), job.spec.train_fraction, job.spec.seed, index)
+        else:
+            split = client_indices(dataset.y.numpy(), job.spec)[index]
+        log.info("job %s: edge node %d of %d, %d training and %d test samples of %s", job.job_id, index,
+                 len(job.participants), len(split.train), len(split.test), job.spec.dataset)
+        return client_data(dataset, split, self.device), dataset.num_classes
+
+
+def _seconds_left(request: pb.RoundRequest) -> float:
+    return (request.deadline_ms - now_ms()) / 1000 if request.deadline_ms else 300.0
+
+
+def _save_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
