@@ -23,7 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -31,7 +30,7 @@ from rich.table import Table  # noqa: E402
 
 from base_package import data_pb2_grpc as rpc_pb  # noqa: E402
 from fl.serialize import state_from_bytes, state_to_bytes  # noqa: E402
-from netkit import NodeProcess, wait_until  # noqa: E402
+from node.launcher import NodeProcess, wait_until  # noqa: E402
 from node.identity import Identity  # noqa: E402
 from node.transfer import chunks, make_header  # noqa: E402
 

@@ -381,3 +381,15 @@ def _check_header_fields(block: Block) -> None:
     except ChainError as exc:
         raise InvalidBlock(str(exc)) from None
 
+
+def genesis_proposer(genesis: Block) -> tuple[str, bytes]:
+    """The entry node's id and key from a genesis block, checked (its REGISTER of the proposer
+    and the proposer's signature): the trust anchor for everything the entry node signs."""
+    if genesis.height != 0:
+        raise InvalidBlock(f"block {genesis.height} is not a genesis block")
+    for tx in genesis.transactions:
+        key = register_key(tx)
+        if key is not None and tx.sender == genesis.proposer and node_id_for(key) == genesis.proposer \
+                and verify_signature(key, genesis.signature, bytes.fromhex(genesis.hash)):
+            return genesis.proposer, key
+    raise InvalidBlock("the genesis block does not register its proposer with a valid signature")

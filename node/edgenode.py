@@ -20,8 +20,8 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.chain import register_key
-from node.identity import Identity, node_id_for, verify_signature
+from node.chain import genesis_proposer
+from node.identity import Identity, node_id_for
 from node.rpc import channel, handled, refuse
 from node.supernode import NodeSettings, register_transaction, signed_heartbeat
 from node.transfer import ModelCache, check_header_signature, receive
@@ -121,18 +121,11 @@ class EdgeNode:
 
 
 def _entry_identity(ch: grpc.Channel) -> tuple[str, bytes]:
-    """The entry node's id and key, from its genesis block (checked): the trust anchor for the
-    orders this edge node will act on."""
+    """The entry node's id and key from its genesis block: the trust anchor for its orders."""
     genesis = next(iter(rpc_pb.LedgerStub(ch).GetBlocks(pb.GetBlocksRequest(from_height=0, limit=1), timeout=5)), None)
-    if genesis is None or genesis.height != 0:
+    if genesis is None:
         raise RuntimeError("the entry node has no genesis block yet")
-    block = block_from_pb(genesis)
-    for tx in block.transactions:
-        key = register_key(tx)
-        if key is not None and tx.sender == block.proposer and node_id_for(key) == block.proposer \
-                and verify_signature(key, block.signature, bytes.fromhex(block.hash)):
-            return block.proposer, key
-    raise RuntimeError("the entry node's genesis block does not register its proposer with a valid signature")
+    return genesis_proposer(block_from_pb(genesis))
 
 
 class EdgeTrainingService(rpc_pb.TrainingServicer):

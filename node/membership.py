@@ -119,7 +119,8 @@ class Members:
         return pb.NodeInfo(
             node_id=member.node_id, role=pb.Role.Value(member.role), address=member.address,
             alive=self.alive(member), load=self.load(member.node_id) if member.role == "SN" else 0,
-            supernode=member.supernode, seen_ms_ago=int((time.monotonic() - member.last_seen) * 1000),
+            supernode=member.supernode,
+            seen_ms_ago=0 if member.node_id == self.self_id else int((time.monotonic() - member.last_seen) * 1000),
             public_key=member.public_key)
 
     def list_pb(self, role: str | None = None) -> pb.NodeList:

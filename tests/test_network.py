@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes
-from netkit import NodeProcess, wait_until
+from node.launcher import NodeProcess, wait_until
 from node.chain import Block, Transaction, TxKind
 from node.identity import Identity
 from node.supernode import register_transaction, signed_heartbeat

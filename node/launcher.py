@@ -1,4 +1,8 @@
-"""Start real node processes on loopback for tests, and wait for conditions on them."""
+"""Start node processes on this machine and wait for conditions on them.
+
+Used by the demo (``scripts/local_network.py``), the tests and the benchmarks: each node is a
+real ``main.py`` process with its own home, port and log file.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 
-ROOT = Path(__file__).resolve().parents[1]
-# fast membership for tests: heartbeats every 0.3 s, dead after 1.5 s, blocks every 0.2 s
+ROOT = Path(__file__).resolve().parents[1]  # the repository: where main.py lives
+# quick membership for local networks: heartbeats every 0.3 s, dead after 1.5 s, blocks every 0.2 s
 FAST = {"FL_HEARTBEAT_INTERVAL": "0.3", "FL_DEAD_AFTER": "1.5", "FL_BLOCK_INTERVAL": "0.2"}
 
 

@@ -1,0 +1,93 @@
+"""``python Console.py --ip HOST --port PORT``: drive a FedLedger network from a supernode.
+
+Interactive: a prompt with history (``~/.fedledger/console_history``) and completion of command
+names. Scripting: ``-c "trainFL(rounds=3); eval()"`` runs the commands in order and exits 1 at
+the first failure, 0 otherwise. The admin token comes from ``--token``, ``--token-file`` or the
+``FEDLEDGER_TOKEN`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+
+from console.client import ModelCheckFailed, NodeClient
+from console.commands import COMMANDS, Session, run_command
+from console.parser import CommandError, parse
+from node.admin import TOKEN_ENV
+from node.rpc import ServiceError
+
+HISTORY = Path.home() / ".fedledger" / "console_history"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="Console.py", description="The FedLedger console (connects to a supernode).")
+    p.add_argument("--ip", default="127.0.0.1", help="the supernode's address (the entry node for job commands)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token", help=f"the admin token (default: ${TOKEN_ENV})")
+    p.add_argument("--token-file", type=Path, help="read the admin token from this file (e.g. <entry home>/admin.token)")
+    p.add_argument("-c", "--command", help='run these commands and exit, e.g. -c "trainFL(rounds=3); eval()"')
+    return p
+
+
+def execute(session: Session, line: str) -> bool:
+    """Run one input line; explain any failure in one line. True when every command succeeded."""
+    try:
+        commands = parse(line)
+    except CommandError as exc:
+        session.out.print(f"[red]error:[/red] {exc}")
+        return False
+    for cmd in commands:
+        try:
+            ok = run_command(session, cmd.name, cmd.args, cmd.kwargs)
+        except CommandError as exc:
+            session.out.print(f"[red]error:[/red] {exc}")
+            return False
+        except grpc.RpcError as exc:
+            session.out.print(f"[red]{cmd.name}() failed:[/red] {exc.code().name}: {exc.details()}")
+            return False
+        except (ModelCheckFailed, ServiceError, OSError, ValueError) as exc:
+            session.out.print(f"[red]{cmd.name}() failed:[/red] {exc}")
+            return False
+        if not ok:
+            return False
+        if session.leaving:
+            return True
+    return True
+
+
+def repl(session: Session) -> int:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.completion import WordCompleter
+    from prompt_toolkit.history import FileHistory
+
+    HISTORY.parent.mkdir(parents=True, exist_ok=True)
+    prompt = PromptSession(history=FileHistory(str(HISTORY)),
+                           completer=WordCompleter([f"{name}(" for name in COMMANDS], sentence=True))
+    session.out.print(f"connected to {session.client.address}; help() lists the commands, quit() leaves")
+    while not session.leaving:
+        try:
+            line = prompt.prompt("fedledger> ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if line.strip():
+            execute(session, line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    token = args.token or (args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV, ""))
+    client = NodeClient(f"{args.ip}:{args.port}", token)
+    session = Session(client, Console())
+    try:
+        if args.command is not None:
+            return 0 if execute(session, args.command) else 1
+        return repl(session)
+    finally:
+        client.close()
