@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo sim test bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,13 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
-# The main job: FedPer on scikit-learn's digits (offline), 10 clients with 2 classes each.
+# The main job: an entry supernode, a second supernode and 4 edge nodes on loopback (SQLite
+# ledgers), FedPer on scikit-learn's digits (offline) through the console's scripting mode.
 demo: setup
+	$(PY) scripts/local_network.py
+
+# The standalone simulation (no network): FedPer on digits, 10 clients with 2 classes each.
+sim: setup
 	$(PY) -m fl --dataset digits --clients 10 --rounds 20 --strategy fedper \
 		--partition pathological --batch-size 16 --lr 0.05 --out runs/demo
 
@@ -26,6 +31,8 @@ test: setup
 bench: setup
 	$(PY) bench/accuracy.py --dataset digits
 	$(PY) bench/ledger.py
+	$(PY) bench/transfer.py
+	$(PY) bench/round_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -58,6 +58,7 @@ my_conf: dict[str, Any] = {
     "round_timeout": 300.0,  # seconds an edge node has for one round before it is left out
     "torch_threads": 1,  # torch threads per edge node (several ENs often share a host's cores)
     "own_data": False,  # an EN trains on everything in its data_dir instead of its job shard
+    "edge_parallelism": 0,  # edge nodes a supernode asks at once in a round (0: all of them)
 }
 
 ENV_PREFIX = "FL_"
@@ -108,6 +109,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "max_model_mb": _at_least(1),
     "round_timeout": _positive,
     "torch_threads": _at_least(1),
+    "edge_parallelism": _at_least(0),
 }
 
 _CHOICE_KEYS = {"dataset", "strategy", "model", "partition", "device"}

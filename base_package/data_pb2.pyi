@@ -215,16 +215,18 @@ class ModelRequest(_message.Message):
     def __init__(self, model_hash: _Optional[str] = ...) -> None: ...
 
 class RoundRequest(_message.Message):
-    __slots__ = ("job", "authority", "deadline_ms", "evaluate_only")
+    __slots__ = ("job", "authority", "deadline_ms", "evaluate_only", "evaluate_first")
     JOB_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIRST_FIELD_NUMBER: _ClassVar[int]
     job: Transaction
     authority: Transaction
     deadline_ms: int
     evaluate_only: bool
-    def __init__(self, job: _Optional[_Union[Transaction, _Mapping]] = ..., authority: _Optional[_Union[Transaction, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., evaluate_only: _Optional[bool] = ...) -> None: ...
+    evaluate_first: bool
+    def __init__(self, job: _Optional[_Union[Transaction, _Mapping]] = ..., authority: _Optional[_Union[Transaction, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., evaluate_only: _Optional[bool] = ..., evaluate_first: _Optional[bool] = ...) -> None: ...
 
 class EvalMetrics(_message.Message):
     __slots__ = ("correct", "num_samples", "loss_sum")

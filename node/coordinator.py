@@ -31,7 +31,7 @@ from fl.strategy import Update, validate_update, weighted_average
 from fl.train import EvalResult, summarize
 from node.chain import Transaction, TxKind, fixed, now_ms
 from node.jobs import Job, job_payload
-from node.rpc import channel, refuse
+from node.rpc import refuse
 from node.transfer import ReceivedModel, chunks, make_header, receive
 from node.wire import tx_to_pb
 
@@ -56,6 +56,7 @@ class Coordinator:
         self.metrics: list[pb.RoundMetrics] = []
         self.global_model: ReceivedModel | None = None
         self.global_tx: Transaction | None = None
+        self._unevaluated: pb.RoundMetrics | None = None  # the last round, until its model is evaluated
         self._pause_requested = False
         self._sent: dict[str, str] = {}  # supernode -> hash of the last model it received from us
 
@@ -86,7 +87,7 @@ class Coordinator:
             initial = state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
             self.global_model = ReceivedModel.of(make_header(self.node.identity, initial, job_id, 0), initial)
             self.node.models.put(self.global_model)
-            self.global_tx, self.round, self.metrics, self.error = None, 0, [], ""
+            self.global_tx, self.round, self.metrics, self.error, self._unevaluated = None, 0, [], "", None
             log.info("job %s: %s on %s, %d rounds, %d edge nodes", job_id, spec.strategy, spec.dataset,
                      spec.rounds, len(participants))
             self._launch()
@@ -146,12 +147,15 @@ class Coordinator:
         assert job is not None
         try:
             while self.round < job.spec.rounds:
-                with self._lock:
-                    if self._pause_requested:
-                        self.state, self._pause_requested = "paused", False
-                        log.info("job %s paused after round %d", job.job_id, self.round)
-                        return
+                if self._pause_requested:
+                    self._evaluate_pending(job)  # a paused job shows complete metrics
+                    with self._lock:
+                        if self._pause_requested:
+                            self.state, self._pause_requested = "paused", False
+                            log.info("job %s paused after round %d", job.job_id, self.round)
+                            return
                 self._round(job, self.round + 1)
+            self._evaluate_pending(job)
             with self._lock:
                 self.state = "done"
             log.info("job %s done after %d rounds", job.job_id, self.round)
@@ -161,13 +165,20 @@ class Coordinator:
                 self.state, self.error = "failed", f"round {self.round + 1}: {exc}"
 
     def _round(self, job: Job, round_number: int) -> None:
+        """One round. With openEval, the edge nodes first evaluate the model they receive (the
+        previous round's result) with their own head, in the same call as training: one fan-out
+        per round instead of two. The last round's model is evaluated on its own at the end."""
         started = time.perf_counter()
         node, current = self.node, self.global_model
         assert current is not None
         order = Transaction.create(TxKind.ROUND, {"job_id": job.job_id, "round": round_number,
                                                   "global_hash": current.header.model_hash}, node.identity)
         node.submit(order)
-        results = self._fan_out(job, order, current, evaluate=False)
+        evaluate_first = job.evaluate_every_round and self._unevaluated is not None
+        results = self._fan_out(job, order, current, evaluate=False, evaluate_first=evaluate_first)
+        if evaluate_first:
+            self._finish_metrics(_eval_report(job, round_number - 1, results))
+        trained = time.perf_counter()
         reference = state_from_bytes(current.data)
         partials, excluded, edges = [], [], []
         for sn, result in results:
@@ -180,9 +191,8 @@ class Coordinator:
                 partials.append(Update(state, result.num_samples))
         if not partials:
             raise RuntimeError("no edge node returned a usable update: " +
-                               "; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants")
-        new_state = weighted_average(partials, list(reference))
-        data = state_to_bytes(new_state)
+                               ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
+        data = state_to_bytes(weighted_average(partials, list(reference)))
         samples = sum(p.num_samples for p in partials)
         self.global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
         node.models.put(self.global_model)
@@ -192,44 +202,51 @@ class Coordinator:
             "samples": samples, "metrics": {"train_loss": fixed(train_loss), "updates": str(len(edges))}},
             node.identity)
         node.submit(self.global_tx)
-        summary = {k: math.nan for k in ("acc_weighted", "acc_mean", "acc_min", "acc_max", "loss")}
-        if job.evaluate_every_round or round_number == job.spec.rounds:
-            report = self._evaluate(job, self.global_tx)
-            excluded.extend(report.excluded)
-            if report.edges:
-                summary = _summary(report)
-        self.metrics.append(pb.RoundMetrics(
-            round=round_number, train_loss=train_loss, seconds=time.perf_counter() - started,
-            participants=len(edges), excluded=excluded, global_hash=self.global_model.header.model_hash, **summary))
         self.round = round_number
-        log.info("job %s round %d: accuracy %.4f, %d updates, %d left out, %.2f s", job.job_id, round_number,
-                 summary["acc_weighted"], len(edges), len(excluded), time.perf_counter() - started)
+        self._unevaluated = pb.RoundMetrics(
+            round=round_number, train_loss=train_loss, seconds=time.perf_counter() - started,
+            participants=len(edges), excluded=excluded, global_hash=self.global_model.header.model_hash,
+            **{k: math.nan for k in ("acc_weighted", "acc_mean", "acc_min", "acc_max", "loss")})
+        log.info("job %s round %d: %d updates, %d left out; %.2f s (train%s %.2f, aggregate %.2f)",
+                 job.job_id, round_number, len(edges), len(excluded), time.perf_counter() - started,
+                 " + evaluate" if evaluate_first else "", trained - started, time.perf_counter() - trained)
+        if not job.evaluate_every_round and round_number < job.spec.rounds:
+            self._finish_metrics(None)
+
+    def _evaluate_pending(self, job: Job) -> None:
+        """Evaluate the last round's model on its own (end of the job, or a pause)."""
+        if self._unevaluated is None or self.global_tx is None:
+            return
+        started = time.perf_counter()
+        report = self._evaluate(job, self.global_tx)
+        self._unevaluated.seconds += time.perf_counter() - started
+        self._finish_metrics(report)
+
+    def _finish_metrics(self, report: pb.EvalReport | None) -> None:
+        """Complete the pending round's metrics with its evaluation and publish them."""
+        metrics, self._unevaluated = self._unevaluated, None
+        if metrics is None:
+            return
+        if report is not None and report.edges:
+            for key, value in _summary(report).items():
+                setattr(metrics, key, value)
+            metrics.excluded.extend(report.excluded)
+        self.metrics.append(metrics)
+        log.info("round %d: accuracy %.4f (mean %.4f), %.2f s", metrics.round, metrics.acc_weighted,
+                 metrics.acc_mean, metrics.seconds)
 
     def _evaluate(self, job: Job, global_tx: Transaction) -> pb.EvalReport:
         model = self.node.models.get(global_tx.payload["hash"])
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "the global model is no longer held")
-        results = self._fan_out(job, global_tx, model, evaluate=True)
-        report = pb.EvalReport(job_id=job.job_id, round=global_tx.payload["round"])
-        evals: list[EvalResult] = []
-        for sn, result in results:
-            report.excluded.extend(result.excluded)
-            for edge in result.edges:
-                ev = EvalResult(edge.eval.correct, edge.eval.loss_sum, edge.eval.num_samples)
-                evals.append(ev)
-                report.edges.append(pb.EdgeEval(node_id=edge.node_id, supernode=sn.node_id, accuracy=ev.accuracy,
-                                                loss=ev.loss, num_samples=ev.num_samples))
-        if evals:
-            s = summarize(evals)
-            report.acc_weighted, report.acc_mean, report.loss = s["acc_weighted"], s["acc_mean"], s["loss"]
-        return report
+        return _eval_report(job, global_tx.payload["round"], self._fan_out(job, global_tx, model, evaluate=True))
 
-    def _fan_out(self, job: Job, authority: Transaction, model: ReceivedModel,
-                 evaluate: bool) -> list[tuple[Any, pb.SupernodeResult]]:
+    def _fan_out(self, job: Job, authority: Transaction, model: ReceivedModel, evaluate: bool,
+                 evaluate_first: bool = False) -> list[tuple[Any, pb.SupernodeResult]]:
         """Run the round (or evaluation) on every alive supernode, this one included."""
         node = self.node
         request = pb.RoundRequest(job=tx_to_pb(job.tx), authority=tx_to_pb(authority), evaluate_only=evaluate,
-                                  deadline_ms=now_ms() + int(job.round_timeout * 1000))
+                                  evaluate_first=evaluate_first, deadline_ms=now_ms() + int(job.round_timeout * 1000))
         supernodes = node.members.of_role("SN", alive_only=True)
         futures = [(sn, self._pool.submit(self._run_on, sn, request, model)) for sn in supernodes]
         results = []
@@ -245,21 +262,20 @@ class Coordinator:
         if sn.node_id == node.node_id:
             return node.rounds.run(request)
         timeout = (request.deadline_ms - now_ms()) / 1000 + 30
-        with channel(sn.address) as ch:
-            stub = rpc_pb.TrainingStub(ch)
-            if self._sent.get(sn.node_id) != model.header.model_hash:
-                stub.DistributeModel(model.stream(), timeout=timeout)
-                self._sent[sn.node_id] = model.header.model_hash
-            return stub.RunRound(request, timeout=timeout)
+        stub = rpc_pb.TrainingStub(node.channels.get(sn.address))
+        if self._sent.get(sn.node_id) != model.header.model_hash:
+            stub.DistributeModel(model.stream(), timeout=timeout)
+            self._sent[sn.node_id] = model.header.model_hash
+        return stub.RunRound(request, timeout=timeout)
 
     def _fetch(self, sn: Any, model_hash: str) -> ReceivedModel:
         """A supernode's partial aggregate, checked against its hash."""
         local = self.node.models.get(model_hash)
         if local is not None:
             return local
-        with channel(sn.address) as ch:
-            model = receive(rpc_pb.TrainingStub(ch).DownloadModel(pb.ModelRequest(model_hash=model_hash), timeout=60),
-                            self.node.settings.max_model_bytes)
+        stub = rpc_pb.TrainingStub(self.node.channels.get(sn.address))
+        model = receive(stub.DownloadModel(pb.ModelRequest(model_hash=model_hash), timeout=60),
+                        self.node.settings.max_model_bytes)
         if model.header.model_hash != model_hash:
             raise refuse(grpc.StatusCode.DATA_LOSS, f"supernode {sn.node_id} sent another model than {model_hash[:16]}…")
         return model
@@ -269,6 +285,25 @@ def _samples(edge: pb.EdgeResult) -> int:
     from node.wire import tx_from_pb
 
     return int(tx_from_pb(edge.update).payload["samples"]) if edge.HasField("update") else 0
+
+
+def _eval_report(job: Job, round_number: int, results: list[tuple[Any, pb.SupernodeResult]]) -> pb.EvalReport:
+    """Per-edge-node evaluations (and who was left out) gathered from the supernodes' results."""
+    report = pb.EvalReport(job_id=job.job_id, round=round_number)
+    evals: list[EvalResult] = []
+    for sn, result in results:
+        report.excluded.extend(result.excluded)
+        for edge in result.edges:
+            if not edge.HasField("eval"):
+                continue
+            ev = EvalResult(edge.eval.correct, edge.eval.loss_sum, edge.eval.num_samples)
+            evals.append(ev)
+            report.edges.append(pb.EdgeEval(node_id=edge.node_id, supernode=sn.node_id, accuracy=ev.accuracy,
+                                            loss=ev.loss, num_samples=ev.num_samples))
+    if evals:
+        s = summarize(evals)
+        report.acc_weighted, report.acc_mean, report.loss = s["acc_weighted"], s["acc_mean"], s["loss"]
+    return report
 
 
 def _summary(report: pb.EvalReport) -> dict[str, float]:

@@ -22,7 +22,7 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.chain import genesis_proposer
 from node.identity import Identity, node_id_for
-from node.rpc import channel, handled, refuse
+from node.rpc import Channels, channel, handled, refuse
 from node.supernode import NodeSettings, register_transaction, signed_heartbeat
 from node.transfer import ModelCache, check_header_signature, receive
 from node.wire import block_from_pb, tx_to_pb
@@ -47,6 +47,7 @@ class EdgeNode:
         self.trainer: Any = None  # an EdgeTrainer, set by main
         self.models = ModelCache(2 * settings.max_model_bytes)
         self.on_model: Callable[[Any], None] | None = None  # set by the training layer
+        self.channels = Channels()  # to its supernode, reused
         self.joined = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,6 +115,7 @@ class EdgeNode:
             self._stop.wait(self.settings.heartbeat_interval)
         if sn_channel is not None:
             sn_channel.close()
+        self.channels.close()
 
     def _leave(self) -> None:
         self.supernode = None

@@ -29,7 +29,7 @@ from node.chain import (Block, Head, InvalidBlock, InvalidTransaction, Transacti
 from node.identity import Identity, verify_signature
 from node.ledger import Ledger
 from node.membership import Member, Members
-from node.rpc import channel, refuse
+from node.rpc import Channels, channel, refuse
 from node.rounds import RoundRunner
 from node.transfer import ModelCache
 from node.wire import block_from_pb, block_to_pb, head_to_pb, signed_fields, tx_to_pb
@@ -50,11 +50,12 @@ class NodeSettings:
     block_interval: float = 0.5
     block_max_txs: int = 500
     max_model_bytes: int = 1024 << 20
+    edge_parallelism: int = 0
 
     @classmethod
     def from_config(cls, conf: dict[str, Any]) -> "NodeSettings":
         return cls(conf["heartbeat_interval"], conf["dead_after"], conf["block_interval"],
-                   conf["block_max_txs"], conf["max_model_mb"] << 20)
+                   conf["block_max_txs"], conf["max_model_mb"] << 20, conf["edge_parallelism"])
 
 
 def heartbeat_fields(req: pb.HeartbeatRequest) -> bytes:
@@ -116,6 +117,7 @@ class Supernode:
         self._pushers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push")
         self._entry_channel: grpc.Channel | None = None
         self.admin_token_hash = ""  # the entry node sets it from its token; others learn it at registration
+        self.channels = Channels()  # to peers, reused
         self.rounds = RoundRunner(self)
         self.coordinator: Any = None  # the entry node's job runner, set by main
 
@@ -149,6 +151,7 @@ class Supernode:
                 log.exception("could not seal the last pending transactions")
         self.rounds.close()
         self._pushers.shutdown(wait=True, cancel_futures=False)
+        self.channels.close()
         if self._entry_channel is not None:
             self._entry_channel.close()
 
@@ -352,8 +355,7 @@ class Supernode:
 
     def _push_to(self, sn: Member, message: pb.Block) -> None:
         try:
-            with channel(sn.address) as ch:
-                reply = rpc_pb.LedgerStub(ch).PushBlock(message, timeout=10)
+            reply = rpc_pb.LedgerStub(self.channels.get(sn.address)).PushBlock(message, timeout=10)
             self._peer_heads[sn.node_id] = max(self._peer_heads.get(sn.node_id, -1), reply.head.height)
         except grpc.RpcError as exc:
             log.info("push of block %d to %s failed: %s", message.height, sn.address, exc.code().name)

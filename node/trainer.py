@@ -31,10 +31,10 @@ from fl.datasets import load_dataset
 from fl.federation import ClientWorker, client_data, client_indices, split_state
 from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes
-from fl.train import ClientData, resolve_device
+from fl.train import ClientData, EvalResult, resolve_device
 from node.chain import Transaction, TxKind, fixed, now_ms
 from node.jobs import Job, authorised_model, check_signed_by
-from node.rpc import channel, refuse
+from node.rpc import refuse
 from node.transfer import chunks, make_header
 from node.wire import tx_from_pb, tx_to_pb
 
@@ -85,10 +85,10 @@ class EdgeTrainer:
             if request.evaluate_only:
                 ev = state.worker.evaluate(state.data, shared, state.personal)
                 return pb.EdgeResult(node_id=node.node_id, seconds=time.perf_counter() - started,
-                                     eval=pb.EvalMetrics(correct=ev.correct, num_samples=ev.num_samples,
-                                                         loss_sum=ev.loss_sum))
+                                     eval=_eval_metrics(ev))
             if request.deadline_ms and now_ms() > request.deadline_ms:
                 raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"round {round_number} is already past its deadline")
+            before = state.worker.evaluate(state.data, shared, state.personal) if request.evaluate_first else None
             result = state.worker.train_round(state.index, state.data, round_number, shared, state.personal)
             state.personal = result.personal
             _save_atomically(state.personal_path, state_to_bytes(result.personal))
@@ -97,14 +97,17 @@ class EdgeTrainer:
         sn = node.supernode
         if sn is None:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node lost its supernode during the round")
-        with channel(sn.address) as ch:
-            rpc_pb.TrainingStub(ch).UploadUpdate(chunks(header, update), timeout=max(1.0, _seconds_left(request)))
+        rpc_pb.TrainingStub(node.channels.get(sn.address)).UploadUpdate(
+            chunks(header, update), timeout=max(1.0, _seconds_left(request)))
         tx = Transaction.create(TxKind.MODEL_UPDATE, {
             "job_id": job.job_id, "round": round_number, "hash": header.model_hash,
             "samples": result.stats.num_samples, "size": len(update),
             "metrics": {"train_loss": fixed(result.stats.loss)}}, node.identity)
-        return pb.EdgeResult(node_id=node.node_id, update=tx_to_pb(tx), train_loss=result.stats.loss,
-                             seconds=time.perf_counter() - started)
+        reply = pb.EdgeResult(node_id=node.node_id, update=tx_to_pb(tx), train_loss=result.stats.loss,
+                              seconds=time.perf_counter() - started)
+        if before is not None:
+            reply.eval.CopyFrom(_eval_metrics(before))
+        return reply
 
     def _job_state(self, job: Job) -> _JobState:
         state = self._jobs.get(job.job_id)
@@ -133,6 +136,10 @@ class EdgeTrainer:
         log.info("job %s: edge node %d of %d, %d training and %d test samples of %s", job.job_id, index,
                  len(job.participants), len(split.train), len(split.test), job.spec.dataset)
         return client_data(dataset, split, self.device), dataset.num_classes
+
+
+def _eval_metrics(ev: EvalResult) -> pb.EvalMetrics:
+    return pb.EvalMetrics(correct=ev.correct, num_samples=ev.num_samples, loss_sum=ev.loss_sum)
 
 
 def _seconds_left(request: pb.RoundRequest) -> float:
