@@ -59,3 +59,50 @@ def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     return request.getfixturevalue("mysql_url")
+
+
+# --- node networks ------------------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "mysql"])
+def db_for(request):
+    """A function giving each supernode its own ledger database on the backend."""
+    if request.param == "sqlite":
+        yield lambda name: None
+        return
+    server = request.getfixturevalue("mysql_server")
+    prefix = f"fedledger_test_{uuid.uuid4().hex[:8]}"
+    made: list[str] = []
+
+    def db(name: str) -> str:
+        made.append(f"{prefix}_{name}")
+        return f"{server}/{made[-1]}"
+
+    yield db
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server)
+    with engine.begin() as conn:
+        for name in made:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    engine.dispose()
+
+
+@pytest.fixture
+def nodes():
+    """Node processes a test starts; each is stopped afterwards, whatever happened."""
+    started: list = []
+    yield started
+    for node in started:
+        node.stop(timeout=5)
+
+
+def start_supernodes(tmp_path, db_for, nodes: list) -> tuple:
+    """An entry supernode and a second supernode, each with its own ledger database, serving."""
+    from node.launcher import NodeProcess
+
+    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
+    nodes.append(entry)
+    entry.wait_ready()
+    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry)
+    nodes.append(sn)
+    sn.wait_ready()
+    return entry, sn

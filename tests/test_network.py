@@ -9,54 +9,23 @@ re-home, a late supernode catches up, and SIGTERM stops every node with exit sta
 from __future__ import annotations
 
 import hashlib
-import uuid
 from dataclasses import replace
 
 import grpc
 import pytest
 import torch
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from sqlalchemy import create_engine, text
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes
+from conftest import start_supernodes
 from node.launcher import NodeProcess, wait_until
 from node.chain import Block, Transaction, TxKind
 from node.identity import Identity
 from node.supernode import register_transaction, signed_heartbeat
 from node.transfer import chunks, make_header
 from node.wire import block_to_pb, tx_to_pb
-
-
-@pytest.fixture(params=["sqlite", "mysql"])
-def db_for(request):
-    """A function giving each supernode its own ledger database on the backend."""
-    if request.param == "sqlite":
-        yield lambda name: None
-        return
-    server = request.getfixturevalue("mysql_server")
-    prefix = f"fedledger_test_{uuid.uuid4().hex[:8]}"
-    made: list[str] = []
-
-    def db(name: str) -> str:
-        made.append(f"{prefix}_{name}")
-        return f"{server}/{made[-1]}"
-
-    yield db
-    engine = create_engine(server)
-    with engine.begin() as conn:
-        for name in made:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-    engine.dispose()
-
-
-@pytest.fixture
-def nodes():
-    started: list[NodeProcess] = []
-    yield started
-    for node in started:
-        node.stop(timeout=5)
 
 
 def _code(call) -> grpc.StatusCode:
@@ -71,12 +40,7 @@ def _same_head(*sns: NodeProcess) -> pb.Head | None:
 
 
 def test_network_scenario(tmp_path, db_for, nodes):
-    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
-    nodes.append(entry)
-    entry.wait_ready()
-    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry)
-    nodes.append(sn)
-    sn.wait_ready()
+    entry, sn = start_supernodes(tmp_path, db_for, nodes)
     wait_until(lambda: len([n for n in entry.status().supernodes.nodes if n.alive]) == 2, 20, "SN registration")
     ens = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address) for i in range(4)]
     nodes.extend(ens)

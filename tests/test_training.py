@@ -20,7 +20,7 @@ from base_package import data_pb2_grpc as rpc_pb
 from node.launcher import ROOT, NodeProcess, wait_until
 from node.transfer import receive
 from node.wire import block_from_pb
-from test_network import db_for  # noqa: F401 - the per-backend database fixture
+from conftest import start_supernodes
 
 JOB = "dataset='digits', partition='pathological', batch_size=16, lr=0.05"
 BASE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}  # DigitsMLP without its head, fc
@@ -44,22 +44,12 @@ def job_txs(blocks: list, kind: str, job_id: str) -> list:
 
 
 @pytest.fixture
-def network(tmp_path, db_for):  # noqa: F811
-    nodes: list[NodeProcess] = []
-    try:
-        entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
-        nodes.append(entry)
-        entry.wait_ready()
-        sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry)
-        nodes.append(sn)
-        sn.wait_ready()
-        edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address) for i in range(4)]
-        nodes.extend(edges)
-        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 4, 60, "4 edge nodes")
-        yield entry, sn, edges
-    finally:
-        for node in nodes:
-            node.stop(timeout=10)
+def network(tmp_path, db_for, nodes):
+    entry, sn = start_supernodes(tmp_path, db_for, nodes)
+    edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address) for i in range(4)]
+    nodes.extend(edges)
+    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 4, 60, "4 edge nodes")
+    return entry, sn, edges
 
 
 def test_fedper_over_the_network(network):
