@@ -58,8 +58,7 @@ class EdgeTrainer:
         self.data_dir = conf["data_dir"]
         self.own_data = conf["own_data"]
         self.device = resolve_device(conf["device"])
-        if self.device.type == "cpu":
-            torch.set_num_threads(conf["torch_threads"])
+        self.threads = conf["torch_threads"]
         self._jobs: dict[str, _JobState] = {}
         self._lock = threading.Lock()  # one round at a time on this node
 
@@ -80,6 +79,10 @@ class EdgeTrainer:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                          f"this edge node does not hold the global model {model_hash[:16]}…; distribute it first")
         with self._lock:
+            if self.device.type == "cpu":
+                # per thread: OpenMP keeps the thread count per calling thread, and each gRPC call
+                # may run on another one (else training here would use every core, and spin)
+                torch.set_num_threads(self.threads)
             state = self._job_state(job)
             shared = state_from_bytes(model.data)
             if request.evaluate_only:
