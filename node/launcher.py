@@ -49,13 +49,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class NodeProcess:
     def __init__(self, tmp: Path, name: str, nt: str, entry: str | None = None, is_entry: bool = False,
                  db: str | None = None, env: dict[str, str] | None = None, extra: list[str] = (),
-                 token_source: "NodeProcess | None" = None) -> None:
-        self.name, self.port = name, free_port()
-        self.address = f"127.0.0.1:{self.port}"
+                 token_source: "NodeProcess | None" = None, host: str = "127.0.0.1",
+                 port: int | None = None, prefix: list[str] = ()) -> None:
+        """``host``/``port``: where it listens (and is reached); ``prefix`` wraps the command, e.g.
+        ``ip netns exec NS`` to start it on another (namespaced) host."""
+        self.name, self.port = name, port or free_port()
+        self.address = f"{host}:{self.port}"
         self.home = tmp / name
         self.log = tmp / f"{name}.log"
-        args = [sys.executable, str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port),
-                "--nt", nt, "--entry", entry or self.address, "--home", str(self.home), *extra]
+        args = [*prefix, sys.executable, str(ROOT / "main.py"), "--host", host, "--port", str(self.port),
+                "--nt", nt, "--entry", entry or self.address, "--home", str(self.home), "--advertise", self.address,
+                *extra]
         if is_entry:
             args.append("-z")
         if db:
