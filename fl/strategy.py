@@ -50,26 +50,49 @@ def validate_update(reference: Mapping[str, torch.Tensor], state: Mapping[str, t
             raise InvalidUpdate(f"{key}: contains NaN or infinite values")
 
 
+class RunningAverage:
+    """A sample-weighted mean built one update at a time: float64 sums of ``samples × tensor``,
+    divided by the total at the end. An aggregator can fold each update in as it arrives, so
+    little is left to do when the last one comes."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = list(keys)
+        self.total = 0
+        self._sums: StateDict = {}
+
+    def add(self, update: Update) -> None:
+        count = update.num_samples
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count <= 0:
+            raise InvalidUpdate(f"sample counts must be positive integers, got {count!r}")
+        for key in self.keys:
+            value = update.state[key]
+            if key not in self._sums:
+                self._sums[key] = (value.to(torch.float64) * int(count) if value.is_floating_point()
+                                   else value.clone())  # counters and the like: keep the first
+            elif value.is_floating_point():
+                self._sums[key].add_(value.to(torch.float64), alpha=int(count))
+        self.total += int(count)
+
+    def result(self, dtypes: Mapping[str, torch.dtype] | None = None) -> StateDict:
+        if not self.total:
+            raise ValueError("nothing to aggregate: no updates")
+        out: StateDict = {}
+        for key, value in self._sums.items():
+            if value.is_floating_point():
+                out[key] = (value / self.total).to(dtypes[key] if dtypes else torch.float32)
+            else:
+                out[key] = value.clone()
+        return out
+
+
 def weighted_average(updates: Sequence[Update], keys: Iterable[str]) -> StateDict:
     """Sample-weighted mean of ``keys`` over ``updates`` (accumulated in float64)."""
     if not updates:
         raise ValueError("nothing to aggregate: no updates")
-    counts = [u.num_samples for u in updates]
-    if any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c <= 0 for c in counts):
-        raise InvalidUpdate(f"sample counts must be positive integers, got {counts}")
-    total = sum(int(c) for c in counts)
-    weights = [int(c) / total for c in counts]
-    out: StateDict = {}
-    for key in keys:
-        first = updates[0].state[key]
-        if not first.is_floating_point():  # counters and the like: keep the first
-            out[key] = first.clone()
-            continue
-        acc = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
-        for update, weight in zip(updates, weights):
-            acc.add_(update.state[key].to(torch.float64), alpha=weight)
-        out[key] = acc.to(first.dtype)
-    return out
+    average = RunningAverage(keys)
+    for update in updates:
+        average.add(update)
+    return average.result({k: updates[0].state[k].dtype for k in average.keys})
 
 
 class Strategy(ABC):

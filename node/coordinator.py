@@ -179,21 +179,25 @@ class Coordinator:
         if evaluate_first:
             self._finish_metrics(_eval_report(job, round_number - 1, results))
         trained = time.perf_counter()
-        reference = state_from_bytes(current.data)
         partials, excluded, edges = [], [], []
         for sn, result in results:
             excluded.extend(result.excluded)
             edges.extend(result.edges)
             if result.partial_hash:
-                partial = self._fetch(sn, result.partial_hash)
-                state = state_from_bytes(partial.data)
-                validate_update(reference, state)
-                partials.append(Update(state, result.num_samples))
+                partials.append((sn, result))
         if not partials:
             raise RuntimeError("no edge node returned a usable update: " +
                                ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
-        data = state_to_bytes(weighted_average(partials, list(reference)))
-        samples = sum(p.num_samples for p in partials)
+        samples = sum(r.num_samples for _, r in partials)
+        if len(partials) == 1 and partials[0][0].node_id == node.node_id:
+            data = self._fetch(*_where(partials[0])).data  # our own partial is already the average
+        else:
+            reference, updates = state_from_bytes(current.data), []
+            for sn, result in partials:
+                state = state_from_bytes(self._fetch(sn, result.partial_hash).data)
+                validate_update(reference, state)
+                updates.append(Update(state, result.num_samples))
+            data = state_to_bytes(weighted_average(updates, list(reference)))
         self.global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
         node.models.put(self.global_model)
         train_loss = sum(e.train_loss * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
@@ -279,6 +283,10 @@ class Coordinator:
         if model.header.model_hash != model_hash:
             raise refuse(grpc.StatusCode.DATA_LOSS, f"supernode {sn.node_id} sent another model than {model_hash[:16]}…")
         return model
+
+
+def _where(partial: tuple[Any, pb.SupernodeResult]) -> tuple[Any, str]:
+    return partial[0], partial[1].partial_hash
 
 
 def _samples(edge: pb.EdgeResult) -> int:

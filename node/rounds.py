@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
 import grpc
@@ -21,7 +21,7 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_from_bytes, state_to_bytes
-from fl.strategy import InvalidUpdate, Update, validate_update, weighted_average
+from fl.strategy import InvalidUpdate, RunningAverage, Update, validate_update
 from node.chain import Transaction, TxKind, check_payload, fixed, now_ms
 from node.identity import verify_signature
 from node.jobs import Job, authorised_model, check_signed_by
@@ -40,9 +40,11 @@ class RoundRunner:
         # edge_parallelism: how many of its edge nodes a supernode asks at once (0: all). Edge nodes
         # that share one host's cores train faster a few at a time than all at once.
         self._pool = ThreadPoolExecutor(max_workers=node.settings.edge_parallelism or 64, thread_name_prefix="edge-round")
+        self._senders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-send")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._senders.shutdown(wait=False, cancel_futures=True)
 
     def run(self, request: pb.RoundRequest) -> pb.SupernodeResult:
         node = self.node
@@ -60,60 +62,65 @@ class RoundRunner:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this supernode lacks global model {model_hash[:16]}…")
         mine = {m.node_id: m for m in node.members.of_role("EN", alive_only=True) if m.supernode == node.node_id}
         edges = [mine[n] for n in job.participants if n in mine]
-        futures = {e.node_id: self._pool.submit(self._ask_edge, e, model, request) for e in edges}
-        results, excluded = [], []
-        for edge_id, future in futures.items():
+        # the model goes to every edge node at once (cheap); then the asks, edge_parallelism at a
+        # time, each find it there and only train
+        sent = {e.node_id: self._senders.submit(self._send_model, e, model, request) for e in edges}
+        futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request): e.node_id for e in edges}
+        reply = pb.SupernodeResult(node_id=node.node_id)
+        reference = None if request.evaluate_only else state_from_bytes(model.data)
+        average = RunningAverage(reference or ())
+        txs: list[Transaction] = []
+        for future in as_completed(futures):  # fold each update in as it arrives
+            edge_id = futures[future]
             try:
-                results.append(future.result())
+                result = future.result()
+                if reference is not None:
+                    tx, state = self._check_update(result, job, round_number, reference)
+                    average.add(Update(state, tx.payload["samples"]))
+                    txs.append(tx)
             except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
-                excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
-        reply = pb.SupernodeResult(node_id=node.node_id, edges=results, excluded=excluded)
-        if request.evaluate_only:
-            return reply
-        return self._aggregate(job, round_number, model, reply)
-
-    def _ask_edge(self, edge: Any, model: ReceivedModel, request: pb.RoundRequest) -> pb.EdgeResult:
-        timeout = max(0.5, (request.deadline_ms - now_ms()) / 1000)
-        stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address))
-        with self._sent_lock:
-            needs_model = self._sent.get(edge.node_id) != model.header.model_hash
-        if needs_model:  # re-signed by this supernode: edge nodes take models from their own SN
-            header = make_header(self.node.identity, model.data, model.header.job_id, model.header.round,
-                                 model.header.num_samples, model_hash=model.header.model_hash)
-            stub.DistributeModel(chunks(header, model.data), timeout=timeout)
-            with self._sent_lock:
-                self._sent[edge.node_id] = model.header.model_hash
-        return stub.TrainRound(request, timeout=timeout)
-
-    def _aggregate(self, job: Job, round_number: int, model: ReceivedModel,
-                   reply: pb.SupernodeResult) -> pb.SupernodeResult:
-        node = self.node
-        reference = state_from_bytes(model.data)
-        kept, updates, txs = [], [], []
-        for result in reply.edges:
-            try:
-                tx, state = self._check_update(result, job, round_number, reference)
-            except Exception as exc:  # noqa: BLE001
-                reply.excluded.append(pb.Exclusion(node_id=result.node_id, reason=_reason(exc)))
+                reply.excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
                 continue
-            kept.append(result)
-            updates.append(Update(state, tx.payload["samples"]))
-            txs.append(tx)
-        del reply.edges[:]
-        reply.edges.extend(kept)
+            reply.edges.append(result)
+        if reference is None:
+            return reply
+        return self._publish(job, round_number, reference, average, txs, reply)
+
+    def _send_model(self, edge: Any, model: ReceivedModel, request: pb.RoundRequest) -> None:
+        """Give ``edge`` the round's model unless it already has it; re-signed by this supernode,
+        as edge nodes take models from their own supernode only."""
+        with self._sent_lock:
+            if self._sent.get(edge.node_id) == model.header.model_hash:
+                return
+        header = make_header(self.node.identity, model.data, model.header.job_id, model.header.round,
+                             model.header.num_samples, model_hash=model.header.model_hash)
+        stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address))
+        stub.DistributeModel(chunks(header, model.data), timeout=max(0.5, (request.deadline_ms - now_ms()) / 1000))
+        with self._sent_lock:
+            self._sent[edge.node_id] = model.header.model_hash
+
+    def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest) -> pb.EdgeResult:
+        sent.result()  # the model must be there first (raises what sending it raised)
+        timeout = max(0.5, (request.deadline_ms - now_ms()) / 1000)
+        return rpc_pb.TrainingStub(self.node.channels.get(edge.address)).TrainRound(request, timeout=timeout)
+
+    def _publish(self, job: Job, round_number: int, reference: dict[str, Any], average: RunningAverage,
+                 txs: list[Transaction], reply: pb.SupernodeResult) -> pb.SupernodeResult:
+        """Send the round's transactions to the entry node; keep the partial aggregate for download."""
+        node = self.node
         for tx in txs:
             node.submit(tx)
         for exclusion in reply.excluded:
             node.submit(Transaction.create(TxKind.EXCLUDED, {
                 "job_id": job.job_id, "round": round_number, "node": exclusion.node_id,
                 "reason": exclusion.reason[:500]}, node.identity))
-        if not updates:
+        if not txs:
             return reply
-        partial = state_to_bytes(weighted_average(updates, list(reference)))
-        samples = sum(u.num_samples for u in updates)
+        partial = state_to_bytes(average.result({k: v.dtype for k, v in reference.items()}))
+        samples = average.total
         header = make_header(node.identity, partial, job.job_id, round_number, samples)
         node.models.put(ReceivedModel.of(header, partial))
-        loss = sum(r.train_loss * u.num_samples for r, u in zip(kept, updates)) / samples
+        loss = sum(r.train_loss * int(t.payload["samples"]) for r, t in zip(reply.edges, txs)) / samples
         node.submit(Transaction.create(TxKind.AGGREGATE, {
             "job_id": job.job_id, "round": round_number, "hash": header.model_hash, "samples": samples,
             "updates": [t.payload["hash"] for t in txs], "metrics": {"train_loss": fixed(loss)}}, node.identity))
