@@ -14,7 +14,8 @@ COPY . .
 # the stubs are committed, but the image always regenerates them from proto/
 RUN python proto/generate.py
 
-RUN useradd --create-home --uid 10001 fedledger && mkdir -p /home/node /data && chown fedledger /home/node /data
+RUN useradd --create-home --uid 10001 fedledger && mkdir -p /home/node /data /app/runs \
+    && chown fedledger /home/node /data /app/runs
 USER fedledger
 EXPOSE 8080
 CMD ["python", "main.py", "--help"]

@@ -107,7 +107,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "block_interval": _positive,
     "block_max_txs": _at_least(1),
     "max_model_mb": _at_least(1),
-    "round_timeout": _positive,
+    "round_timeout": lambda v: None if 0 < v <= 86_400 else "between 0 and 86400 seconds",
     "torch_threads": _at_least(1),
     "edge_parallelism": _at_least(0),
 }

@@ -175,8 +175,8 @@ def getEN(session: Session) -> bool:
     return True
 
 
-@command("getModel(path='global_model.safetensors')", "download the global model, checked against the chain")
-def getModel(session: Session, path: str = "global_model.safetensors") -> bool:
+@command("getModel(path='runs/global_model.safetensors')", "download the global model, checked against the chain")
+def getModel(session: Session, path: str = "runs/global_model.safetensors") -> bool:
     data, digest = session.client.verified_global_model(session.client.call("GetJob"))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(data)

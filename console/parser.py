@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+MAX_LINE = 10_000
+
+
 class CommandError(ValueError):
     """Input that is not a command, or a command with bad arguments."""
 
@@ -25,10 +28,14 @@ class Command:
 
 def parse(line: str) -> list[Command]:
     """``"trainFL(rounds=3); eval()"`` → two commands. Bare names (``status``) count as calls."""
+    if len(line) > MAX_LINE:
+        raise CommandError(f"a command line is at most {MAX_LINE} characters")
     try:
         tree = ast.parse(line.strip(), mode="exec")
     except SyntaxError as exc:
         raise CommandError(f"cannot parse {line.strip()!r}: {exc.msg}") from None
+    except (MemoryError, RecursionError):
+        raise CommandError("the command line nests too deeply to parse") from None
     commands = []
     for statement in tree.body:
         if not isinstance(statement, ast.Expr):
@@ -42,7 +49,7 @@ def parse(line: str) -> list[Command]:
         try:
             args = tuple(ast.literal_eval(a) for a in node.args)
             kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
-        except (ValueError, SyntaxError, TypeError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise CommandError(f"{node.func.id}(): arguments must be literals (numbers, strings, True/False, lists)") from None
         if any(k.arg is None for k in node.keywords):
             raise CommandError(f"{node.func.id}(): ** arguments are not allowed")

@@ -33,7 +33,8 @@ from node.chain import Transaction, TxKind, fixed, now_ms
 from node.jobs import Job, job_payload
 from node.rpc import refuse
 from node.transfer import ReceivedModel, chunks, make_header, receive
-from node.wire import tx_to_pb
+from node.identity import verify_signature
+from node.wire import tx_from_pb, tx_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,14 @@ class Coordinator:
             participants = sorted(alive)[:wanted]
             spec = replace(JobSpec.from_config(conf), num_clients=len(participants))
             job_id = f"job-{now_ms()}"
+            try:  # the job's initial model, the same on every node: built before anything is recorded
+                worker = ClientWorker(spec, 10, _cpu())
+            except ValueError as exc:
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
+            initial = state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
             tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf), self.node.identity)
             self.node.submit(tx)
             self.job = Job.from_tx(tx)
-            worker = ClientWorker(spec, 10, _cpu())  # the job's initial model, the same on every node
-            initial = state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
             self.global_model = ReceivedModel.of(make_header(self.node.identity, initial, job_id, 0), initial)
             self.node.models.put(self.global_model)
             self.global_tx, self.round, self.metrics, self.error, self._unevaluated = None, 0, [], "", None
@@ -123,6 +127,9 @@ class Coordinator:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def forget(self, supernode_id: str) -> None:
+        self._sent.pop(supernode_id, None)
+
     def status(self) -> pb.JobStatus:
         job = self.job
         return pb.JobStatus(
@@ -138,7 +145,7 @@ class Coordinator:
 
     # --- the round loop ---------------------------------------------------------------------------
     def _launch(self) -> None:
-        self.state = "running"
+        self.state, self._pause_requested = "running", False
         self._thread = threading.Thread(target=self._run, name="job", daemon=True)
         self._thread.start()
 
@@ -176,8 +183,10 @@ class Coordinator:
         node.submit(order)
         evaluate_first = job.evaluate_every_round and self._unevaluated is not None
         results = self._fan_out(job, order, current, evaluate=False, evaluate_first=evaluate_first)
-        if evaluate_first:
-            self._finish_metrics(_eval_report(job, round_number - 1, results))
+        if evaluate_first:  # this round's exclusions are its own, not the previous round's
+            report = _eval_report(job, round_number - 1, results)
+            del report.excluded[:]
+            self._finish_metrics(report)
         trained = time.perf_counter()
         partials, excluded, edges = [], [], []
         for sn, result in results:
@@ -188,6 +197,8 @@ class Coordinator:
         if not partials:
             raise RuntimeError("no edge node returned a usable update: " +
                                ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
+        for sn, result in partials:
+            self._check_partial(job, sn, result)
         samples = sum(r.num_samples for _, r in partials)
         if len(partials) == 1 and partials[0][0].node_id == node.node_id:
             data = self._fetch(*_where(partials[0])).data  # our own partial is already the average
@@ -216,6 +227,23 @@ class Coordinator:
                  " + evaluate" if evaluate_first else "", trained - started, time.perf_counter() - trained)
         if not job.evaluate_every_round and round_number < job.spec.rounds:
             self._finish_metrics(None)
+
+    def _check_partial(self, job: Job, sn: Any, result: pb.SupernodeResult) -> None:
+        """A partial aggregate must stand for updates signed by the job's edge nodes that are
+        registered with that supernode, and weigh exactly their samples."""
+        total = 0
+        for edge in result.edges:
+            tx = tx_from_pb(edge.update)
+            member = self.node.members.get(tx.sender)
+            if (tx.kind != TxKind.MODEL_UPDATE or tx.sender not in job.participants or member is None
+                    or member.supernode != sn.node_id or tx.payload.get("job_id") != job.job_id
+                    or not verify_signature(member.public_key, tx.signature, bytes.fromhex(tx.hash))):
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                             f"supernode {sn.node_id} reported an update that is not a signed update of its own edge node")
+            total += int(tx.payload["samples"])
+        if total != result.num_samples:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"supernode {sn.node_id} weighs its partial by {result.num_samples} samples, its updates hold {total}")
 
     def _evaluate_pending(self, job: Job) -> None:
         """Evaluate the last round's model on its own (end of the job, or a pause)."""
@@ -290,8 +318,6 @@ def _where(partial: tuple[Any, pb.SupernodeResult]) -> tuple[Any, str]:
 
 
 def _samples(edge: pb.EdgeResult) -> int:
-    from node.wire import tx_from_pb
-
     return int(tx_from_pb(edge.update).payload["samples"]) if edge.HasField("update") else 0
 
 

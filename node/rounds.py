@@ -42,6 +42,10 @@ class RoundRunner:
         self._pool = ThreadPoolExecutor(max_workers=node.settings.edge_parallelism or 64, thread_name_prefix="edge-round")
         self._senders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-send")
 
+    def forget(self, edge_id: str) -> None:
+        with self._sent_lock:
+            self._sent.pop(edge_id, None)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._senders.shutdown(wait=False, cancel_futures=True)

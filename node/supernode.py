@@ -177,6 +177,8 @@ class Supernode:
             if existing is not None and existing.role != "SN":
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as an edge node")
             self.members.add(Member(tx.sender, "SN", address, key))
+            if self.coordinator is not None:
+                self.coordinator.forget(tx.sender)  # a restarted supernode holds no model yet
         else:
             if tx.payload.get("supernode") != self.node_id:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
@@ -185,6 +187,7 @@ class Supernode:
             if existing is not None and existing.role == "SN":
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as a supernode")
             self.members.add(Member(tx.sender, "EN", address, key, supernode=self.node_id))
+            self.rounds.forget(tx.sender)  # a restarted edge node holds no model yet
         self.submit(tx)
         log.info("registered %s %s at %s", role, tx.sender, address)
         return pb.RegisterReply(entry_id=self.entry_id or "", supernode_id=self.node_id,

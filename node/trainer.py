@@ -49,6 +49,7 @@ class _JobState:
     worker: ClientWorker
     personal: dict[str, torch.Tensor]
     personal_path: Path
+    last_round: int = 0  # orders for rounds up to here are replays
 
 
 class EdgeTrainer:
@@ -92,7 +93,11 @@ class EdgeTrainer:
             if request.deadline_ms and now_ms() > request.deadline_ms:
                 raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"round {round_number} is already past its deadline")
             before = state.worker.evaluate(state.data, shared, state.personal) if request.evaluate_first else None
+            if round_number <= state.last_round:
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"round {round_number} of {job.job_id} was already trained here (a replayed order?)")
             result = state.worker.train_round(state.index, state.data, round_number, shared, state.personal)
+            state.last_round = round_number
             state.personal = result.personal
             _save_atomically(state.personal_path, state_to_bytes(result.personal))
             update = state_to_bytes(result.shared)  # only the shared layers ever leave this node

@@ -19,7 +19,7 @@ def test_commands_parse_as_literals_only():
     assert parse("status") == [Command("status")]
     assert parse("save(path='a;b')") == [Command("save", (), {"path": "a;b"})]
     for bad in ("__import__('os').system('ls')", "x = 1", "trainFL(rounds=1+1)", "trainFL(**{'a': 1})",
-                "getModel(open('f'))", "train(", "os.system('ls')"):
+                "getModel(open('f'))", "train(", "os.system('ls')", "-" * 200_000 + "1", "x" * 20_000):
         with pytest.raises(CommandError):
             parse(bad)
 
