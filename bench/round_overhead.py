@@ -50,7 +50,9 @@ def in_process(args: argparse.Namespace, workers: int = 0) -> tuple[float, float
 
 def networked(args: argparse.Namespace, console: Console) -> tuple[float, float]:
     env = {"FL_DATA_DIR": str(Path(args.data_dir).resolve()), "FL_TORCH_THREADS": "1",
-           "FL_EDGE_PARALLELISM": str(args.edge_parallelism)}
+           "FL_EDGE_PARALLELISM": str(args.edge_parallelism),
+           # the production defaults, not the quick test settings: 1 s heartbeats, 0.5 s blocks
+           "FL_HEARTBEAT_INTERVAL": "1.0", "FL_DEAD_AFTER": "3.0", "FL_BLOCK_INTERVAL": "0.5"}
     nodes: list[NodeProcess] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
