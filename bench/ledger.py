@@ -127,7 +127,7 @@ def main() -> None:
     table.add_column("tx/s validated + stored", justify="right")
     for n in audit_sizes:
         table.add_column(f"verify, {n} tx/block (s)", justify="right")
-        table.add_column(f"… no signatures (s)", justify="right")
+        table.add_column("… no signatures (s)", justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             dbs = Databases(backend, args.mysql, Path(tmp))

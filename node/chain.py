@@ -24,7 +24,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, Protocol
 
-from node.identity import Identity, IdentityError, node_id_for, verify_signature
+from node.identity import Identity, node_id_for, verify_signature
 
 ZERO_HASH = "0" * 64
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -295,6 +295,14 @@ class Head:
     hash: str
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What the chain says about a node: the key it registered and its role."""
+
+    public_key: bytes
+    role: str
+
+
 class ChainView(Protocol):
     """What validation needs to know about the chain a block would extend."""
 
@@ -302,9 +310,7 @@ class ChainView(Protocol):
 
     def proposer(self) -> str | None: ...
 
-    def public_keys(self, node_ids: Iterable[str]) -> dict[str, bytes]: ...
-
-    def roles(self, node_ids: Iterable[str]) -> dict[str, str]: ...
+    def registrations(self, node_ids: Iterable[str]) -> dict[str, Registration]: ...
 
     def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]: ...
 
@@ -339,7 +345,9 @@ def validate_block(block: Block, view: ChainView) -> None:
         raise InvalidBlock(f"block {block.height} repeats transaction {sorted(existing)[0][:16]}… already on the chain")
 
     senders = {t.sender for t in block.transactions} | {block.proposer}
-    keys, roles = view.public_keys(senders), view.roles(senders)
+    known = view.registrations(senders)
+    keys = {n: r.public_key for n, r in known.items()}
+    roles = {n: r.role for n, r in known.items()}
     for index, tx in enumerate(block.transactions):
         new_key = register_key(tx)
         if new_key is not None:

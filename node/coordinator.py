@@ -32,7 +32,7 @@ from fl.train import EvalResult, summarize
 from node.chain import Transaction, TxKind, fixed, now_ms
 from node.jobs import Job, job_payload
 from node.rpc import refuse
-from node.transfer import ReceivedModel, chunks, make_header, receive
+from node.transfer import Deliveries, ReceivedModel, make_header, receive
 from node.identity import verify_signature
 from node.wire import tx_from_pb, tx_to_pb
 
@@ -59,7 +59,7 @@ class Coordinator:
         self.global_tx: Transaction | None = None
         self._unevaluated: pb.RoundMetrics | None = None  # the last round, until its model is evaluated
         self._pause_requested = False
-        self._sent: dict[str, str] = {}  # supernode -> hash of the last model it received from us
+        self.delivered = Deliveries()  # which supernode holds which model
 
     # --- console commands -------------------------------------------------------------------------
     def start_job(self, settings: dict[str, str]) -> pb.JobStatus:
@@ -126,9 +126,6 @@ class Coordinator:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def forget(self, supernode_id: str) -> None:
-        self._sent.pop(supernode_id, None)
 
     def status(self) -> pb.JobStatus:
         job = self.job
@@ -201,7 +198,7 @@ class Coordinator:
             self._check_partial(job, sn, result)
         samples = sum(r.num_samples for _, r in partials)
         if len(partials) == 1 and partials[0][0].node_id == node.node_id:
-            data = self._fetch(*_where(partials[0])).data  # our own partial is already the average
+            data = self._fetch(node, partials[0][1].partial_hash).data  # our own partial is already the average
         else:
             reference, updates = state_from_bytes(current.data), []
             for sn, result in partials:
@@ -295,9 +292,9 @@ class Coordinator:
             return node.rounds.run(request)
         timeout = (request.deadline_ms - now_ms()) / 1000 + 30
         stub = rpc_pb.TrainingStub(node.channels.get(sn.address))
-        if self._sent.get(sn.node_id) != model.header.model_hash:
+        if not self.delivered.has(sn.node_id, model.header.model_hash):
             stub.DistributeModel(model.stream(), timeout=timeout)
-            self._sent[sn.node_id] = model.header.model_hash
+            self.delivered.record(sn.node_id, model.header.model_hash)
         return stub.RunRound(request, timeout=timeout)
 
     def _fetch(self, sn: Any, model_hash: str) -> ReceivedModel:
@@ -311,10 +308,6 @@ class Coordinator:
         if model.header.model_hash != model_hash:
             raise refuse(grpc.StatusCode.DATA_LOSS, f"supernode {sn.node_id} sent another model than {model_hash[:16]}…")
         return model
-
-
-def _where(partial: tuple[Any, pb.SupernodeResult]) -> tuple[Any, str]:
-    return partial[0], partial[1].partial_hash
 
 
 def _samples(edge: pb.EdgeResult) -> int:

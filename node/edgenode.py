@@ -22,7 +22,7 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.chain import genesis_proposer
 from node.identity import Identity, node_id_for
-from node.rpc import Channels, channel, handled, refuse
+from node.rpc import Channels, handled, refuse
 from node.supernode import NodeSettings, register_transaction, signed_heartbeat
 from node.transfer import ModelCache, check_header_signature, receive
 from node.wire import block_from_pb, tx_to_pb
@@ -46,9 +46,7 @@ class EdgeNode:
         self.entry_key: bytes | None = None
         self.trainer: Any = None  # an EdgeTrainer, set by main
         self.models = ModelCache(2 * settings.max_model_bytes)
-        self.on_model: Callable[[Any], None] | None = None  # set by the training layer
-        self.channels = Channels()  # to its supernode, reused
-        self.joined = threading.Event()
+        self.channels = Channels()  # to the entry node and its supernode, reused
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -63,38 +61,33 @@ class EdgeNode:
 
     def join(self, exclude: set[str]) -> pb.NodeInfo:
         """Ask the entry node for a supernode and register there; raises ``grpc.RpcError``."""
-        with channel(self.entry_address) as ch:
-            if self.entry_key is None:
-                self.entry_id, self.entry_key = _entry_identity(ch)
-            chosen = rpc_pb.MembershipStub(ch).FindSupernode(
-                pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
+        entry = self.channels.get(self.entry_address)
+        if self.entry_key is None:
+            self.entry_id, self.entry_key = _entry_identity(entry)
+        chosen = rpc_pb.MembershipStub(entry).FindSupernode(
+            pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
         if node_id_for(chosen.public_key) != chosen.node_id:
             raise RuntimeError(f"the entry node named supernode {chosen.node_id} with a key that is not its own")
         tx = register_transaction(self.identity, "EN", self.address, supernode=chosen.node_id)
-        with channel(chosen.address) as ch:
-            rpc_pb.MembershipStub(ch).Register(pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
+        rpc_pb.MembershipStub(self.channels.get(chosen.address)).Register(
+            pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
         log.info("registered with supernode %s at %s", chosen.node_id, chosen.address)
         return chosen
 
     def _run(self) -> None:
         failures, exclude = 0, set()
-        sn_channel: grpc.Channel | None = None
         while not self._stop.is_set():
             try:
                 if self.supernode is None:
                     self.supernode = self.join(exclude)
                     exclude.clear()
                     failures = 0
-                    if sn_channel is not None:
-                        sn_channel.close()
-                    sn_channel = channel(self.supernode.address)
-                    self.joined.set()
-                reply = rpc_pb.MembershipStub(sn_channel).Heartbeat(
+                reply = rpc_pb.MembershipStub(self.channels.get(self.supernode.address)).Heartbeat(
                     signed_heartbeat(self.identity), timeout=max(1.0, self.settings.heartbeat_interval))
                 failures = 0
                 if not reply.known:
                     log.info("supernode %s no longer knows this node; registering again", self.supernode.node_id)
-                    self._leave()
+                    self.supernode = None
                     continue
             except grpc.RpcError as exc:
                 failures += 1
@@ -107,19 +100,13 @@ class EdgeNode:
                     log.warning("supernode %s stopped answering; asking the entry node for another",
                                 self.supernode.node_id)
                     exclude.add(self.supernode.node_id)
-                    self._leave()
+                    self.supernode = None
                     failures = 0
                     continue
             except Exception:  # noqa: BLE001 - keep trying whatever happened
                 log.exception("edge node loop failed")
             self._stop.wait(self.settings.heartbeat_interval)
-        if sn_channel is not None:
-            sn_channel.close()
         self.channels.close()
-
-    def _leave(self) -> None:
-        self.supernode = None
-        self.joined.clear()
 
 
 def _entry_identity(ch: grpc.Channel) -> tuple[str, bytes]:
@@ -146,8 +133,6 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
             check_header_signature(header, sn.public_key)
 
         model = receive(request_iterator, self.node.settings.max_model_bytes, authorise)
-        if self.node.on_model is not None:
-            self.node.on_model(model)
         self.node.models.put(model)
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 

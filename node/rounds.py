@@ -12,7 +12,6 @@ the entry node for the next block.
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -26,8 +25,8 @@ from node.chain import Transaction, TxKind, check_payload, fixed, now_ms
 from node.identity import verify_signature
 from node.jobs import Job, authorised_model, check_signed_by
 from node.rpc import refuse, status_for
-from node.transfer import ReceivedModel, chunks, make_header
-from node.wire import WireError, tx_from_pb, tx_to_pb
+from node.transfer import Deliveries, ReceivedModel, chunks, make_header
+from node.wire import WireError, tx_from_pb
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +34,11 @@ log = logging.getLogger(__name__)
 class RoundRunner:
     def __init__(self, node: Any) -> None:
         self.node = node  # a Supernode
-        self._sent: dict[str, str] = {}  # edge node -> hash of the last model it received from us
-        self._sent_lock = threading.Lock()
+        self.delivered = Deliveries()  # which edge node holds which model
         # edge_parallelism: how many of its edge nodes a supernode asks at once (0: all). Edge nodes
         # that share one host's cores train faster a few at a time than all at once.
         self._pool = ThreadPoolExecutor(max_workers=node.settings.edge_parallelism or 64, thread_name_prefix="edge-round")
         self._senders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-send")
-
-    def forget(self, edge_id: str) -> None:
-        with self._sent_lock:
-            self._sent.pop(edge_id, None)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -54,7 +48,7 @@ class RoundRunner:
         node = self.node
         job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
         entry_id = node.entry_id or ""
-        entry_key = node.ledger.store.public_keys([entry_id]).get(entry_id)
+        entry_key = node.ledger.store.public_key(entry_id)
         if entry_key is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this supernode has not synced the entry node's key yet")
         check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
@@ -93,15 +87,13 @@ class RoundRunner:
     def _send_model(self, edge: Any, model: ReceivedModel, request: pb.RoundRequest) -> None:
         """Give ``edge`` the round's model unless it already has it; re-signed by this supernode,
         as edge nodes take models from their own supernode only."""
-        with self._sent_lock:
-            if self._sent.get(edge.node_id) == model.header.model_hash:
-                return
+        if self.delivered.has(edge.node_id, model.header.model_hash):
+            return
         header = make_header(self.node.identity, model.data, model.header.job_id, model.header.round,
                              model.header.num_samples, model_hash=model.header.model_hash)
         stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address))
         stub.DistributeModel(chunks(header, model.data), timeout=max(0.5, (request.deadline_ms - now_ms()) / 1000))
-        with self._sent_lock:
-            self._sent[edge.node_id] = model.header.model_hash
+        self.delivered.record(edge.node_id, model.header.model_hash)
 
     def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest) -> pb.EdgeResult:
         sent.result()  # the model must be there first (raises what sending it raised)

@@ -90,7 +90,7 @@ class TrainingService(rpc_pb.TrainingServicer):
             entry = self.node.entry_id
             if self.node.is_entry or header.sender != entry:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, "only the entry node distributes models to supernodes")
-            key = self.node.ledger.store.public_keys([entry]).get(entry)
+            key = self.node.ledger.store.public_key(entry)
             if key is None:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this supernode has not synced the entry node's key yet")
             check_header_signature(header, key)
@@ -99,8 +99,7 @@ class TrainingService(rpc_pb.TrainingServicer):
 
     def _accept(self, model: ReceivedModel) -> pb.TransferReceipt:
         model.layout()  # a safetensors layout that fits the bytes, or INVALID_ARGUMENT; decoded when used
-        if self.node.on_model is not None:
-            self.node.on_model(model)  # the training layer checks shapes against its job
+                        # (a round checks keys, shapes and values against its global model)
         self.node.models.put(model)
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 

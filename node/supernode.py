@@ -24,12 +24,12 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.chain import (Block, Head, InvalidBlock, InvalidTransaction, Transaction, TxKind, canonical_bytes,
+from node.chain import (Block, Head, InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind, canonical_bytes,
                         check_payload, check_sender_role, now_ms)
 from node.identity import Identity, verify_signature
 from node.ledger import Ledger
 from node.membership import Member, Members
-from node.rpc import Channels, channel, refuse
+from node.rpc import Channels, refuse
 from node.rounds import RoundRunner
 from node.transfer import ModelCache
 from node.wire import block_from_pb, block_to_pb, head_to_pb, signed_fields, tx_to_pb
@@ -105,7 +105,6 @@ class Supernode:
         self.members = Members(settings.dead_after, identity.node_id)
         self.models = ModelCache(2 * settings.max_model_bytes)
         self.supernode_view = pb.NodeList()  # the entry node's list, as last broadcast to us
-        self.on_model: Callable[[Any], None] | None = None  # set by the training layer
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sync_lock = threading.Lock()
@@ -115,7 +114,6 @@ class Supernode:
         self._pool_cond = threading.Condition()
         self._peer_heads: dict[str, int] = {}
         self._pushers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push")
-        self._entry_channel: grpc.Channel | None = None
         self.admin_token_hash = ""  # the entry node sets it from its token; others learn it at registration
         self.channels = Channels()  # to peers, reused
         self.rounds = RoundRunner(self)
@@ -132,7 +130,6 @@ class Supernode:
             self.members.add(Member(self.node_id, "SN", self.address, self.identity.public_key))
             self._spawn(self._block_loop, "blocks")
         else:
-            self._entry_channel = channel(self.entry_address)
             self._spawn(self._report_loop, "report")
 
     def stop(self) -> None:
@@ -152,8 +149,6 @@ class Supernode:
         self.rounds.close()
         self._pushers.shutdown(wait=True, cancel_futures=False)
         self.channels.close()
-        if self._entry_channel is not None:
-            self._entry_channel.close()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -161,9 +156,7 @@ class Supernode:
         self._threads.append(thread)
 
     def _entry_stub(self, kind: type) -> Any:
-        if self._entry_channel is None:
-            raise RuntimeError("no entry channel")
-        return kind(self._entry_channel)
+        return kind(self.channels.get(self.entry_address))
 
     # --- membership -----------------------------------------------------------------------------------
     def register(self, tx: Transaction) -> pb.RegisterReply:
@@ -178,7 +171,7 @@ class Supernode:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as an edge node")
             self.members.add(Member(tx.sender, "SN", address, key))
             if self.coordinator is not None:
-                self.coordinator.forget(tx.sender)  # a restarted supernode holds no model yet
+                self.coordinator.delivered.forget(tx.sender)
         else:
             if tx.payload.get("supernode") != self.node_id:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
@@ -187,7 +180,7 @@ class Supernode:
             if existing is not None and existing.role == "SN":
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as a supernode")
             self.members.add(Member(tx.sender, "EN", address, key, supernode=self.node_id))
-            self.rounds.forget(tx.sender)  # a restarted edge node holds no model yet
+            self.rounds.delivered.forget(tx.sender)
         self.submit(tx)
         log.info("registered %s %s at %s", role, tx.sender, address)
         return pb.RegisterReply(entry_id=self.entry_id or "", supernode_id=self.node_id,
@@ -248,15 +241,14 @@ class Supernode:
         check_payload(tx)
         if self.ledger.store.existing_transactions([tx.hash]):
             return tx.hash  # already sealed: idempotent
-        stored_key = self.ledger.store.public_keys([tx.sender]).get(tx.sender)  # database reads outside the lock
-        stored_role = self.ledger.store.roles([tx.sender]).get(tx.sender)
+        stored = self.ledger.store.registrations([tx.sender]).get(tx.sender)  # database read outside the lock
         with self._pool_cond:
             if tx.hash in self._pool_hashes:
                 return tx.hash
             if len(self._pool) >= MAX_PENDING:
                 raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"{len(self._pool)} transactions are waiting for a block; retry shortly")
-            key, role = self._pending_identity(tx, stored_key, stored_role)
+            key, role = self._pending_identity(tx, stored)
             if key is None:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {tx.sender} is not a registered node")
             try:
@@ -273,8 +265,9 @@ class Supernode:
             self._pool_cond.notify_all()
         return tx.hash
 
-    def _pending_identity(self, tx: Transaction, key: bytes | None, role: str | None) -> tuple[bytes | None, str | None]:
+    def _pending_identity(self, tx: Transaction, stored: Registration | None) -> tuple[bytes | None, str | None]:
         """The sender's key and role: from the chain, or from a registration still in the pool."""
+        key, role = (stored.public_key, stored.role) if stored else (None, None)
         if tx.kind == TxKind.REGISTER:
             if role is not None and role != tx.payload["role"]:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as {role}")
@@ -381,8 +374,7 @@ class Supernode:
         head = self.ledger.head()
         if head is None or block.height > head.height + 1:
             self.sync()
-        stored = self.ledger.add_block(block) if self.ledger.store.block_hash(block.height) != block.hash else False
-        return stored, self.ledger.head()
+        return self.ledger.add_block(block), self.ledger.head()  # False: already held
 
     def sync(self) -> int:
         """Fetch and validate every block the entry node has beyond our head. Returns blocks added."""

@@ -141,6 +141,27 @@ def receive(stream: Iterable[pb.ModelChunk], max_bytes: int, authorise=None) -> 
     return ReceivedModel(header, tuple(pieces))
 
 
+class Deliveries:
+    """The model each peer last received from us, so a model crosses the wire once per peer.
+    A peer that registers again (a restart) is forgotten: it holds no model yet."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def has(self, peer: str, model_hash: str) -> bool:
+        with self._lock:
+            return self._last.get(peer) == model_hash
+
+    def record(self, peer: str, model_hash: str) -> None:
+        with self._lock:
+            self._last[peer] = model_hash
+
+    def forget(self, peer: str) -> None:
+        with self._lock:
+            self._last.pop(peer, None)
+
+
 class ModelCache:
     """Recent models by hash, bounded in total bytes (oldest dropped first)."""
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from node.chain import Block, Head, Transaction, TxKind, canonical_bytes
+from node.chain import Block, Head, Registration, Transaction, TxKind, canonical_bytes
 from sql.tables import blocks, jobs, metadata, model_records, nodes, rounds, transactions
 
 log = logging.getLogger(__name__)
@@ -234,21 +234,19 @@ class LedgerStore:
                 "read the proposer")
         return self._proposer
 
-    def public_keys(self, node_ids: Iterable[str]) -> dict[str, bytes]:
+    def registrations(self, node_ids: Iterable[str]) -> dict[str, Registration]:
+        """Registered key and role of each of ``node_ids`` the chain knows (one query)."""
         ids = sorted(set(node_ids))
         if not ids:
             return {}
         rows = self._read(lambda c: c.execute(
-            select(nodes.c.node_id, nodes.c.public_key).where(nodes.c.node_id.in_(ids))).all(), "read public keys")
-        return {r.node_id: bytes.fromhex(r.public_key) for r in rows}
+            select(nodes.c.node_id, nodes.c.public_key, nodes.c.role).where(nodes.c.node_id.in_(ids))).all(),
+            "read node registrations")
+        return {r.node_id: Registration(bytes.fromhex(r.public_key), r.role) for r in rows}
 
-    def roles(self, node_ids: Iterable[str]) -> dict[str, str]:
-        ids = sorted(set(node_ids))
-        if not ids:
-            return {}
-        rows = self._read(lambda c: c.execute(
-            select(nodes.c.node_id, nodes.c.role).where(nodes.c.node_id.in_(ids))).all(), "read node roles")
-        return {r.node_id: r.role for r in rows}
+    def public_key(self, node_id: str) -> bytes | None:
+        found = self.registrations([node_id]).get(node_id)
+        return None if found is None else found.public_key
 
     def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]:
         hashes = sorted(set(tx_hashes))

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from chain_helpers import model_update, register
-from node.chain import (Block, ChainError, Head, InvalidBlock, InvalidTransaction, Transaction, TxKind,
+from node.chain import (Block, ChainError, Head, InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind,
                         ZERO_HASH, canonical_bytes, genesis_block, merkle_root, validate_block)
 from node.identity import Identity
 
@@ -24,11 +24,8 @@ class MemoryView:
     def proposer(self):
         return self.chain[0].proposer if self.chain else None
 
-    def public_keys(self, ids):
-        return {i: self.keys[i] for i in ids if i in self.keys}
-
-    def roles(self, ids):
-        return {i: self.role[i] for i in ids if i in self.role}
+    def registrations(self, ids):
+        return {i: Registration(self.keys[i], self.role[i]) for i in ids if i in self.keys}
 
     def existing_transactions(self, hashes):
         on_chain = {t.hash for b in self.chain for t in b.transactions}
