@@ -56,7 +56,7 @@ my_conf: dict[str, Any] = {
     "block_max_txs": 500,  # ... or as soon as this many are pending
     "max_model_mb": 1024,  # the largest model a node accepts over the wire
     "round_timeout": 300.0,  # seconds an edge node has for one round before it is left out
-    "torch_threads": 1,  # torch threads per edge node (several ENs often share a host's cores)
+    "torch_threads": 1,  # torch (OpenMP) threads per node process (several nodes often share a host's cores)
     "own_data": False,  # an EN trains on everything in its data_dir instead of its job shard
     "edge_parallelism": 0,  # edge nodes a supernode asks at once in a round (0: all of them)
 }

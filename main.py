@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from config import ConfigError, load_config, my_conf, parse_assignments
+from fl.memory import keep_freed_memory
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -80,6 +82,16 @@ def _toml_value(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    home = args.home or Path.home() / ".fedledger" / f"{args.nt.lower()}-{args.port}"
+    overrides = parse_assignments(args.set)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.device:
+        overrides["device"] = args.device
+    config_file = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
+    conf = load_config(config_file, overrides=overrides)
+    prepare_process(conf["torch_threads"])
+
     from node.identity import Identity
     from node.rpc import route_ip, split_address
     from node.server import build_server, stop_event
@@ -90,14 +102,6 @@ def run(args: argparse.Namespace) -> int:
     split_address(args.entry)  # a clear error now rather than a failed dial later
     if args.advertise:
         split_address(args.advertise)
-    home = args.home or Path.home() / ".fedledger" / f"{args.nt.lower()}-{args.port}"
-    overrides = parse_assignments(args.set)
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    if args.device:
-        overrides["device"] = args.device
-    config_file = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
-    conf = load_config(config_file, overrides=overrides)
     identity = Identity.load_or_create(home)
     address = args.advertise or f"{_url_host(route_ip(args.entry))}:{args.port}"
     settings = NodeSettings.from_config(conf)
@@ -133,6 +137,16 @@ def run(args: argparse.Namespace) -> int:
             close()
     log.info("stopped cleanly")
     return 0
+
+
+def prepare_process(torch_threads: int) -> None:
+    """Process-wide settings, made before torch is first imported: OpenMP reads its thread count
+    once, for every thread (``torch.set_num_threads`` would reach only the thread calling it),
+    and a supernode's aggregation, like an edge node's training, shares the host's cores with
+    other nodes; a parallel region there waits for a busy core. And freed memory is kept for the
+    next round (fl/memory.py)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+    keep_freed_memory()
 
 
 def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity: Any, address: str,

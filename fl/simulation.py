@@ -22,6 +22,7 @@ import torch
 
 from fl.datasets import Dataset, load_dataset
 from fl.federation import ClientWorker, JobSpec, client_data, client_indices, split_state
+from fl.memory import keep_freed_memory
 from fl.models import StateDict
 from fl.partition import class_histogram
 from fl.strategy import Update
@@ -82,6 +83,7 @@ def _init_worker(job: JobSpec, clients: list[ClientData], num_classes: int) -> N
     # One thread, set before any torch op: small batches gain nothing from more, and an
     # OpenMP thread team must never be started in a process forked from a threaded parent.
     torch.set_num_threads(1)
+    keep_freed_memory()
     _CONTEXT["worker"] = ClientWorker(job, num_classes, torch.device("cpu"))
     _CONTEXT["clients"] = clients
 
@@ -127,6 +129,7 @@ class _Runner:
                 initargs=(job, clients, num_classes),
             )
         else:
+            keep_freed_memory()
             _CONTEXT["worker"] = ClientWorker(job, num_classes, device)
             _CONTEXT["clients"] = clients
 

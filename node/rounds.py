@@ -38,7 +38,10 @@ class RoundRunner:
         # edge_parallelism: how many of its edge nodes a supernode asks at once (0: all). Edge nodes
         # that share one host's cores train faster a few at a time than all at once.
         self._pool = ThreadPoolExecutor(max_workers=node.settings.edge_parallelism or 64, thread_name_prefix="edge-round")
-        self._senders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-send")
+        # models go out in the order of the asks, as many at once as asks: the first edge nodes
+        # get theirs at once instead of sharing the link (and the CPU) with every other transfer
+        self._senders = ThreadPoolExecutor(max_workers=min(16, node.settings.edge_parallelism or 16),
+                                           thread_name_prefix="edge-send")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -60,8 +63,8 @@ class RoundRunner:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this supernode lacks global model {model_hash[:16]}…")
         mine = {m.node_id: m for m in node.members.of_role("EN", alive_only=True) if m.supernode == node.node_id}
         edges = [mine[n] for n in job.participants if n in mine]
-        # the model goes to every edge node at once (cheap); then the asks, edge_parallelism at a
-        # time, each find it there and only train
+        # the model goes to the edge nodes in the order they will be asked, and the asks,
+        # edge_parallelism at a time, each wait for their own edge node's copy, then train
         sent = {e.node_id: self._senders.submit(self._send_model, e, model, request) for e in edges}
         futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request): e.node_id for e in edges}
         reply = pb.SupernodeResult(node_id=node.node_id)

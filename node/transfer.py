@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
 
 import grpc
 
@@ -30,11 +29,12 @@ HEADER_MAX_AGE_MS = 10 * 60 * 1000
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")  # a signed header older than this is refused (replays)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReceivedModel:
     """A model as it arrived: its header and its chunks. Joining the chunks into one buffer costs
     a fresh allocation as large as the model (page faults included: a third of the transfer time
-    of a 100 MB model), so it happens only when the bytes are used, once."""
+    of a 100 MB model), so it happens only when the bytes are used, once; the joined buffer then
+    replaces the chunks, so a cached model is held once, not twice."""
 
     header: pb.ModelHeader
     pieces: tuple[bytes, ...]
@@ -43,9 +43,12 @@ class ReceivedModel:
     def of(cls, header: pb.ModelHeader, data: bytes) -> "ReceivedModel":
         return cls(header, (data,))
 
-    @cached_property
+    @property
     def data(self) -> bytes:
-        return self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+        pieces = self.pieces
+        if len(pieces) > 1:  # two threads may both join: same bytes, one is kept
+            self.pieces = pieces = (b"".join(pieces),)
+        return pieces[0]
 
     @property
     def size(self) -> int:

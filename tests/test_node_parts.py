@@ -48,6 +48,16 @@ def test_model_stream_checks_size_hash_and_order():
     assert _status(lambda: receive(iter([]), 1000)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_a_received_model_is_joined_once_and_then_held_once():
+    me = Identity.generate()
+    data = bytes(range(256)) * 10_000
+    got = receive(chunks(make_header(me, data), data, chunk_bytes=4096), max_bytes=10 << 20)
+    assert len(got.pieces) > 1 and got.size == len(data)
+    assert got.prefix(8) == data[:8]
+    assert got.data == data and got.pieces == (got.data,)  # the chunks gave way to their join
+    assert b"".join(c.data for c in got.stream() if c.WhichOneof("part") == "data") == data
+
+
 def test_model_cache_keeps_the_newest_within_its_budget():
     cache = ModelCache(max_bytes=250)
     models = [ReceivedModel.of(pb.ModelHeader(model_hash=hashlib.sha256(bytes([i])).hexdigest(), size=100), bytes(100))

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fl.strategy import FedAvg, FedPer, InvalidUpdate, Local, Update, get_strategy, validate_update, weighted_average
+from fl.strategy import (FedAvg, FedPer, InvalidUpdate, Local, RunningAverage, Update, get_strategy, validate_update,
+                         weighted_average)
 
 BASE = ["base.weight", "base.bias"]
 HEAD = ["head.weight"]
@@ -100,3 +101,32 @@ def test_no_updates_for_shared_keys_is_an_error_and_numpy_counts_work():
     assert torch.allclose(new["base.weight"], torch.full((3, 2), 2.0))
     with pytest.raises(InvalidUpdate, match="sample counts"):
         weighted_average([Update(_state(1.0), True)], BASE)
+
+
+def test_running_average_accumulates_in_float64_one_update_at_a_time():
+    # float32 sums would lose the small updates next to the big one; float64 keeps them
+    big, small = torch.full((4,), 1e8), torch.full((4,), 1.0)
+    average = RunningAverage(["w"])
+    average.add(Update({"w": big}, 1))
+    for _ in range(1000):
+        average.add(Update({"w": small}, 1))
+    average.add(Update({"w": -big}, 1))
+    assert average.total == 1002
+    assert torch.allclose(average.result({"w": torch.float32})["w"], torch.full((4,), 1000 / 1002))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finiteness_check_is_exact_at_the_dtype_limits(dtype):
+    limit = torch.finfo(dtype).max
+    reference = {"w": torch.zeros(10_000, dtype=dtype)}
+    validate_update(reference, {"w": torch.full((10_000,), limit, dtype=dtype)})  # finite, however large
+    validate_update(reference, {"w": torch.full((10_000,), -limit, dtype=dtype)})
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        state = {"w": torch.zeros(10_000, dtype=dtype)}
+        state["w"][1234] = bad
+        with pytest.raises(InvalidUpdate, match="NaN or infinite"):
+            validate_update(reference, state)
+    both = {"w": torch.zeros(10_000, dtype=dtype)}
+    both["w"][0], both["w"][1] = float("inf"), -float("inf")  # they do not cancel out
+    with pytest.raises(InvalidUpdate, match="NaN or infinite"):
+        validate_update(reference, both)
