@@ -96,7 +96,8 @@ class RunningAverage:
         out: StateDict = {}
         for key, value in self._sums.items():
             if value.is_floating_point():
-                out[key] = (value / self.total).to(dtypes[key] if dtypes else torch.float32)
+                mean = torch.div(value, self.total, out=self._widened[key])  # the scratch again: no new buffer
+                out[key] = mean.to(dtypes[key] if dtypes else torch.float32)
             else:
                 out[key] = value.clone()
         return out

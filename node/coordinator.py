@@ -197,8 +197,10 @@ class Coordinator:
         for sn, result in partials:
             self._check_partial(job, sn, result)
         samples = sum(r.num_samples for _, r in partials)
+        known_hash = None
         if len(partials) == 1 and partials[0][0].node_id == node.node_id:
-            data = self._fetch(node, partials[0][1].partial_hash).data  # our own partial is already the average
+            known_hash = partials[0][1].partial_hash  # our own partial is already the average
+            data = self._fetch(node, known_hash).data
         else:
             reference, updates = state_from_bytes(current.data), []
             for sn, result in partials:
@@ -206,7 +208,8 @@ class Coordinator:
                 validate_update(reference, state)
                 updates.append(Update(state, result.num_samples))
             data = state_to_bytes(weighted_average(updates, list(reference)))
-        self.global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
+        self.global_model = ReceivedModel.of(
+            make_header(node.identity, data, job.job_id, round_number, samples, model_hash=known_hash), data)
         node.models.put(self.global_model)
         train_loss = sum(e.train_loss * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
         self.global_tx = Transaction.create(TxKind.GLOBAL_MODEL, {

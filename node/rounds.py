@@ -105,25 +105,23 @@ class RoundRunner:
 
     def _publish(self, job: Job, round_number: int, reference: dict[str, Any], average: RunningAverage,
                  txs: list[Transaction], reply: pb.SupernodeResult) -> pb.SupernodeResult:
-        """Send the round's transactions to the entry node; keep the partial aggregate for download."""
+        """Send the round's transactions to the entry node (in one batch); keep the partial
+        aggregate for download."""
         node = self.node
-        for tx in txs:
-            node.submit(tx)
-        for exclusion in reply.excluded:
-            node.submit(Transaction.create(TxKind.EXCLUDED, {
-                "job_id": job.job_id, "round": round_number, "node": exclusion.node_id,
-                "reason": exclusion.reason[:500]}, node.identity))
-        if not txs:
-            return reply
-        partial = state_to_bytes(average.result({k: v.dtype for k, v in reference.items()}))
-        samples = average.total
-        header = make_header(node.identity, partial, job.job_id, round_number, samples)
-        node.models.put(ReceivedModel.of(header, partial))
-        loss = sum(r.train_loss * int(t.payload["samples"]) for r, t in zip(reply.edges, txs)) / samples
-        node.submit(Transaction.create(TxKind.AGGREGATE, {
-            "job_id": job.job_id, "round": round_number, "hash": header.model_hash, "samples": samples,
-            "updates": [t.payload["hash"] for t in txs], "metrics": {"train_loss": fixed(loss)}}, node.identity))
-        reply.partial_hash, reply.num_samples = header.model_hash, samples
+        records = txs + [Transaction.create(TxKind.EXCLUDED, {
+            "job_id": job.job_id, "round": round_number, "node": exclusion.node_id,
+            "reason": exclusion.reason[:500]}, node.identity) for exclusion in reply.excluded]
+        if txs:
+            partial = state_to_bytes(average.result({k: v.dtype for k, v in reference.items()}))
+            samples = average.total
+            header = make_header(node.identity, partial, job.job_id, round_number, samples)
+            node.models.put(ReceivedModel.of(header, partial))
+            loss = sum(r.train_loss * int(t.payload["samples"]) for r, t in zip(reply.edges, txs)) / samples
+            records.append(Transaction.create(TxKind.AGGREGATE, {
+                "job_id": job.job_id, "round": round_number, "hash": header.model_hash, "samples": samples,
+                "updates": [t.payload["hash"] for t in txs], "metrics": {"train_loss": fixed(loss)}}, node.identity))
+            reply.partial_hash, reply.num_samples = header.model_hash, samples
+        node.submit_all(records)
         return reply
 
     def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int,

@@ -90,3 +90,36 @@ def test_cli_flags_init_and_clear_errors(tmp_path, capsys):
     assert main(["--port", "1", "--nt", "EN", "--entry", "nowhere", "--home", str(tmp_path / "x")]) == 2
     with pytest.raises(ValueError, match="is not HOST:PORT"):
         split_address("host:99999")
+
+
+def test_a_batch_of_transactions_is_admitted_in_order_like_single_submits(tmp_path):
+    import dataclasses
+
+    from node.ledger import Ledger
+    from node.supernode import NodeSettings, Supernode
+    from sql.store import LedgerStore
+
+    store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+    me = Identity.generate()
+    entry = Supernode(me, "127.0.0.1:1", Ledger(store), "127.0.0.1:1", True, NodeSettings(block_interval=0.05))
+    entry.start()
+    try:
+        scores = [Transaction.create(TxKind.SCORE, {"job_id": "j", "round": r, "node": me.node_id, "score": "0.5"}, me)
+                  for r in (1, 2, 3)]
+        assert entry.submit_all(scores[:2] + scores[:1]) == [t.hash for t in scores[:2]] + [scores[0].hash]
+        assert entry.pending_count() in (0, 2)  # a duplicate is admitted once (the block loop may have sealed)
+        forged = dataclasses.replace(scores[2], signature=Identity.generate().sign(bytes.fromhex(scores[2].hash)))
+        later = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 4, "node": me.node_id, "score": "1"}, me)
+        assert _status(lambda: entry.submit_all([forged, later])) == grpc.StatusCode.UNAUTHENTICATED
+        stranger = Identity.generate()
+        unknown = Transaction.create(TxKind.SCORE, {"job_id": "j", "round": 5, "node": me.node_id, "score": "1"}, stranger)
+        assert _status(lambda: entry.submit_all([unknown])) == grpc.StatusCode.PERMISSION_DENIED
+        deadline = time.monotonic() + 10
+        while entry.pending_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sealed = store.existing_transactions([t.hash for t in scores] + [later.hash])
+        assert sealed == {scores[0].hash, scores[1].hash}  # the forged one stopped the batch: nothing after it
+        assert entry.submit_all(scores[:2]) == [t.hash for t in scores[:2]] and entry.pending_count() == 0  # sealed: idempotent
+    finally:
+        entry.stop()
+        store.close()
