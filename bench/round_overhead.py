@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -104,6 +105,8 @@ def main() -> None:
         console.print(f"[{attempt + 1}/{args.repeats}] network: {args.supernodes} supernodes, {args.edge_nodes} edge nodes …")
         nets.append(networked(args, console))
     (sim_seconds, sim_acc), (crowd_seconds, crowd_acc), (net_seconds, net_acc) = min(sims), min(crowded), min(nets)
+    # each attempt ran both kinds back to back: its ratio is the least touched by drift in the machine's speed
+    paired = sorted(net[0] / sim[0] for sim, net in zip(sims, nets))
     table = Table(title=f"FedPer on {args.dataset}: {args.edge_nodes} clients, {args.rounds} rounds, "
                         f"batch {args.batch_size}, 1 local epoch (s/round over rounds 2+)")
     for name in ("run", "s/round", "final accuracy %", "vs in-process"):
@@ -114,7 +117,8 @@ def main() -> None:
     table.add_row(f"network ({args.supernodes} SN + {args.edge_nodes} EN processes)", f"{net_seconds:.2f}",
                   f"{100 * net_acc:.2f}", f"{net_seconds / sim_seconds:.2f}× ({100 * (net_seconds / sim_seconds - 1):+.0f} %)")
     console.print(table)
-    console.print(f"{os.cpu_count()} CPU cores")
+    console.print(f"network / in-process, attempt by attempt: {', '.join(f'{r:.2f}×' for r in paired)} "
+                  f"(median {statistics.median(paired):.2f}×); {os.cpu_count()} CPU cores")
 
 
 if __name__ == "__main__":

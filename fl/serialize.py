@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,6 +51,9 @@ def model_hash(data: bytes) -> str:
 _ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1}
 _MAX_HEADER_BYTES = 100 << 20
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "BOOL": torch.bool}
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,26 @@ def read_layout(prefix: bytes, total_size: int) -> dict[str, TensorLayout]:
         raise SerializationError(
             f"not a valid safetensors model: {total_size} bytes, but the header describes {end_of_header + cursor}")
     return layouts
+
+
+def state_views(data: bytes) -> StateDict:
+    """The tensors of safetensors ``data`` as views of its memory, for reading only.
+
+    A supernode checks and sums every update it receives and an edge node copies the global
+    layers into its model: neither needs tensors of its own, and decoding with a copy costs a
+    fresh buffer as large as the model per update, page faults included. The views keep ``data``
+    alive; never write to them (``data`` is the model whose hash is on the chain)."""
+    if sys.byteorder != "little":  # safetensors is little-endian; views would read it natively
+        return state_from_bytes(data)
+    data = bytes(data)
+    start_of_data = header_size(data[:8])
+    layouts = read_layout(data[:start_of_data], len(data))
+    buffer = memoryview(data)
+    state: StateDict = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")  # read-only by design
+        for name, layout in layouts.items():
+            dtype, count = _TORCH_DTYPES[layout.dtype], math.prod(layout.shape)
+            state[name] = (torch.frombuffer(buffer, dtype=dtype, count=count, offset=start_of_data + layout.start)
+                           .reshape(layout.shape) if count else torch.empty(layout.shape, dtype=dtype))
+    return state

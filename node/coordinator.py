@@ -26,7 +26,7 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from config import ConfigError, load_config
 from fl.federation import ClientWorker, JobSpec, split_state
-from fl.serialize import state_from_bytes, state_to_bytes
+from fl.serialize import state_to_bytes, state_views
 from fl.strategy import Update, validate_update, weighted_average
 from fl.train import EvalResult, summarize
 from node.chain import Transaction, TxKind, fixed, now_ms
@@ -202,9 +202,9 @@ class Coordinator:
             known_hash = partials[0][1].partial_hash  # our own partial is already the average
             data = self._fetch(node, known_hash).data
         else:
-            reference, updates = state_from_bytes(current.data), []
+            reference, updates = state_views(current.data), []
             for sn, result in partials:
-                state = state_from_bytes(self._fetch(sn, result.partial_hash).data)
+                state = state_views(self._fetch(sn, result.partial_hash).data)
                 validate_update(reference, state)
                 updates.append(Update(state, result.num_samples))
             data = state_to_bytes(weighted_average(updates, list(reference)))

@@ -19,7 +19,7 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from fl.serialize import state_from_bytes, state_to_bytes
+from fl.serialize import state_to_bytes, state_views
 from fl.strategy import InvalidUpdate, RunningAverage, Update, validate_update
 from node.chain import Transaction, TxKind, check_payload, fixed, now_ms
 from node.identity import verify_signature
@@ -68,7 +68,7 @@ class RoundRunner:
         sent = {e.node_id: self._senders.submit(self._send_model, e, model, request) for e in edges}
         futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request): e.node_id for e in edges}
         reply = pb.SupernodeResult(node_id=node.node_id)
-        reference = None if request.evaluate_only else state_from_bytes(model.data)
+        reference = None if request.evaluate_only else state_views(model.data)
         average = RunningAverage(reference or ())
         txs: list[Transaction] = []
         for future in as_completed(futures):  # fold each update in as it arrives
@@ -140,7 +140,7 @@ class RoundRunner:
         received = self.node.models.get(tx.payload["hash"])
         if received is None or received.header.sender != result.node_id:
             raise InvalidUpdate("the update's bytes were never uploaded to this supernode")
-        state = state_from_bytes(received.data)
+        state = state_views(received.data)  # read only: checked and summed, never kept
         validate_update(reference, state)
         return tx, state
 

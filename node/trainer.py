@@ -30,7 +30,7 @@ from base_package import data_pb2_grpc as rpc_pb
 from fl.datasets import load_dataset
 from fl.federation import ClientWorker, client_data, client_indices, split_state
 from fl.partition import client_split
-from fl.serialize import state_from_bytes, state_to_bytes
+from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
 from node.chain import Transaction, TxKind, fixed, now_ms
 from node.jobs import Job, authorised_model, check_signed_by
@@ -85,7 +85,7 @@ class EdgeTrainer:
                 # may run on another one (else training here would use every core, and spin)
                 torch.set_num_threads(self.threads)
             state = self._job_state(job)
-            shared = state_from_bytes(model.data)
+            shared = state_views(model.data)  # copied into the model, never written
             if request.evaluate_only:
                 ev = state.worker.evaluate(state.data, shared, state.personal)
                 return pb.EdgeResult(node_id=node.node_id, seconds=time.perf_counter() - started,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fl.models import CNN
-from fl.serialize import SerializationError, model_hash, state_from_bytes, state_to_bytes
+from fl.serialize import SerializationError, model_hash, state_from_bytes, state_to_bytes, state_views
 
 
 def test_round_trip_is_exact():
@@ -32,3 +32,27 @@ def test_same_state_same_bytes_and_hash():
 def test_malformed_bytes_raise_clear_error(data):
     with pytest.raises(SerializationError, match="not a valid safetensors model"):
         state_from_bytes(data)
+
+
+def test_views_read_the_same_tensors_without_copying_them():
+    state = {"w": torch.randn(3, 4), "n": torch.arange(5), "h": torch.randn(7).half(), "empty": torch.empty(0, 3),
+             "flag": torch.tensor(True), "b": torch.randn(2).bfloat16()}
+    data = state_to_bytes(state)
+    views = state_views(data)
+    decoded = state_from_bytes(data)
+    assert views.keys() == decoded.keys()
+    for key, value in decoded.items():
+        assert views[key].dtype == value.dtype and views[key].shape == value.shape
+        assert torch.equal(views[key], value)
+    import numpy as np
+
+    start, end = (address := np.frombuffer(data, dtype=np.uint8).ctypes.data), address + len(data)
+    assert all(start <= v.data_ptr() < end for v in views.values() if v.numel())  # in the model's own bytes
+    del data
+    assert torch.equal(views["w"], decoded["w"])  # the views keep the bytes alive
+
+
+@pytest.mark.parametrize("data", [b"", b"\x01" * 8, b"\x10\x00\x00\x00\x00\x00\x00\x00{}", b"\xff" * 64])
+def test_views_of_malformed_bytes_raise_clear_error(data):
+    with pytest.raises(SerializationError, match="not a valid safetensors model"):
+        state_views(data)
