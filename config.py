@@ -55,6 +55,7 @@ my_conf: dict[str, Any] = {
     "block_interval": 0.5,  # the entry SN seals pending transactions at least this often (s)
     "block_max_txs": 500,  # ... or as soon as this many are pending
     "max_model_mb": 1024,  # the largest model a node accepts over the wire
+    "model_store_mb": 10240,  # disk a supernode keeps received models on (<home>/models), newest first
     "round_timeout": 300.0,  # seconds an edge node has for one round before it is left out
     "torch_threads": 1,  # torch (OpenMP) threads per node process (several nodes often share a host's cores)
     "own_data": False,  # an EN trains on everything in its data_dir instead of its job shard
@@ -107,6 +108,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "block_interval": _positive,
     "block_max_txs": _at_least(1),
     "max_model_mb": _at_least(1),
+    "model_store_mb": _at_least(1),
     "round_timeout": lambda v: None if 0 < v <= 86_400 else "between 0 and 86400 seconds",
     "torch_threads": _at_least(1),
     "edge_parallelism": _at_least(0),

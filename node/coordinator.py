@@ -211,6 +211,8 @@ class Coordinator:
         self.global_model = ReceivedModel.of(
             make_header(node.identity, data, job.job_id, round_number, samples, model_hash=known_hash), data)
         node.models.put(self.global_model)
+        if current.header.model_hash != self.global_model.header.model_hash:
+            node.models.spill(current.header.model_hash)  # superseded: kept on disk, out of memory
         train_loss = sum(e.train_loss * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
         self.global_tx = Transaction.create(TxKind.GLOBAL_MODEL, {
             "job_id": job.job_id, "round": round_number, "hash": self.global_model.header.model_hash,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -51,11 +52,13 @@ class NodeSettings:
     block_max_txs: int = 500
     max_model_bytes: int = 1024 << 20
     edge_parallelism: int = 0
+    model_store_bytes: int = 10240 << 20
 
     @classmethod
     def from_config(cls, conf: dict[str, Any]) -> "NodeSettings":
         return cls(conf["heartbeat_interval"], conf["dead_after"], conf["block_interval"],
-                   conf["block_max_txs"], conf["max_model_mb"] << 20, conf["edge_parallelism"])
+                   conf["block_max_txs"], conf["max_model_mb"] << 20, conf["edge_parallelism"],
+                   conf["model_store_mb"] << 20)
 
 
 def heartbeat_fields(req: pb.HeartbeatRequest) -> bytes:
@@ -93,7 +96,8 @@ class Supernode:
     role = "SN"
 
     def __init__(self, identity: Identity, address: str, ledger: Ledger, entry_address: str,
-                 is_entry: bool, settings: NodeSettings) -> None:
+                 is_entry: bool, settings: NodeSettings, model_dir: Path | None = None) -> None:
+        """``model_dir``: where received models are kept once out of memory (else they are dropped)."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
@@ -103,7 +107,7 @@ class Supernode:
         self.settings = settings
         self.entry_id: str | None = identity.node_id if is_entry else None
         self.members = Members(settings.dead_after, identity.node_id)
-        self.models = ModelCache(2 * settings.max_model_bytes)
+        self.models = ModelCache(2 * settings.max_model_bytes, model_dir, settings.model_store_bytes)
         self.supernode_view = pb.NodeList()  # the entry node's list, as last broadcast to us
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -149,6 +153,7 @@ class Supernode:
         self.rounds.close()
         self._pushers.shutdown(wait=True, cancel_futures=False)
         self.channels.close()
+        self.models.close()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

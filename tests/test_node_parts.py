@@ -68,6 +68,46 @@ def test_model_cache_keeps_the_newest_within_its_budget():
     assert cache.get(models[2].header.model_hash) is models[2]
 
 
+def test_model_store_moves_models_to_disk_keeps_them_across_restarts_and_within_budget(tmp_path):
+    me = Identity.generate()
+    models = []
+    for i in range(4):
+        data = bytes([i]) * 1000
+        models.append(ReceivedModel.of(make_header(me, data, "job", i, 10 + i), data))
+    store = ModelCache(max_bytes=10_000, directory=tmp_path / "models", disk_bytes=2 * 1300)
+    for m in models[:2]:
+        store.put(m)
+    store.spill(models[0].header.model_hash)
+    store.close()  # the write is done
+    assert store._size == 1000 and (tmp_path / "models" / f"{models[0].header.model_hash}.model").exists()
+    back = store.get(models[0].header.model_hash)
+    assert back.data == models[0].data and back.header == models[0].header  # signed header included
+
+    small = ModelCache(max_bytes=1500, directory=tmp_path / "models", disk_bytes=2 * 1300)  # a restart
+    assert small.get(models[0].header.model_hash).data == models[0].data
+    for m in models[1:]:  # each put evicts the one before it to disk; the disk keeps the newest two
+        small.put(m)
+    small.close()
+    held = [m for m in models if small.get(m.header.model_hash) is not None]
+    assert held == models[1:] and sorted(p.stem for p in (tmp_path / "models").glob("*.model")) == sorted(
+        m.header.model_hash for m in models[1:3])
+
+    damaged = tmp_path / "models" / f"{models[1].header.model_hash}.model"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"X")
+    assert small.get(models[1].header.model_hash) is None  # never served altered
+
+
+def test_model_store_without_a_directory_drops_what_it_evicts():
+    me = Identity.generate()
+    cache = ModelCache(max_bytes=1500)
+    first, second = (ReceivedModel.of(make_header(me, bytes([i]) * 1000), bytes([i]) * 1000) for i in range(2))
+    cache.put(first)
+    cache.spill(first.header.model_hash)  # nowhere to go: stays
+    assert cache.get(first.header.model_hash) is first
+    cache.put(second)
+    assert cache.get(first.header.model_hash) is None and cache.get(second.header.model_hash) is second
+
+
 def test_supernode_choice_spreads_joins_excludes_and_skips_the_dead():
     members = Members(dead_after=1.0, self_id="entry")
     for sn in ("entry", "sn1", "sn2"):
