@@ -99,7 +99,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
     Batches of 128 keep each activation (the CNN's largest: 128×32×28×28 floats, 13 MB) under
     glibc's 32 MB mmap ceiling, so its memory is reused from the heap: a batch of 1024 maps and
-    page-faults ~100 MB afresh on every call, which made evaluation ~2× slower alone and ~3×
+    page-faults ~100 MB afresh on every call, which made evaluation ~1.7× slower alone and ~4×
     slower beside other training processes."""
     model.eval()
     correct = 0
