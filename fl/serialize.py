@@ -92,9 +92,9 @@ def read_layout(prefix: bytes, total_size: int) -> dict[str, TensorLayout]:
     for name, info in header.items():
         try:
             dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            numel = math.prod(shape)
-            if dtype not in _ITEM_BYTES or any(not isinstance(d, int) or d < 0 for d in shape) \
-                    or end - start != numel * _ITEM_BYTES[dtype]:
+            if dtype not in _ITEM_BYTES or not all(_is_size(v) for v in (*shape, start, end)) \
+                    or end - start != math.prod(shape) * _ITEM_BYTES[dtype] \
+                    or math.prod(max(d, 1) for d in shape) * _ITEM_BYTES[dtype] >= 1 << 63:  # even if empty
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise SerializationError(f"not a valid safetensors model: bad entry for {name!r}") from None
@@ -108,6 +108,11 @@ def read_layout(prefix: bytes, total_size: int) -> dict[str, TensorLayout]:
         raise SerializationError(
             f"not a valid safetensors model: {total_size} bytes, but the header describes {end_of_header + cursor}")
     return layouts
+
+
+def _is_size(value: object) -> bool:
+    """A JSON integer that can be a dimension or an offset (not a float, a bool or > 2**63)."""
+    return type(value) is int and 0 <= value < 1 << 63
 
 
 def state_views(data: bytes) -> StateDict:

@@ -80,7 +80,8 @@ class RunningAverage:
         for key in self.keys:
             value = update.state[key]
             if not value.is_floating_point():
-                self._sums.setdefault(key, value.clone())  # counters and the like: keep the first
+                if key not in self._sums:  # counters and the like: keep the first
+                    self._sums[key] = value.clone()
                 continue
             if key not in self._sums:
                 self._sums[key] = torch.zeros_like(value, dtype=torch.float64)
@@ -97,7 +98,7 @@ class RunningAverage:
         for key, value in self._sums.items():
             if value.is_floating_point():
                 mean = torch.div(value, self.total, out=self._widened[key])  # the scratch again: no new buffer
-                out[key] = mean.to(dtypes[key] if dtypes else torch.float32)
+                out[key] = mean.to(dtypes[key] if dtypes else torch.float32, copy=True)  # never the scratch itself
             else:
                 out[key] = value.clone()
         return out

@@ -79,11 +79,12 @@ class RoundRunner:
                     tx, state = self._check_update(result, job, round_number, reference)
                     average.add(Update(state, tx.payload["samples"]))
                     txs.append(tx)
-                    node.models.spill(tx.payload["hash"])  # summed: memory for the next, disk for audits
             except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
                 reply.excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
                 continue
             reply.edges.append(result)
+            if reference is not None:
+                node.models.spill(tx.payload["hash"])  # summed: memory for the next, disk for audits
         if reference is None:
             return reply
         return self._publish(job, round_number, reference, average, txs, reply)

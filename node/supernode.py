@@ -248,12 +248,13 @@ class Supernode:
         if not self.is_entry:
             stub = self._entry_stub(rpc_pb.LedgerStub)
             return [stub.SubmitTransaction(tx_to_pb(tx), timeout=10).tx_hash for tx in txs]
-        for tx in txs:
+        distinct = list({tx.hash: tx for tx in txs}.values())  # a repeat is the same transaction
+        for tx in distinct:
             check_payload(tx)
-        sealed = self.ledger.store.existing_transactions([tx.hash for tx in txs])
+        sealed = self.ledger.store.existing_transactions([tx.hash for tx in distinct])
         # database reads outside the lock
-        registered = self.ledger.store.registrations(tx.sender for tx in txs)
-        for tx in txs:
+        registered = self.ledger.store.registrations(tx.sender for tx in distinct)
+        for tx in distinct:
             if tx.hash not in sealed:  # a sealed one is idempotent
                 self._admit(tx, registered.get(tx.sender))
         return [tx.hash for tx in txs]

@@ -16,10 +16,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from base_package import data_pb2 as pb
 from fl.serialize import TensorLayout, header_size, read_layout
@@ -43,6 +44,7 @@ class ReceivedModel:
 
     header: pb.ModelHeader
     pieces: tuple[bytes, ...]
+    _joining: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, header: pb.ModelHeader, data: bytes) -> "ReceivedModel":
@@ -50,10 +52,10 @@ class ReceivedModel:
 
     @property
     def data(self) -> bytes:
-        pieces = self.pieces
-        if len(pieces) > 1:  # two threads may both join: same bytes, one is kept
-            self.pieces = pieces = (b"".join(pieces),)
-        return pieces[0]
+        with self._joining:  # the senders of a round all want it at once: one join, not one each
+            if len(self.pieces) > 1:
+                self.pieces = (b"".join(self.pieces),)
+            return self.pieces[0]
 
     @property
     def size(self) -> int:
@@ -182,14 +184,15 @@ class ModelCache:
     newest ``disk_bytes`` (the oldest files are deleted first). Without a directory, an evicted
     model is dropped and ``spill`` keeps it in memory."""
 
-    def __init__(self, max_bytes: int, directory: Path | None = None, disk_bytes: int = 0) -> None:
+    def __init__(self, max_bytes: int, directory: Path | None = None, disk_bytes: int = 10 << 30) -> None:
         self.max_bytes = max_bytes
         self.directory = directory
         self.disk_bytes = disk_bytes
         self._models: OrderedDict[str, ReceivedModel] = OrderedDict()
         self._writing: dict[str, ReceivedModel] = {}  # on their way to disk: still served from memory
         self._on_disk: OrderedDict[str, int] = OrderedDict()  # hash -> file size, oldest first
-        self._size = 0
+        self._size = 0  # bytes held in memory, those waiting to be written included
+        self._disk_size = 0
         self._lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         if directory is not None:
@@ -198,6 +201,7 @@ class ModelCache:
                 leftover.unlink(missing_ok=True)
             for path in sorted(directory.glob("*.model"), key=lambda p: p.stat().st_mtime):
                 self._on_disk[path.stem] = path.stat().st_size
+            self._disk_size = sum(self._on_disk.values())
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-store")
 
     def put(self, model: ReceivedModel) -> None:
@@ -208,7 +212,7 @@ class ModelCache:
             self._models[model.header.model_hash] = model
             self._size += model.size
             while self._size > self.max_bytes and len(self._models) > 1:
-                self._evict(next(iter(self._models)))
+                self._evict(next(iter(self._models)), overflow=True)
 
     def get(self, model_hash: str) -> ReceivedModel | None:
         with self._lock:
@@ -218,23 +222,34 @@ class ModelCache:
         return self._read(model_hash)
 
     def spill(self, model_hash: str) -> None:
-        """Move a model out of memory to disk (a no-op without a directory)."""
+        """Move a model out of memory to disk (without a directory, or once closed, it stays)."""
         with self._lock:
-            if self.directory is not None and model_hash in self._models:
-                self._evict(model_hash)
+            if self._writer is not None and model_hash in self._models:
+                self._evict(model_hash, overflow=False)
 
     def close(self) -> None:
-        """Finish the writes under way."""
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
+        """Finish the writes under way; later spills keep their models in memory."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
 
     # --- under the lock ------------------------------------------------------------------------------
-    def _evict(self, model_hash: str) -> None:
+    def _evict(self, model_hash: str, overflow: bool) -> None:
+        """To disk, or, when memory is over budget and the disk has not kept up with the writes
+        already queued (or there is no disk), dropped."""
         model = self._models.pop(model_hash)
-        self._size -= model.size
-        if self._writer is not None and model_hash not in self._on_disk:
-            self._writing[model_hash] = model
-            self._writer.submit(self._write, model)
+        if model_hash in self._on_disk:  # stored before: just let go of it here
+            self._on_disk.move_to_end(model_hash)
+            self._size -= model.size
+            return
+        if self._writer is None or (overflow and self._size > 2 * self.max_bytes):
+            self._size -= model.size
+            if self._writer is not None:
+                log.warning("model %s dropped: the disk is not keeping up with the models to store", model_hash[:16])
+            return
+        self._writing[model_hash] = model
+        self._writer.submit(self._write, model)
 
     # --- the disk ------------------------------------------------------------------------------------
     def _path(self, model_hash: str) -> Path:
@@ -242,49 +257,57 @@ class ModelCache:
         return self.directory / f"{model_hash}.model"
 
     def _write(self, model: ReceivedModel) -> None:
-        """One file per model: the header's length (4 bytes), the signed header, the bytes."""
+        """One file per model: the header's length (4 bytes), the signed header, the bytes. A
+        model that cannot be written goes back to memory."""
         model_hash = model.header.model_hash
         path = self._path(model_hash)
+        tmp = path.with_suffix(".tmp")
+        stored = False
         try:
             header = model.header.SerializeToString()
-            tmp = path.with_suffix(".tmp")
             with tmp.open("wb") as f:
                 f.write(len(header).to_bytes(4, "big"))
                 f.write(header)
                 for piece in model.pieces:
                     f.write(piece)
                 f.flush()
-                os.fdatasync(f.fileno())  # on disk before it counts as stored
+                getattr(os, "fdatasync", os.fsync)(f.fileno())  # on disk before it counts as stored
                 if hasattr(os, "posix_fadvise"):  # an archive, seldom read: out of the page cache as well,
                     # whose pages the next write then reuses (fresh ones cost ~8× the copy on these VMs)
                     os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             os.replace(tmp, path)
-        except OSError:
-            log.exception("could not store model %s on disk; it is no longer held", model_hash[:16])
-            with self._lock:
-                self._writing.pop(model_hash, None)
-            return
+            stored = True
+        except Exception:  # noqa: BLE001 - a full or read-only disk must not lose the model
+            log.exception("could not store model %s in %s; keeping it in memory", model_hash[:16], self.directory)
+            tmp.unlink(missing_ok=True)
+        doomed = []
         with self._lock:
             self._writing.pop(model_hash, None)
-            self._on_disk[model_hash] = path.stat().st_size
-            doomed = []
-            total = sum(self._on_disk.values())
-            while total > self.disk_bytes and len(self._on_disk) > 1:
-                old, size = self._on_disk.popitem(last=False)
+            if not stored:
+                self._models[model_hash] = model
+                return
+            self._size -= model.size
+            self._on_disk[model_hash] = size = path.stat().st_size
+            self._disk_size += size
+            while self._disk_size > self.disk_bytes and len(self._on_disk) > 1:
+                old, old_size = self._on_disk.popitem(last=False)
                 doomed.append(old)
-                total -= size
+                self._disk_size -= old_size
         for old in doomed:
             self._path(old).unlink(missing_ok=True)
 
     def _read(self, model_hash: str) -> ReceivedModel | None:
         try:
             raw = self._path(model_hash).read_bytes()
-        except FileNotFoundError:  # deleted to keep within disk_bytes meanwhile
+            length = int.from_bytes(raw[:4], "big")
+            header = pb.ModelHeader.FromString(raw[4:4 + length])
+        except FileNotFoundError:  # deleted meanwhile, to keep within disk_bytes
             return None
-        length = int.from_bytes(raw[:4], "big")
-        header = pb.ModelHeader.FromString(raw[4:4 + length])
+        except (OSError, DecodeError) as exc:
+            log.error("stored model %s cannot be read (%s); it is not served", model_hash[:16], exc)
+            return None
         data = raw[4 + length:]
         if header.model_hash != model_hash or hashlib.sha256(data).hexdigest() != model_hash:
-            log.error("stored model %s is damaged; it is no longer served", model_hash[:16])
+            log.error("stored model %s is damaged; it is not served", model_hash[:16])
             return None
         return ReceivedModel.of(header, data)

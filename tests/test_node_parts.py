@@ -97,6 +97,37 @@ def test_model_store_moves_models_to_disk_keeps_them_across_restarts_and_within_
     assert small.get(models[1].header.model_hash) is None  # never served altered
 
 
+def test_a_model_the_disk_cannot_take_stays_in_memory_and_so_does_one_spilled_after_close(tmp_path):
+    import shutil
+
+    me = Identity.generate()
+    first, second = (ReceivedModel.of(make_header(me, bytes([i]) * 1000), bytes([i]) * 1000) for i in range(2))
+    store = ModelCache(max_bytes=10_000, directory=tmp_path / "models")
+    store.put(first)
+    shutil.rmtree(tmp_path / "models")  # the disk is gone
+    store.spill(first.header.model_hash)
+    store.close()
+    assert store.get(first.header.model_hash) is first and not list(tmp_path.glob("**/*.tmp"))
+    store.put(second)
+    store.spill(second.header.model_hash)  # closed: nowhere to write, kept
+    assert store.get(second.header.model_hash) is second
+
+
+def test_threads_asking_for_a_chunked_model_share_one_join():
+    import threading
+
+    me = Identity.generate()
+    data = bytes(range(256)) * 40_000
+    got = receive(chunks(make_header(me, data), data, chunk_bytes=1 << 16), max_bytes=10 << 20)
+    seen: list[bytes] = []
+    threads = [threading.Thread(target=lambda: seen.append(got.data)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(b is seen[0] for b in seen) and seen[0] == data
+
+
 def test_model_store_without_a_directory_drops_what_it_evicts():
     me = Identity.generate()
     cache = ModelCache(max_bytes=1500)

@@ -52,7 +52,22 @@ def test_views_read_the_same_tensors_without_copying_them():
     assert torch.equal(views["w"], decoded["w"])  # the views keep the bytes alive
 
 
-@pytest.mark.parametrize("data", [b"", b"\x01" * 8, b"\x10\x00\x00\x00\x00\x00\x00\x00{}", b"\xff" * 64])
+def _safetensors(header: dict, data: bytes = b"") -> bytes:
+    import json
+
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x01" * 8, b"\x10\x00\x00\x00\x00\x00\x00\x00{}", b"\xff" * 64,
+    _safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, bytes(8)),
+    _safetensors({"a": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, bytes(8)),
+    _safetensors({"a": {"dtype": "F32", "shape": [0, 10**30], "data_offsets": [0, 0]}}),
+    _safetensors({"a": {"dtype": "F32", "shape": [2**62, 2**62, 0], "data_offsets": [0, 0]}}),
+])
 def test_views_of_malformed_bytes_raise_clear_error(data):
-    with pytest.raises(SerializationError, match="not a valid safetensors model"):
-        state_views(data)
+    for decode in (state_views, state_from_bytes):
+        with pytest.raises(SerializationError, match="not a valid safetensors model"):
+            decode(data)

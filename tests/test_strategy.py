@@ -130,3 +130,13 @@ def test_finiteness_check_is_exact_at_the_dtype_limits(dtype):
     both["w"][0], both["w"][1] = float("inf"), -float("inf")  # they do not cancel out
     with pytest.raises(InvalidUpdate, match="NaN or infinite"):
         validate_update(reference, both)
+
+
+def test_a_running_average_result_is_its_own_tensor():
+    average = RunningAverage(["w"])
+    average.add(Update({"w": torch.ones(3, dtype=torch.float64)}, 1))
+    first = average.result({"w": torch.float64})["w"]
+    average.add(Update({"w": torch.full((3,), 9.0, dtype=torch.float64)}, 1))
+    second = average.result({"w": torch.float64})["w"]
+    assert torch.equal(first, torch.ones(3, dtype=torch.float64))  # untouched by what came later
+    assert torch.equal(second, torch.full((3,), 5.0, dtype=torch.float64))
