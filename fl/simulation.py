@@ -83,7 +83,6 @@ def _init_worker(job: JobSpec, clients: list[ClientData], num_classes: int) -> N
     # One thread, set before any torch op: small batches gain nothing from more, and an
     # OpenMP thread team must never be started in a process forked from a threaded parent.
     torch.set_num_threads(1)
-    keep_freed_memory()
     _CONTEXT["worker"] = ClientWorker(job, num_classes, torch.device("cpu"))
     _CONTEXT["clients"] = clients
 
@@ -117,6 +116,7 @@ class _Runner:
 
     def __init__(self, job: JobSpec, clients: list[ClientData], num_classes: int,
                  device: torch.device, workers: int) -> None:
+        keep_freed_memory()  # here and in the workers, which inherit it when forked
         self.pool: ProcessPoolExecutor | None = None
         workers = min(workers, len(clients))
         can_fork = "fork" in multiprocessing.get_all_start_methods()
@@ -129,7 +129,6 @@ class _Runner:
                 initargs=(job, clients, num_classes),
             )
         else:
-            keep_freed_memory()
             _CONTEXT["worker"] = ClientWorker(job, num_classes, device)
             _CONTEXT["clients"] = clients
 
