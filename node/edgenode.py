@@ -1,7 +1,10 @@
 """An edge node: joins the network through the entry node and stays attached to a supernode.
 
 It asks the entry node for the least-loaded alive supernode, registers there with a signed
-REGISTER transaction, and heartbeats to it. When two heartbeats in a row fail, it asks the
+REGISTER transaction, and heartbeats to it. An upload to the supernode counts as a heartbeat on
+both sides (the supernode marks the node alive, the node learns its supernode answers), so during
+a round a node skips the heartbeat that would tell nothing new: at most 2 heartbeat intervals pass
+between two signs of life, well within ``dead_after`` (3 intervals by default). When two heartbeats in a row fail, it asks the
 entry node again (excluding the supernode that stopped answering) and re-registers elsewhere:
 with the default one-second heartbeat that takes about three seconds.
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +53,11 @@ class EdgeNode:
         self.channels = Channels()  # to the entry node and its supernode, reused
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_upload = -float("inf")  # time.monotonic() of the last upload its supernode took
+
+    def upload_done(self) -> None:
+        """The supernode took an upload: it now knows this node is alive (see the module doc)."""
+        self._last_upload = time.monotonic()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edge", daemon=True)
@@ -82,6 +91,10 @@ class EdgeNode:
                     self.supernode = self.join(exclude)
                     exclude.clear()
                     failures = 0
+                if time.monotonic() - self._last_upload < self.settings.heartbeat_interval:
+                    failures = 0  # the upload said it already
+                    self._stop.wait(self.settings.heartbeat_interval)
+                    continue
                 reply = rpc_pb.MembershipStub(self.channels.get(self.supernode.address)).Heartbeat(
                     signed_heartbeat(self.identity), timeout=max(1.0, self.settings.heartbeat_interval))
                 failures = 0

@@ -81,6 +81,7 @@ class TrainingService(rpc_pb.TrainingServicer):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"node {header.sender} is not an edge node of this supernode; register here first")
             check_header_signature(header, member.public_key)
+            self.node.upload_seen(header)
 
         return self._accept(receive(request_iterator, self.node.settings.max_model_bytes, authorise))
 

@@ -208,9 +208,15 @@ class Supernode:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "supernodes report to the entry node")
             self.members.touch(req.node_id, req.edge_nodes, req.head_height)
             self._peer_heads[req.node_id] = req.head_height
-        else:
-            self.members.touch(req.node_id)
-        return pb.HeartbeatReply(known=True, supernodes=self.supernodes_pb(), head=head_to_pb(self.ledger.head()))
+            return pb.HeartbeatReply(known=True, supernodes=self.supernodes_pb(), head=head_to_pb(self.ledger.head()))
+        self.members.touch(req.node_id)
+        return pb.HeartbeatReply(known=True)  # an edge node needs no list and no head: no database read
+
+    def upload_seen(self, header: pb.ModelHeader) -> None:
+        """A signed, fresh upload from one of this supernode's edge nodes proves it alive as a
+        heartbeat does; its edge node skips the heartbeat it would have sent meanwhile."""
+        if abs(now_ms() - header.timestamp) <= HEARTBEAT_MAX_SKEW_MS:
+            self.members.touch(header.sender)
 
     def find_supernode(self, req: pb.FindSupernodeRequest) -> pb.NodeInfo:
         if not self.is_entry:

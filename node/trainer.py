@@ -107,6 +107,7 @@ class EdgeTrainer:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node lost its supernode during the round")
         rpc_pb.TrainingStub(node.channels.get(sn.address)).UploadUpdate(
             chunks(header, update), timeout=max(1.0, _seconds_left(request)))
+        node.upload_done()
         tx = Transaction.create(TxKind.MODEL_UPDATE, {
             "job_id": job.job_id, "round": round_number, "hash": header.model_hash,
             "samples": result.stats.num_samples, "size": len(update),

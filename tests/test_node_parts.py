@@ -194,3 +194,64 @@ def test_a_batch_of_transactions_is_admitted_in_order_like_single_submits(tmp_pa
     finally:
         entry.stop()
         store.close()
+
+
+def test_an_upload_counts_as_a_heartbeat_and_an_edge_node_heartbeat_reads_no_ledger(tmp_path):
+    from node.ledger import Ledger
+    from node.supernode import NodeSettings, Supernode, signed_heartbeat
+    from sql.store import LedgerStore
+
+    store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+    sn = Supernode(Identity.generate(), "127.0.0.1:1", Ledger(store), "127.0.0.1:1", True, NodeSettings(dead_after=1.0))
+    en = Identity.generate()
+    try:
+        sn.members.add(Member(en.node_id, "EN", "127.0.0.1:2", en.public_key, supernode=sn.node_id,
+                              last_seen=time.monotonic() - 5))
+        assert not sn.members.alive(sn.members.get(en.node_id))
+        stale = make_header(en, b"update")
+        stale.timestamp -= 120_000  # an old (replayed) upload proves nothing about now
+        sn.upload_seen(stale)
+        assert not sn.members.alive(sn.members.get(en.node_id))
+        sn.upload_seen(make_header(en, b"update"))
+        assert sn.members.alive(sn.members.get(en.node_id))
+        reply = sn.heartbeat(signed_heartbeat(en))
+        assert reply.known and not reply.HasField("head") and not reply.supernodes.nodes
+    finally:
+        sn.stop()
+        store.close()
+
+
+def test_an_edge_node_skips_heartbeats_while_its_uploads_say_it_is_alive():
+    """Heartbeats stop while uploads come more often than the interval and resume after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from base_package import data_pb2_grpc as rpc_pb
+    from node.edgenode import EdgeNode
+    from node.supernode import NodeSettings
+
+    beats: list[float] = []
+
+    class CountingMembership(rpc_pb.MembershipServicer):
+        def Heartbeat(self, request, context):
+            beats.append(time.monotonic())
+            return pb.HeartbeatReply(known=True)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    rpc_pb.add_MembershipServicer_to_server(CountingMembership(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    node = EdgeNode(Identity.generate(), "127.0.0.1:3", f"127.0.0.1:{port}", NodeSettings(heartbeat_interval=0.05))
+    node.supernode = pb.NodeInfo(node_id="sn", address=f"127.0.0.1:{port}")
+    try:
+        node.start()
+        uploading_until = time.monotonic() + 0.6
+        while time.monotonic() < uploading_until:
+            node.upload_done()
+            time.sleep(0.01)
+        during = len([t for t in beats if t < uploading_until])
+        time.sleep(0.6)
+        after = len([t for t in beats if t >= uploading_until])
+        assert during <= 1 and after >= 4, (during, after)
+    finally:
+        node.stop()
+        server.stop(None)
