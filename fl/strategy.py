@@ -67,11 +67,15 @@ class RunningAverage:
     buffer kept for the whole average: a fresh 2× copy per update costs page faults that, on a
     supernode, took longer than the arithmetic."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str],
+                 reuse: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """``reuse``: the ``buffers()`` of an earlier average that is finished with, filled again
+        where shapes match (a supernode averages every round, and new buffers are new pages)."""
         self.keys = list(keys)
         self.total = 0
         self._sums: StateDict = {}
         self._widened: StateDict = {}  # scratch: an update's tensor in float64
+        self._spare = dict(reuse or {})
 
     def add(self, update: Update) -> None:
         count = update.num_samples
@@ -84,12 +88,21 @@ class RunningAverage:
                     self._sums[key] = value.clone()
                 continue
             if key not in self._sums:
-                self._sums[key] = torch.zeros_like(value, dtype=torch.float64)
-                self._widened[key] = torch.empty_like(value, dtype=torch.float64)
+                self._sums[key], self._widened[key] = self._float64_pair(key, value)
             widened = self._widened[key]
             widened.copy_(value)  # into one buffer per key: no fresh float64 copy of every update
             self._sums[key].add_(widened, alpha=int(count))
         self.total += int(count)
+
+    def buffers(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """This average's float64 buffers, for a next one (``reuse``) once its result is taken."""
+        return {key: (self._sums[key], widened) for key, widened in self._widened.items()}
+
+    def _float64_pair(self, key: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sums, widened = self._spare.pop(key, (None, None))
+        if sums is None or sums.shape != like.shape:
+            return torch.zeros_like(like, dtype=torch.float64), torch.empty_like(like, dtype=torch.float64)
+        return sums.zero_(), widened
 
     def result(self, dtypes: Mapping[str, torch.dtype] | None = None) -> StateDict:
         if not self.total:

@@ -12,6 +12,7 @@ the entry node for the next block.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -42,6 +43,8 @@ class RoundRunner:
         # get theirs at once instead of sharing the link (and the CPU) with every other transfer
         self._senders = ThreadPoolExecutor(max_workers=min(16, node.settings.edge_parallelism or 16),
                                            thread_name_prefix="edge-send")
+        self._scratch: dict[str, Any] = {}  # the last round's float64 buffers, for the next round's average
+        self._scratch_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -69,7 +72,9 @@ class RoundRunner:
         futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request): e.node_id for e in edges}
         reply = pb.SupernodeResult(node_id=node.node_id)
         reference = None if request.evaluate_only else state_views(model.data)
-        average = RunningAverage(reference or ())
+        with self._scratch_lock:  # a round running beside this one (rare) gets buffers of its own
+            scratch, self._scratch = self._scratch, {}
+        average = RunningAverage(reference or (), reuse=scratch)
         txs: list[Transaction] = []
         for future in as_completed(futures):  # fold each update in as it arrives
             edge_id = futures[future]
@@ -115,6 +120,8 @@ class RoundRunner:
             "reason": exclusion.reason[:500]}, node.identity) for exclusion in reply.excluded]
         if txs:
             partial = state_to_bytes(average.result({k: v.dtype for k, v in reference.items()}))
+            with self._scratch_lock:
+                self._scratch = average.buffers()
             samples = average.total
             header = make_header(node.identity, partial, job.job_id, round_number, samples)
             node.models.put(ReceivedModel.of(header, partial))

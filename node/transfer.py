@@ -202,7 +202,8 @@ class ModelCache:
             for path in sorted(directory.glob("*.model"), key=lambda p: p.stat().st_mtime):
                 self._on_disk[path.stem] = path.stat().st_size
             self._disk_size = sum(self._on_disk.values())
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-store")
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-store",
+                                              initializer=_in_idle_time)
 
     def put(self, model: ReceivedModel) -> None:
         with self._lock:
@@ -311,3 +312,13 @@ class ModelCache:
             log.error("stored model %s is damaged; it is not served", model_hash[:16])
             return None
         return ReceivedModel.of(header, data)
+
+
+def _in_idle_time() -> None:
+    """Run this thread at the lowest priority (nice 19; Linux applies it to the calling thread
+    only): storing models can wait for a core that no round is using, so on a host whose
+    cores also train, the writes fill the idle moments instead of slowing the round."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the writes just run at normal priority
+        pass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 
 import grpc
@@ -255,3 +257,17 @@ def test_an_edge_node_skips_heartbeats_while_its_uploads_say_it_is_alive():
     finally:
         node.stop()
         server.stop(None)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority") or sys.platform != "linux", reason="per-thread nice is Linux's")
+def test_models_are_stored_by_a_thread_that_waits_for_idle_cores(tmp_path):
+    import threading
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    cache = ModelCache(1 << 20, tmp_path)
+    try:
+        nice = cache._writer.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+        assert nice == 19
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the rest of the process is untouched
+    finally:
+        cache.close()

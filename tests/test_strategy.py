@@ -140,3 +140,19 @@ def test_a_running_average_result_is_its_own_tensor():
     second = average.result({"w": torch.float64})["w"]
     assert torch.equal(first, torch.ones(3, dtype=torch.float64))  # untouched by what came later
     assert torch.equal(second, torch.full((3,), 5.0, dtype=torch.float64))
+
+
+def test_a_running_average_can_refill_the_buffers_of_a_finished_one():
+    first = RunningAverage(["w", "b"])
+    first.add(Update({"w": torch.full((3, 2), 4.0), "b": torch.ones(2)}, 1))
+    first.result()
+    buffers = first.buffers()
+    second = RunningAverage(["w", "b"], reuse=buffers)
+    second.add(Update({"w": torch.ones(3, 2), "b": torch.zeros(2)}, 1))
+    second.add(Update({"w": torch.full((3, 2), 3.0), "b": torch.full((2,), 2.0)}, 3))
+    result = second.result()
+    assert torch.equal(result["w"], torch.full((3, 2), 2.5)) and torch.equal(result["b"], torch.full((2,), 1.5))
+    assert all(second.buffers()[k][0].data_ptr() == buffers[k][0].data_ptr() for k in ("w", "b"))  # refilled
+    other_shape = RunningAverage(["w"], reuse=buffers)
+    other_shape.add(Update({"w": torch.ones(5)}, 1))  # buffers of another shape are not used
+    assert torch.equal(other_shape.result()["w"], torch.ones(5))
