@@ -3,10 +3,11 @@
 It asks the entry node for the least-loaded alive supernode, registers there with a signed
 REGISTER transaction, and heartbeats to it. An upload to the supernode counts as a heartbeat on
 both sides (the supernode marks the node alive, the node learns its supernode answers), so during
-a round a node skips the heartbeat that would tell nothing new: at most 2 heartbeat intervals pass
-between two signs of life, well within ``dead_after`` (3 intervals by default). When two heartbeats in a row fail, it asks the
-entry node again (excluding the supernode that stopped answering) and re-registers elsewhere:
-with the default one-second heartbeat that takes about three seconds.
+a round a node skips the heartbeat that would tell nothing new: at most 2 heartbeat intervals
+pass between two signs of life, well within ``dead_after`` (3 intervals by default). When two
+heartbeats in a row fail, it asks the entry node again (excluding the supernode that stopped
+answering) and re-registers elsewhere: with the default one-second heartbeat that takes about
+three seconds.
 
 An edge node serves only what a supernode needs from it (receiving models); it refuses console
 commands and membership or ledger calls with a status that says where to go instead.
