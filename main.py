@@ -60,7 +60,7 @@ def build_init_parser() -> argparse.ArgumentParser:
 
 
 def init(argv: list[str]) -> int:
-    from node.identity import Identity
+    from node.chain.identity import Identity
 
     args = build_init_parser().parse_args(argv)
     identity = Identity.load_or_create(args.home)
@@ -92,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
     conf = load_config(config_file, overrides=overrides)
     prepare_process(conf["torch_threads"])
 
-    from node.identity import Identity
-    from node.rpc import route_ip, split_address
-    from node.server import build_server, stop_event
-    from node.supernode import NodeSettings
+    from node.chain.identity import Identity
+    from node.net.channels import route_ip, split_address
+    from node.net.server import build_server, stop_event
+    from node.roles.supernode import NodeSettings
 
     log = logging.getLogger("fedledger")
     stopping = stop_event()  # SIGINT/SIGTERM from here on stop the node cleanly
@@ -109,18 +109,18 @@ def run(args: argparse.Namespace) -> int:
     closers: list[Any] = []
     try:
         if args.nt == "SN":
-            node, servicers, ledger_text = _supernode(args, home, conf, identity, address, settings, closers)
+            node, servicers, rules, ledger_text = _supernode(args, home, conf, identity, address, settings, closers)
         else:
             if args.is_entry:
                 raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
-            from node.edgenode import EdgeNode, edge_servicers
-            from node.trainer import EdgeTrainer
+            from node.roles.edgenode import EdgeNode, edge_rules, edge_servicers
+            from node.roles.trainer import EdgeTrainer
 
             node = EdgeNode(identity, address, args.entry, settings)
             node.trainer = EdgeTrainer(node, home, conf)
-            servicers = edge_servicers(node, args.entry)
+            servicers, rules = edge_servicers(node), edge_rules(node)
             ledger_text = "none (edge node)"
-        server = build_server(f"{_url_host(args.host)}:{args.port}", servicers)
+        server = build_server(f"{_url_host(args.host)}:{args.port}", servicers, rules)
         try:
             node.start()
             role = "SN, entry" if args.is_entry else args.nt
@@ -150,13 +150,12 @@ def prepare_process(torch_threads: int) -> None:
 
 
 def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity: Any, address: str,
-               settings: Any, closers: list[Any]) -> tuple[Any, list[Any], str]:
-    from base_package import data_pb2_grpc as rpc_pb
-    from node.admin import load_or_create_token, token_hash
-    from node.coordinator import Coordinator
-    from node.ledger import Ledger
-    from node.sn_services import ConsoleService, LedgerService, MembershipService, TrainingService
-    from node.supernode import Supernode
+               settings: Any, closers: list[Any]) -> tuple[Any, list[Any], dict[str, Any], str]:
+    from node.net.admin import load_or_create_token, token_hash
+    from node.roles.coordinator import Coordinator
+    from node.chain.ledger import Ledger
+    from node.roles.services import supernode_rules, supernode_servicers
+    from node.roles.supernode import Supernode
     from sql.store import LedgerStore, ledger_url
 
     store = LedgerStore(ledger_url(args.db, home, f"sn_{identity.node_id[:16]}"))
@@ -168,11 +167,7 @@ def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], ident
         node.coordinator = Coordinator(node, conf)
         if created:  # shown once; it stays in the entry node's home
             print(f"admin token (also in {home / 'admin.token'}): {token}", flush=True)
-    servicers = [(rpc_pb.add_MembershipServicer_to_server, MembershipService(node)),
-                 (rpc_pb.add_LedgerServicer_to_server, LedgerService(node)),
-                 (rpc_pb.add_TrainingServicer_to_server, TrainingService(node)),
-                 (rpc_pb.add_ConsoleServicer_to_server, ConsoleService(node))]
-    return node, servicers, store.describe()
+    return node, supernode_servicers(node), supernode_rules(node), store.describe()
 
 
 def _url_host(host: str) -> str:

@@ -25,10 +25,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from node.audit import verify_chain  # noqa: E402
-from node.chain import Block, Transaction, TxKind, fixed, genesis_block  # noqa: E402
-from node.identity import Identity  # noqa: E402
-from node.ledger import Ledger  # noqa: E402
+from node.chain.audit import verify_chain  # noqa: E402
+from node.chain.rules import Block, Transaction, TxKind, fixed, genesis_block  # noqa: E402
+from node.chain.identity import Identity  # noqa: E402
+from node.chain.ledger import Ledger  # noqa: E402
 from sql.store import LedgerStore  # noqa: E402
 
 

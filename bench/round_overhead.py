@@ -32,7 +32,7 @@ from rich.table import Table  # noqa: E402
 from base_package import data_pb2 as pb  # noqa: E402
 from config import load_config  # noqa: E402
 from fl.simulation import run_simulation  # noqa: E402
-from node.launcher import NodeProcess, wait_until  # noqa: E402
+from node.dev.launcher import NodeProcess, wait_until  # noqa: E402
 
 
 def job_settings(args: argparse.Namespace) -> dict[str, str]:

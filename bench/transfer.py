@@ -30,9 +30,9 @@ from rich.table import Table  # noqa: E402
 
 from base_package import data_pb2_grpc as rpc_pb  # noqa: E402
 from fl.serialize import state_from_bytes, state_to_bytes  # noqa: E402
-from node.launcher import NodeProcess, wait_until  # noqa: E402
-from node.identity import Identity  # noqa: E402
-from node.transfer import chunks, make_header  # noqa: E402
+from node.dev.launcher import NodeProcess, wait_until  # noqa: E402
+from node.chain.identity import Identity  # noqa: E402
+from node.net.streams import chunks, make_header  # noqa: E402
 
 
 def best_seconds(fn, repeats: int) -> float:

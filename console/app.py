@@ -18,8 +18,8 @@ from rich.console import Console
 from console.client import ModelCheckFailed, NodeClient
 from console.commands import COMMANDS, Session, run_command
 from console.parser import CommandError, parse
-from node.admin import TOKEN_ENV
-from node.rpc import ServiceError
+from node.net.admin import TOKEN_ENV
+from node.net.errors import ServiceError
 
 HISTORY = Path.home() / ".fedledger" / "console_history"
 

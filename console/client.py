@@ -12,11 +12,11 @@ from typing import Any
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.chain import TxKind, genesis_proposer
-from node.identity import verify_signature
-from node.rpc import channel
-from node.transfer import receive
-from node.wire import block_from_pb, tx_from_pb
+from node.chain.rules import TxKind, genesis_proposer
+from node.chain.identity import verify_signature
+from node.net.channels import channel
+from node.net.streams import receive
+from node.net.wire import block_from_pb, tx_from_pb
 
 
 class ModelCheckFailed(RuntimeError):

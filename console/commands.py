@@ -22,7 +22,7 @@ from rich.table import Table
 from base_package import data_pb2 as pb
 from console.client import NodeClient
 from console.parser import CommandError
-from node.wire import block_from_pb, tx_from_pb
+from node.net.wire import block_from_pb, tx_from_pb
 
 FINISHED = ("done", "failed", "paused", "idle")
 
@@ -200,7 +200,7 @@ def save(session: Session, path: str | None = None) -> bool:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["round"])
         writer.writeheader()
         writer.writerows(rows)
-    from fl.report import plot_accuracy
+    from fl.plot import plot_accuracy
 
     plot_accuracy({status.job_id: list(status.metrics)}, folder / "accuracy.png", f"{status.job_id} (FedLedger)")
     reply = session.client.call("RecordSave", pb.SaveRequest(job_id=status.job_id, model_hash=digest,

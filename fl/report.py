@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from fl.plot import plot_accuracy  # noqa: F401 (part of this module's interface)
 from fl.serialize import state_to_bytes, model_hash
 from fl.simulation import RoundMetrics, SimulationResult
 
@@ -46,27 +47,6 @@ def histogram_table(histogram: Sequence[Sequence[int]], num_train: Sequence[int]
     for i, counts in enumerate(histogram):
         table.add_row(str(i), *(str(c) if c else "·" for c in counts), str(num_train[i]), str(num_test[i]))
     return table
-
-
-def plot_accuracy(curves: dict[str, Sequence[RoundMetrics]], path: Path, title: str) -> None:
-    """Save the weighted test accuracy per round of one or more runs as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label, rounds in curves.items():
-        points = [(r.round, 100 * r.acc_weighted) for r in rounds if not math.isnan(r.acc_weighted)]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (%, sample-weighted)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def save_run(result: SimulationResult, conf: dict[str, Any], out_dir: Path) -> dict[str, Path]:

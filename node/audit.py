@@ -1,183 +1,18 @@
-"""``verify``: re-check a stored chain from genesis using nothing but what the database holds.
-
-Every hash is recomputed from the stored columns and compared with the stored hashes, every
-link and Merkle root is checked, and every signature is verified against the public keys the
-chain itself registered. The first bad height is reported with the reason, so an operator
-knows exactly which block was altered, removed or forged.
-
-Ed25519 verification dominates the cost (~0.1 ms a signature here) and OpenSSL releases the
-GIL while it runs, so signatures are checked a batch of blocks at a time on a thread pool.
-"""
+"""``python -m node.audit URL``: verify a ledger database from genesis to head (exit 0 when
+it is sound, 1 with the first bad height and the reason). The audit itself is
+``node.chain.audit.verify_chain``; this module only opens the SQL store for it."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from itertools import islice
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from node.chain import (ZERO_HASH, Head, InvalidTransaction, check_payload, check_sender_role, merkle_root,
-                        register_key)
-from node.identity import verify_signature
-from sql.store import LedgerStore, StoredBlock
-
-BATCH_BLOCKS = 500
-SIGNATURES_PER_TASK = 256
-MAX_PENDING_TASKS = 64
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    ok: bool
-    blocks: int
-    transactions: int
-    head: Head | None
-    bad_height: int | None = None
-    reason: str = ""
-
-    def __str__(self) -> str:
-        if not self.ok:
-            return f"BAD at height {self.bad_height}: {self.reason}"
-        if self.head is None:
-            return "OK: the chain is empty"
-        return (f"OK: {self.blocks} blocks, {self.transactions} transactions, "
-                f"head {self.head.height} {self.head.hash}")
-
-
-class _Bad(Exception):
-    def __init__(self, height: int, reason: str) -> None:
-        super().__init__(reason)
-        self.height = height
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class _SignatureCheck:
-    height: int
-    what: str  # the reason to report when the check fails
-    key: bytes
-    signature: bytes
-    message: bytes
-
-
-@dataclass
-class _Walk:
-    """What the audit has learnt so far: the registered keys and the last good block."""
-
-    keys: dict[str, bytes] = field(default_factory=dict)
-    roles: dict[str, str] = field(default_factory=dict)
-    proposer: str | None = None
-    previous: StoredBlock | None = None
-    transactions: int = 0
-
-
-def verify_chain(store: LedgerStore, *, signatures: bool = True, threads: int | None = None) -> VerifyReport:
-    """Audit the whole chain in ``store``; ``signatures=False`` skips only the Ed25519 checks.
-
-    The structural pass runs on this thread while earlier batches' signatures are checked on the
-    pool; results are read back in chain order, so the lowest bad height is the one reported."""
-    walk = _Walk()
-    blocks = store.iter_stored_blocks(batch=BATCH_BLOCKS)
-    pending: deque[Future[list[_SignatureCheck]]] = deque()
-    structural: _Bad | None = None
-    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-        try:
-            while structural is None and (batch := list(islice(blocks, BATCH_BLOCKS))):
-                checks: list[_SignatureCheck] = []
-                for stored in batch:
-                    try:
-                        checks.extend(_audit_block(stored, walk))
-                    except _Bad as bad:
-                        structural = bad
-                        break
-                    walk.previous = stored
-                    walk.transactions += len(stored.block.transactions)
-                if signatures:
-                    pending.extend(pool.submit(_failed_checks, checks[i:i + SIGNATURES_PER_TASK])
-                                   for i in range(0, len(checks), SIGNATURES_PER_TASK))
-                while len(pending) > MAX_PENDING_TASKS:  # bound the memory held by queued checks
-                    _raise_first_failure(pending.popleft())
-            while pending:
-                _raise_first_failure(pending.popleft())
-        except _Bad as bad:
-            structural = bad
-        finally:
-            for future in pending:
-                future.cancel()
-    if structural is not None:
-        return VerifyReport(False, structural.height, walk.transactions, None, structural.height, structural.reason)
-    if walk.previous is None:
-        return VerifyReport(True, 0, 0, None)
-    head = Head(walk.previous.block.height, walk.previous.stored_hash)
-    return VerifyReport(True, head.height + 1, walk.transactions, head)
-
-
-def _raise_first_failure(future: Future[list[_SignatureCheck]]) -> None:
-    if failures := future.result():
-        raise _Bad(failures[0].height, failures[0].what)
-
-
-def _failed_checks(checks: Sequence[_SignatureCheck]) -> list[_SignatureCheck]:
-    return [c for c in checks if not verify_signature(c.key, c.signature, c.message)]
-
-
-def _audit_block(stored: StoredBlock, walk: _Walk) -> Iterator[_SignatureCheck]:
-    """Check everything but signatures (raising :class:`_Bad`); return the signatures to check."""
-    block, height = stored.block, stored.block.height
-    expected = 0 if walk.previous is None else walk.previous.block.height + 1
-    if height != expected:
-        raise _Bad(expected, f"block {expected} is missing (the next stored block is {height})")
-    prev_hash = ZERO_HASH if walk.previous is None else walk.previous.stored_hash
-    if block.prev_hash != prev_hash:
-        raise _Bad(height, f"broken link: prev_hash {block.prev_hash[:16]}… is not block {height - 1}'s hash "
-                           f"{prev_hash[:16]}…")
-    hashes = []
-    for index, (tx, claimed) in enumerate(zip(block.transactions, stored.stored_tx_hashes)):
-        try:
-            check_payload(tx)
-        except InvalidTransaction as exc:
-            raise _Bad(height, f"transaction {index}: {exc}") from None
-        if tx.hash != claimed:
-            raise _Bad(height, f"transaction {index} ({tx.kind}): its stored hash {claimed[:16]}… does not match "
-                               f"its contents {tx.hash[:16]}… (payload, sender, timestamp or hash altered)")
-        hashes.append(tx.hash)
-    if merkle_root(hashes) != block.merkle_root:
-        raise _Bad(height, "the Merkle root does not match the stored transactions "
-                           "(a transaction was added, removed or altered)")
-    if block.hash != stored.stored_hash:
-        raise _Bad(height, f"the stored block hash {stored.stored_hash[:16]}… does not match its header "
-                           f"{block.hash[:16]}… (header or hash altered)")
-    walk.proposer = walk.proposer or block.proposer
-    if block.proposer != walk.proposer:
-        raise _Bad(height, f"proposer {block.proposer} is not the genesis proposer {walk.proposer}")
-    checks = []
-    for index, tx in enumerate(block.transactions):
-        new_key = register_key(tx)
-        if new_key is not None:
-            if walk.keys.setdefault(tx.sender, new_key) != new_key:
-                raise _Bad(height, f"transaction {index}: node {tx.sender} re-registers with another key")
-            if walk.roles.setdefault(tx.sender, tx.payload["role"]) != tx.payload["role"]:
-                raise _Bad(height, f"transaction {index}: node {tx.sender} re-registers with another role")
-        if tx.sender not in walk.keys:
-            raise _Bad(height, f"transaction {index}: sender {tx.sender} was never registered")
-        try:
-            check_sender_role(tx, walk.roles.get(tx.sender), walk.proposer)
-        except InvalidTransaction as exc:
-            raise _Bad(height, f"transaction {index}: {exc}") from None
-        checks.append(_SignatureCheck(height, f"transaction {index} ({tx.kind}): bad signature", walk.keys[tx.sender],
-                                      tx.signature, bytes.fromhex(tx.hash)))
-    if walk.proposer not in walk.keys:
-        raise _Bad(height, f"proposer {walk.proposer} was never registered")
-    checks.append(_SignatureCheck(height, "bad proposer signature", walk.keys[walk.proposer], block.signature,
-                                  bytes.fromhex(block.hash)))
-    return iter(checks)
+from node.chain.audit import verify_chain
+from sql.store import LedgerStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node.rpc import channel
+from node.net.channels import channel
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from node.launcher import NodeProcess, wait_until  # noqa: E402
+from node.dev.launcher import NodeProcess, wait_until  # noqa: E402
 
 
 def main() -> int:

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node.launcher import NodeProcess, wait_until  # noqa: E402
-from node.netns import Cluster  # noqa: E402
+from node.dev.launcher import NodeProcess, wait_until  # noqa: E402
+from node.dev.netns import Cluster  # noqa: E402
 
 
 def up(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 The store knows tables and transactions, not chain rules: it writes a block and its
 transactions in one database transaction, and lets the unique keys decide races (the same
 block twice is a no-op, another block at a taken height is a :class:`BlockConflict`). Chain
-rules live in ``node.chain`` and ``node.ledger``.
+rules live in ``node.chain``, which this module imports and never the other way round.
 
 A dead or restarting database is retried with exponential back-off for ``retry_seconds``, then
 reported as :class:`LedgerUnavailable`; because a block is written in one transaction, a retry
@@ -26,7 +26,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from node.chain import Block, Head, Registration, Transaction, TxKind, canonical_bytes
+from node.chain.rules import Block, Head, Registration, Transaction, TxKind, canonical_bytes
+from node.chain.store import BlockConflict, LedgerUnavailable, StoreError, StoredBlock  # noqa: F401 (re-exported)
 from sql.tables import blocks, jobs, metadata, model_records, nodes, rounds, transactions
 
 log = logging.getLogger(__name__)
@@ -34,18 +35,6 @@ T = TypeVar("T")
 
 MODEL_KINDS = (TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.GLOBAL_MODEL, TxKind.SAVE)
 _DB_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-
-
-class StoreError(RuntimeError):
-    """The ledger database refused or failed an operation."""
-
-
-class BlockConflict(StoreError):
-    """Another block already holds this height, or a transaction is already on the chain."""
-
-
-class LedgerUnavailable(StoreError):
-    """The ledger database did not answer within the retry window."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +112,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class LedgerStore:
-    """One node's chain database. Implements ``node.chain.ChainView`` for block validation."""
+    """One node's chain database. Implements ``node.chain.rules.ChainView`` for block validation."""
 
     def __init__(self, url: str, *, retry_seconds: float = 10.0, create: bool = True) -> None:
         self.url = make_url(url)
@@ -387,15 +376,6 @@ def _index(conn: Connection, height: int, tx: Transaction) -> None:
 
 def _tx_from_row(row: Any) -> Transaction:
     return Transaction(row.kind, row.sender, json.loads(row.payload), row.timestamp, bytes.fromhex(row.signature))
-
-
-@dataclass(frozen=True)
-class StoredBlock:
-    """A block as read back, with the hashes the database claims for it (for auditing)."""
-
-    block: Block
-    stored_hash: str
-    stored_tx_hashes: tuple[str, ...]
 
 
 def _load_blocks(conn: Connection, start: int, limit: int) -> list[StoredBlock]:

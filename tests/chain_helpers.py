@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from node.chain import Transaction, TxKind, fixed
-from node.identity import Identity
-from node.ledger import Ledger
+from node.chain.rules import Transaction, TxKind, fixed
+from node.chain.identity import Identity
+from node.chain.ledger import Ledger
 
 
 def register(identity: Identity, role: str = "EN", address: str = "127.0.0.1:9000") -> Transaction:

@@ -97,7 +97,7 @@ def nodes():
 
 def start_supernodes(tmp_path, db_for, nodes: list) -> tuple:
     """An entry supernode and a second supernode, each with its own ledger database, serving."""
-    from node.launcher import NodeProcess
+    from node.dev.launcher import NodeProcess
 
     entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
     nodes.append(entry)

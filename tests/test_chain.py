@@ -5,9 +5,8 @@ from dataclasses import replace
 import pytest
 
 from chain_helpers import model_update, register
-from node.chain import (Block, ChainError, Head, InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind,
-                        ZERO_HASH, canonical_bytes, genesis_block, merkle_root, validate_block)
-from node.identity import Identity
+from node.chain.rules import Block, ChainError, Head, InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind, ZERO_HASH, canonical_bytes, genesis_block, merkle_root, validate_block
+from node.chain.identity import Identity
 
 
 class MemoryView:

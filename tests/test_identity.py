@@ -2,7 +2,7 @@ import stat
 
 import pytest
 
-from node.identity import Identity, IdentityError, node_id_for, verify_signature
+from node.chain.identity import Identity, IdentityError, node_id_for, verify_signature
 
 
 def test_key_created_once_with_private_mode_and_reloaded(tmp_path):

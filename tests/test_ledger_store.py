@@ -14,11 +14,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from chain_helpers import build_chain, model_update, register
-from node.audit import verify_chain
-from node.chain import Block, InvalidBlock, TxKind
-from node.identity import Identity
-from node.ledger import Ledger
-from sql.store import BlockConflict, LedgerStore, LedgerUnavailable
+from node.chain.audit import verify_chain
+from node.chain.rules import Block, InvalidBlock, TxKind
+from node.chain.identity import Identity
+from node.chain.ledger import Ledger
+from node.chain.store import BlockConflict, LedgerUnavailable
+from sql.store import LedgerStore
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import uuid
 import pytest
 
 from base_package import data_pb2 as pb
-from node.launcher import NodeProcess, wait_until
-from node.netns import Cluster, unavailable_reason
-from node.wire import block_from_pb
+from node.dev.launcher import NodeProcess, wait_until
+from node.dev.netns import Cluster, unavailable_reason
+from node.net.wire import block_from_pb
 
 PROBLEM = unavailable_reason()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"multi-host test: {PROBLEM}")

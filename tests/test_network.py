@@ -20,12 +20,12 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes
 from conftest import start_supernodes
-from node.launcher import NodeProcess, wait_until
-from node.chain import Block, Transaction, TxKind
-from node.identity import Identity
-from node.supernode import register_transaction, signed_heartbeat
-from node.transfer import chunks, make_header
-from node.wire import block_to_pb, tx_to_pb
+from node.dev.launcher import NodeProcess, wait_until
+from node.chain.rules import Block, Transaction, TxKind
+from node.chain.identity import Identity
+from node.roles.supernode import register_transaction, signed_heartbeat
+from node.net.streams import chunks, make_header
+from node.net.wire import block_to_pb, tx_to_pb
 
 
 def _code(call) -> grpc.StatusCode:

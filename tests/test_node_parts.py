@@ -12,12 +12,14 @@ import pytest
 
 from base_package import data_pb2 as pb
 from main import build_parser, main
-from node.chain import Transaction, TxKind
-from node.identity import Identity
-from node.membership import Member, Members
-from node.rpc import ServiceError, split_address
-from node.transfer import ModelCache, ReceivedModel, chunks, make_header, receive
-from node.wire import WireError, tx_from_pb, tx_to_pb
+from node.chain.rules import Transaction, TxKind
+from node.chain.identity import Identity
+from node.roles.membership import Member, Members
+from node.net.errors import ServiceError
+from node.net.channels import split_address
+from node.net.model_store import ModelCache
+from node.net.streams import ReceivedModel, chunks, make_header, receive
+from node.net.wire import WireError, tx_from_pb, tx_to_pb
 
 
 def test_transactions_round_trip_and_malformed_payloads_are_refused():
@@ -168,8 +170,8 @@ def test_cli_flags_init_and_clear_errors(tmp_path, capsys):
 def test_a_batch_of_transactions_is_admitted_in_order_like_single_submits(tmp_path):
     import dataclasses
 
-    from node.ledger import Ledger
-    from node.supernode import NodeSettings, Supernode
+    from node.chain.ledger import Ledger
+    from node.roles.supernode import NodeSettings, Supernode
     from sql.store import LedgerStore
 
     store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
@@ -199,8 +201,8 @@ def test_a_batch_of_transactions_is_admitted_in_order_like_single_submits(tmp_pa
 
 
 def test_an_upload_counts_as_a_heartbeat_and_an_edge_node_heartbeat_reads_no_ledger(tmp_path):
-    from node.ledger import Ledger
-    from node.supernode import NodeSettings, Supernode, signed_heartbeat
+    from node.chain.ledger import Ledger
+    from node.roles.supernode import NodeSettings, Supernode, signed_heartbeat
     from sql.store import LedgerStore
 
     store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
@@ -228,8 +230,8 @@ def test_an_edge_node_skips_heartbeats_while_its_uploads_say_it_is_alive():
     from concurrent.futures import ThreadPoolExecutor
 
     from base_package import data_pb2_grpc as rpc_pb
-    from node.edgenode import EdgeNode
-    from node.supernode import NodeSettings
+    from node.roles.edgenode import EdgeNode
+    from node.roles.supernode import NodeSettings
 
     beats: list[float] = []
 

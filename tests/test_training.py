@@ -17,9 +17,9 @@ import pytest
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.launcher import ROOT, NodeProcess, wait_until
-from node.transfer import receive
-from node.wire import block_from_pb
+from node.dev.launcher import ROOT, NodeProcess, wait_until
+from node.net.streams import receive
+from node.net.wire import block_from_pb
 from conftest import start_supernodes
 
 JOB = "dataset='digits', partition='pathological', batch_size=16, lr=0.05"

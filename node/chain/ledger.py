@@ -11,13 +11,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from node.chain import Block, Head, Transaction, genesis_block, validate_block
-from node.identity import Identity
-from sql.store import BlockConflict, LedgerStore
+from node.chain.rules import Block, Head, Transaction, genesis_block, validate_block
+from node.chain.identity import Identity
+from node.chain.store import BlockConflict, BlockStore
+
 
 
 class Ledger:
-    def __init__(self, store: LedgerStore) -> None:
+    def __init__(self, store: BlockStore) -> None:
         self.store = store
         self._lock = threading.RLock()
 

@@ -21,7 +21,7 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository: where main.py lives
+ROOT = Path(__file__).resolve().parents[2]  # the repository: where main.py lives
 # quick membership for local networks: heartbeats every 0.3 s, dead after 1.5 s, blocks every 0.2 s
 FAST = {"FL_HEARTBEAT_INTERVAL": "0.3", "FL_DEAD_AFTER": "1.5", "FL_BLOCK_INTERVAL": "0.2"}
 

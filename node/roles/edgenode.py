@@ -25,12 +25,15 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.chain import genesis_proposer
-from node.identity import Identity, node_id_for
-from node.rpc import Channels, handled, refuse
-from node.supernode import NodeSettings, register_transaction, signed_heartbeat
-from node.transfer import ModelCache, check_header_signature, receive
-from node.wire import block_from_pb, tx_to_pb
+from node.chain.rules import genesis_proposer
+from node.chain.identity import Identity, node_id_for
+from node.net.channels import Channels
+from node.net.errors import refuse
+from node.net.guard import Rule, method_path, refused
+from node.roles.supernode import NodeSettings, register_transaction, signed_heartbeat
+from node.net.model_store import ModelCache
+from node.net.streams import check_header_signature, receive
+from node.net.wire import block_from_pb, tx_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +140,6 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
     def __init__(self, node: EdgeNode) -> None:
         self.node = node
 
-    @handled
     def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
             sn = self.node.supernode
@@ -150,47 +152,35 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
         self.node.models.put(model)
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 
-    @handled
     def TrainRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.EdgeResult:
         if self.node.trainer is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this edge node does not train")
         return self.node.trainer.handle(request)
 
-    @handled
-    def RunRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.SupernodeResult:
-        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "edge nodes do not run supernode rounds")
 
-    @handled
-    def UploadUpdate(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
-        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "edge nodes do not take updates; upload to a supernode")
-
-    @handled
-    def DownloadModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
-        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "edge nodes do not serve models; ask a supernode")
-        yield  # pragma: no cover - makes this a stream handler
+def edge_servicers(node: EdgeNode) -> list[tuple[Callable[[Any, Any], None], Any]]:
+    return [(rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(node))]
 
 
-def refusing_servicer(base: type, service: str, code: grpc.StatusCode, message: str) -> Any:
-    """A servicer whose every method answers ``code`` with ``message``."""
-
-    def refuse_call(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
-
-    methods = pb.DESCRIPTOR.services_by_name[service].methods
-    return type(f"Refusing{service}", (base,), {m.name: refuse_call for m in methods})()
-
-
-def edge_servicers(node: EdgeNode, entry_address: str) -> list[tuple[Callable[[Any, Any], None], Any]]:
-    where = f"connect to a supernode such as the entry node at {entry_address}"
-    return [
-        (rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(node)),
-        (rpc_pb.add_ConsoleServicer_to_server, refusing_servicer(
-            rpc_pb.ConsoleServicer, "Console", grpc.StatusCode.PERMISSION_DENIED,
-            f"this is an edge node: it does not take console commands; {where}")),
-        (rpc_pb.add_MembershipServicer_to_server, refusing_servicer(
-            rpc_pb.MembershipServicer, "Membership", grpc.StatusCode.FAILED_PRECONDITION,
-            f"this is an edge node: it keeps no membership; {where}")),
-        (rpc_pb.add_LedgerServicer_to_server, refusing_servicer(
-            rpc_pb.LedgerServicer, "Ledger", grpc.StatusCode.FAILED_PRECONDITION,
-            f"this is an edge node: it keeps no ledger; {where}")),
-    ]
+def edge_rules(node: EdgeNode) -> dict[str, Rule]:
+    """Who may call each RPC of an edge node: its supernode, for models and rounds; nobody else."""
+    where = f"connect to a supernode such as the entry node at {node.entry_address}"
+    rules = {method_path(service, method): refused(code, message)
+             for service, code, message in (
+                 ("Console", grpc.StatusCode.PERMISSION_DENIED,
+                  f"this is an edge node: it does not take console commands; {where}"),
+                 ("Membership", grpc.StatusCode.FAILED_PRECONDITION,
+                  f"this is an edge node: it keeps no membership; {where}"),
+                 ("Ledger", grpc.StatusCode.FAILED_PRECONDITION, f"this is an edge node: it keeps no ledger; {where}"))
+             for method in [m.name for m in pb.DESCRIPTOR.services_by_name[service].methods]}
+    rules.update({
+        method_path("Training", "DistributeModel"): Rule("its supernode (signed model header)"),
+        method_path("Training", "TrainRound"): Rule("its supernode, relaying the entry node's signed JOB and ROUND orders"),
+        method_path("Training", "RunRound"): refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                                     "edge nodes do not run supernode rounds"),
+        method_path("Training", "UploadUpdate"): refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                                         "edge nodes do not take updates; upload to a supernode"),
+        method_path("Training", "DownloadModel"): refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                                          "edge nodes do not serve models; ask a supernode"),
+    })
+    return rules

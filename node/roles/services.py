@@ -1,19 +1,26 @@
-"""The gRPC face of a supernode: decode the request, call :class:`Supernode`, encode the reply."""
+"""The gRPC face of a supernode: decode the request, call :class:`Supernode`, encode the reply.
+
+Who may call what is :func:`supernode_rules`, applied by the server's interceptor
+(``node.net.guard``); payload signatures are checked by the node against registered keys."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.admin import require_admin
-from node.audit import verify_chain
-from node.chain import Transaction, TxKind
-from node.coordinator import Coordinator
-from node.rpc import handled, refuse
-from node.supernode import Supernode
-from node.transfer import ReceivedModel, check_header_signature, receive
-from node.wire import block_from_pb, block_to_pb, head_to_pb, tx_from_pb
+from node.net.admin import require_admin
+from node.chain.audit import verify_chain
+from node.chain.rules import Transaction, TxKind
+from node.roles.coordinator import Coordinator
+from node.net.errors import refuse
+from node.net.guard import Rule, method_path, refused
+from node.roles.supernode import Supernode
+from node.net.streams import ReceivedModel, check_header_signature, receive
+from node.net.wire import block_from_pb, block_to_pb, head_to_pb, tx_from_pb
 
 MAX_GET_BLOCKS = 500
 
@@ -22,21 +29,17 @@ class MembershipService(rpc_pb.MembershipServicer):
     def __init__(self, node: Supernode) -> None:
         self.node = node
 
-    @handled
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
         if not request.HasField("registration"):
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "RegisterRequest needs a signed REGISTER transaction")
         return self.node.register(tx_from_pb(request.registration))
 
-    @handled
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
         return self.node.heartbeat(request)
 
-    @handled
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.NodeList:
         return self.node.list_nodes(request.role)
 
-    @handled
     def FindSupernode(self, request: pb.FindSupernodeRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
         return self.node.find_supernode(request)
 
@@ -45,16 +48,13 @@ class LedgerService(rpc_pb.LedgerServicer):
     def __init__(self, node: Supernode) -> None:
         self.node = node
 
-    @handled
     def SubmitTransaction(self, request: pb.Transaction, context: grpc.ServicerContext) -> pb.SubmitReply:
         return pb.SubmitReply(tx_hash=self.node.submit(tx_from_pb(request)))
 
-    @handled
     def PushBlock(self, request: pb.Block, context: grpc.ServicerContext) -> pb.PushReply:
         stored, head = self.node.receive_block(block_from_pb(request))
         return pb.PushReply(head=head_to_pb(head), stored=stored)
 
-    @handled
     def GetBlocks(self, request: pb.GetBlocksRequest, context: grpc.ServicerContext):
         if request.from_height < 0:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "from_height must be >= 0")
@@ -62,7 +62,6 @@ class LedgerService(rpc_pb.LedgerServicer):
         for block in self.node.ledger.store.blocks_from(request.from_height, limit):
             yield block_to_pb(block)
 
-    @handled
     def GetHead(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.Head:
         return head_to_pb(self.node.ledger.head())
 
@@ -73,7 +72,6 @@ class TrainingService(rpc_pb.TrainingServicer):
     def __init__(self, node: Supernode) -> None:
         self.node = node
 
-    @handled
     def UploadUpdate(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
             member = self.node.members.get(header.sender)
@@ -85,7 +83,6 @@ class TrainingService(rpc_pb.TrainingServicer):
 
         return self._accept(receive(request_iterator, self.node.settings.max_model_bytes, authorise))
 
-    @handled
     def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
             entry = self.node.entry_id
@@ -104,15 +101,9 @@ class TrainingService(rpc_pb.TrainingServicer):
         self.node.models.put(model)
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 
-    @handled
     def RunRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.SupernodeResult:
         return self.node.rounds.run(request)
 
-    @handled
-    def TrainRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.EdgeResult:
-        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "supernodes do not train; edge nodes do")
-
-    @handled
     def DownloadModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
         model = self.node.models.get(request.model_hash)
         if model is None:
@@ -126,19 +117,13 @@ class ConsoleService(rpc_pb.ConsoleServicer):
     def __init__(self, node: Supernode) -> None:
         self.node = node
 
-    def _admin(self, context: grpc.ServicerContext) -> None:
-        require_admin(context, self.node.admin_token_hash)
-
-    def _coordinator(self, context: grpc.ServicerContext) -> Coordinator:
-        self._admin(context)
+    def _coordinator(self) -> Coordinator:
         if self.node.coordinator is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                          f"jobs run on the entry node; connect the console to {self.node.entry_address}")
         return self.node.coordinator
 
-    @handled
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.StatusReply:
-        self._admin(context)
         node = self.node
         return pb.StatusReply(
             node_id=node.node_id, role=pb.SN, entry=node.is_entry, address=node.address,
@@ -146,14 +131,10 @@ class ConsoleService(rpc_pb.ConsoleServicer):
             pending_transactions=node.pending_count(), supernodes=node.supernodes_pb(),
             edge_nodes=node.list_nodes(pb.EN))
 
-    @handled
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.NodeList:
-        self._admin(context)
         return self.node.list_nodes(request.role)
 
-    @handled
     def GetBlock(self, request: pb.BlockRequest, context: grpc.ServicerContext) -> pb.Block:
-        self._admin(context)
         height = request.height
         if height < 0:
             head = self.node.ledger.head()
@@ -163,40 +144,67 @@ class ConsoleService(rpc_pb.ConsoleServicer):
             raise refuse(grpc.StatusCode.NOT_FOUND, f"no block at height {request.height}")
         return block_to_pb(block)
 
-    @handled
     def Verify(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.VerifyReply:
-        self._admin(context)
         report = verify_chain(self.node.ledger.store)
         return pb.VerifyReply(ok=report.ok, blocks=report.blocks, transactions=report.transactions,
                               head=head_to_pb(report.head), bad_height=-1 if report.bad_height is None else report.bad_height,
                               reason=report.reason)
 
-    @handled
     def StartJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
-        return self._coordinator(context).start_job(dict(request.settings))
+        return self._coordinator().start_job(dict(request.settings))
 
-    @handled
     def Resume(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JobStatus:
-        return self._coordinator(context).resume()
+        return self._coordinator().resume()
 
-    @handled
     def Pause(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JobStatus:
-        return self._coordinator(context).pause()
+        return self._coordinator().pause()
 
-    @handled
     def GetJob(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JobStatus:
-        return self._coordinator(context).status()
+        return self._coordinator().status()
 
-    @handled
     def Evaluate(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.EvalReport:
-        return self._coordinator(context).evaluate()
+        return self._coordinator().evaluate()
 
-    @handled
     def RecordSave(self, request: pb.SaveRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
-        coordinator = self._coordinator(context)
+        coordinator = self._coordinator()
         if self.node.models.get(request.model_hash) is None:
             raise refuse(grpc.StatusCode.NOT_FOUND, f"this node holds no model {request.model_hash[:16]}…")
         tx = Transaction.create(TxKind.SAVE, {"job_id": request.job_id or coordinator.status().job_id or "none",
                                               "hash": request.model_hash, "path": request.path[:1024]},
                                 self.node.identity)
         return pb.SubmitReply(tx_hash=self.node.submit(tx))
+
+
+SIGNED_BY_SENDER = "any node; the node checks the signed payload against the sender's registered key"
+
+
+def supernode_rules(node: Supernode) -> dict[str, Rule]:
+    """Who may call each RPC of a supernode."""
+    admin = Rule("the operator (admin token)", check=lambda context: require_admin(context, node.admin_token_hash))
+    public = Rule("anyone (the chain and the membership list are public)")
+    rules = {
+        method_path("Membership", "Register"): Rule("anyone; the REGISTER transaction must be signed by the key it carries"),
+        method_path("Membership", "Heartbeat"): Rule("a registered node, signed with its key"),
+        method_path("Membership", "ListNodes"): public,
+        method_path("Membership", "FindSupernode"): public,
+        method_path("Ledger", "SubmitTransaction"): Rule(SIGNED_BY_SENDER + " and role"),
+        method_path("Ledger", "PushBlock"): Rule("the entry node (the block must be signed by the chain's proposer)"),
+        method_path("Ledger", "GetBlocks"): public,
+        method_path("Ledger", "GetHead"): public,
+        method_path("Training", "UploadUpdate"): Rule("an edge node of this supernode (signed model header)"),
+        method_path("Training", "DistributeModel"): Rule("the entry node (signed model header)"),
+        method_path("Training", "DownloadModel"): Rule("anyone holding a model's hash (models are checked against the chain)"),
+        method_path("Training", "RunRound"): Rule("anyone relaying the entry node's signed JOB and ROUND orders"),
+        method_path("Training", "TrainRound"): refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                                       "supernodes do not train; edge nodes do"),
+    }
+    for method in pb.DESCRIPTOR.services_by_name["Console"].methods:
+        rules[method_path("Console", method.name)] = admin
+    return rules
+
+
+def supernode_servicers(node: Supernode) -> list[tuple[Callable[[Any, Any], None], Any]]:
+    return [(rpc_pb.add_MembershipServicer_to_server, MembershipService(node)),
+            (rpc_pb.add_LedgerServicer_to_server, LedgerService(node)),
+            (rpc_pb.add_TrainingServicer_to_server, TrainingService(node)),
+            (rpc_pb.add_ConsoleServicer_to_server, ConsoleService(node))]

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from base_package import data_pb2 as pb
-from node.chain import Block, ChainError, Head, Transaction, canonical_bytes
+from node.chain.rules import Block, ChainError, Head, Transaction, canonical_bytes
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_BLOCK_TRANSACTIONS = 10_000

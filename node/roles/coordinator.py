@@ -29,12 +29,13 @@ from fl.federation import ClientWorker, JobSpec, split_state
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import Update, validate_update, weighted_average
 from fl.train import EvalResult, summarize
-from node.chain import Transaction, TxKind, fixed, now_ms
-from node.jobs import Job, job_payload
-from node.rpc import refuse
-from node.transfer import Deliveries, ReceivedModel, make_header, receive
-from node.identity import verify_signature
-from node.wire import tx_from_pb, tx_to_pb
+from node.chain.rules import Transaction, TxKind, fixed, now_ms
+from node.roles.jobs import Job, job_payload
+from node.net.errors import refuse
+from node.net.model_store import Deliveries
+from node.net.streams import ReceivedModel, make_header, receive
+from node.chain.identity import verify_signature
+from node.net.wire import tx_from_pb, tx_to_pb
 
 log = logging.getLogger(__name__)
 

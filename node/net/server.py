@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from base_package import data_pb2 as pb
-from node.rpc import CHANNEL_OPTIONS
+from node.net.channels import CHANNEL_OPTIONS
+from node.net.guard import Guard, Rule
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,11 @@ SERVICES = [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]
 
 
 def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None], Any]],
-                 workers: int = 32) -> grpc.Server:
-    """A started server on ``bind`` (HOST:PORT) with every servicer, health and reflection."""
+                 rules: Mapping[str, Rule], workers: int = 32) -> grpc.Server:
+    """A started server on ``bind`` (HOST:PORT) with every servicer, health and reflection, and
+    ``rules`` (one per RPC) applied by the :class:`Guard` interceptor."""
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-                         options=CHANNEL_OPTIONS)
+                         interceptors=[Guard(rules)], options=CHANNEL_OPTIONS)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.HealthServicer()

@@ -24,7 +24,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, Protocol
 
-from node.identity import Identity, node_id_for, verify_signature
+from node.chain.identity import Identity, node_id_for, verify_signature
 
 ZERO_HASH = "0" * 64
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -22,12 +22,13 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import InvalidUpdate, RunningAverage, Update, validate_update
-from node.chain import Transaction, TxKind, check_payload, fixed, now_ms
-from node.identity import verify_signature
-from node.jobs import Job, authorised_model, check_signed_by
-from node.rpc import refuse, status_for
-from node.transfer import Deliveries, ReceivedModel, chunks, make_header
-from node.wire import WireError, tx_from_pb
+from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
+from node.chain.identity import verify_signature
+from node.roles.jobs import Job, authorised_model, check_signed_by
+from node.net.errors import refuse, status_for
+from node.net.model_store import Deliveries
+from node.net.streams import ReceivedModel, chunks, make_header
+from node.net.wire import WireError, tx_from_pb
 
 log = logging.getLogger(__name__)
 

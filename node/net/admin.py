@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from node.rpc import refuse
+from node.net.errors import refuse
 
 TOKEN_FILE = "admin.token"
 TOKEN_ENV = "FEDLEDGER_TOKEN"

@@ -32,11 +32,11 @@ from fl.federation import ClientWorker, client_data, client_indices, split_state
 from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
-from node.chain import Transaction, TxKind, fixed, now_ms
-from node.jobs import Job, authorised_model, check_signed_by
-from node.rpc import refuse
-from node.transfer import chunks, make_header
-from node.wire import tx_from_pb, tx_to_pb
+from node.chain.rules import Transaction, TxKind, fixed, now_ms
+from node.roles.jobs import Job, authorised_model, check_signed_by
+from node.net.errors import refuse
+from node.net.streams import chunks, make_header
+from node.net.wire import tx_from_pb, tx_to_pb
 
 log = logging.getLogger(__name__)
 

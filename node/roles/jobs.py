@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 
 from fl.federation import JobSpec
-from node.chain import Transaction, TxKind
-from node.identity import verify_signature
-from node.rpc import refuse
+from node.chain.rules import Transaction, TxKind
+from node.chain.identity import verify_signature
+from node.net.errors import refuse
 
 _FLOAT_FIELDS = {f.name for f in dataclasses.fields(JobSpec) if f.type in ("float", float)}
 

@@ -25,16 +25,16 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.chain import (Block, Head, InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind, canonical_bytes,
-                        check_payload, check_sender_role, now_ms)
-from node.identity import Identity, verify_signature
-from node.ledger import Ledger
-from node.membership import Member, Members
-from node.rpc import Channels, refuse
-from node.rounds import RoundRunner
-from node.transfer import ModelCache
-from node.wire import block_from_pb, block_to_pb, head_to_pb, signed_fields, tx_to_pb
-from sql.store import StoreError
+from node.chain.rules import Block, Head, InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind, canonical_bytes, check_payload, check_sender_role, now_ms
+from node.chain.identity import Identity, verify_signature
+from node.chain.ledger import Ledger
+from node.roles.membership import Member, Members
+from node.net.channels import Channels
+from node.net.errors import refuse
+from node.roles.rounds import RoundRunner
+from node.net.model_store import ModelCache
+from node.net.wire import block_from_pb, block_to_pb, head_to_pb, signed_fields, tx_to_pb
+from node.chain.store import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,56 @@
+"""What the ledger needs from a store, as a Protocol, and the errors a store raises.
+
+The chain package is a leaf: it knows no database. ``sql.store.LedgerStore`` (SQLAlchemy Core,
+SQLite or MySQL/MariaDB) fulfils this Protocol and ``main.py`` wires it in; a test could hand the
+ledger any other object with these methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from node.chain.rules import Block, ChainView, Head
+
+
+class StoreError(RuntimeError):
+    """The ledger database refused or failed an operation."""
+
+
+class BlockConflict(StoreError):
+    """Another block already holds this height, or a transaction is already on the chain."""
+
+
+class LedgerUnavailable(StoreError):
+    """The ledger database did not answer within the retry window."""
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """A block as read back, with the hashes the database claims for it (for auditing)."""
+
+    block: Block
+    stored_hash: str
+    stored_tx_hashes: tuple[str, ...]
+
+
+class BlockStore(ChainView, Protocol):
+    """A node's copy of the chain: appends whole blocks, reads them back, answers the questions
+    block validation asks (``ChainView``)."""
+
+    def append(self, block: Block) -> bool: ...
+
+    def block(self, height: int) -> Block | None: ...
+
+    def block_hash(self, height: int) -> str | None: ...
+
+    def blocks_from(self, height: int, limit: int = 100) -> list[Block]: ...
+
+    def iter_stored_blocks(self, start: int = 0, batch: int = 500) -> Iterator[StoredBlock]: ...
+
+    def public_key(self, node_id: str) -> bytes | None: ...
+
+    def head(self) -> Head | None: ...
+
+    def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]: ...

@@ -1,0 +1,51 @@
+"""Refusals and the status code every failure maps to.
+
+A servicer or anything it calls refuses a request by raising :func:`refuse` (a code and a reason
+a person can act on). Exceptions of the project's other layers are mapped by the name of their
+class (or of a base class), so this module imports neither torch nor SQLAlchemy: the console and
+``python -m node.health`` stay light, and the layers below know nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    """A request was refused: carries the gRPC status code and the reason."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def refuse(code: grpc.StatusCode, message: str) -> ServiceError:
+    return ServiceError(code, message)
+
+
+# module.ClassName -> status; the first class in an exception's MRO found here decides
+_CODES: dict[str, grpc.StatusCode] = {
+    "node.chain.store.BlockConflict": grpc.StatusCode.ABORTED,
+    "node.chain.store.LedgerUnavailable": grpc.StatusCode.UNAVAILABLE,
+    "node.chain.store.StoreError": grpc.StatusCode.INTERNAL,
+    "node.net.wire.WireError": grpc.StatusCode.INVALID_ARGUMENT,
+    "node.chain.rules.ChainError": grpc.StatusCode.INVALID_ARGUMENT,
+    "node.chain.identity.IdentityError": grpc.StatusCode.INVALID_ARGUMENT,
+    "fl.layout.SerializationError": grpc.StatusCode.INVALID_ARGUMENT,
+    "fl.strategy.base.InvalidUpdate": grpc.StatusCode.INVALID_ARGUMENT,
+    "fl.strategy.InvalidUpdate": grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for ``exc``; INTERNAL for anything unforeseen."""
+    if isinstance(exc, ServiceError):
+        return exc.code, exc.message
+    if isinstance(exc, grpc.RpcError):  # a call this node made to another one failed
+        return grpc.StatusCode.UNAVAILABLE, f"another node did not answer: {exc.code().name} {exc.details()}"
+    for kind in type(exc).__mro__:
+        code = _CODES.get(f"{kind.__module__}.{kind.__qualname__}")
+        if code is not None:
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
