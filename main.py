@@ -117,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
             from node.roles.trainer import EdgeTrainer
 
             node = EdgeNode(identity, address, args.entry, settings)
-            node.trainer = EdgeTrainer(node, home, conf)
-            servicers, rules = edge_servicers(node), edge_rules(node)
+            servicers, rules = edge_servicers(node, EdgeTrainer(node, home, conf)), edge_rules(node)
             ledger_text = "none (edge node)"
         server = build_server(f"{_url_host(args.host)}:{args.port}", servicers, rules)
         try:
@@ -152,7 +151,6 @@ def prepare_process(torch_threads: int) -> None:
 def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity: Any, address: str,
                settings: Any, closers: list[Any]) -> tuple[Any, list[Any], dict[str, Any], str]:
     from node.net.admin import load_or_create_token, token_hash
-    from node.roles.coordinator import Coordinator
     from node.chain.ledger import Ledger
     from node.roles.services import supernode_rules, supernode_servicers
     from node.roles.supernode import Supernode
@@ -160,11 +158,10 @@ def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], ident
 
     store = LedgerStore(ledger_url(args.db, home, f"sn_{identity.node_id[:16]}"))
     closers.append(store.close)
-    node = Supernode(identity, address, Ledger(store), args.entry, args.is_entry, settings, home / "models")
+    node = Supernode(identity, address, Ledger(store), args.entry, args.is_entry, settings, home / "models", conf)
     if args.is_entry:
         token, created = load_or_create_token(home)
         node.admin_token_hash = token_hash(token)
-        node.coordinator = Coordinator(node, conf)
         if created:  # shown once; it stays in the entry node's home
             print(f"admin token (also in {home / 'admin.token'}): {token}", flush=True)
     return node, supernode_servicers(node), supernode_rules(node), store.describe()

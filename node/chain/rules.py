@@ -167,6 +167,10 @@ class Transaction:
         return cls(unsigned.kind, unsigned.sender, unsigned.payload, unsigned.timestamp,
                    identity.sign(bytes.fromhex(unsigned.hash)))
 
+    def signed_by(self, public_key: bytes) -> bool:
+        """True when ``public_key`` made this transaction's signature (over its hash)."""
+        return verify_signature(public_key, self.signature, bytes.fromhex(self.hash))
+
     @property
     def round(self) -> int | None:
         value = self.payload.get("round")
@@ -365,7 +369,7 @@ def validate_block(block: Block, view: ChainView) -> None:
             check_sender_role(tx, roles.get(tx.sender), proposer)
         except InvalidTransaction as exc:
             raise InvalidBlock(f"block {block.height} transaction {index}: {exc}") from None
-        if not verify_signature(key, tx.signature, bytes.fromhex(tx.hash)):
+        if not tx.signed_by(key):
             raise InvalidBlock(f"block {block.height} transaction {index} ({tx.kind}): bad signature")
         keys[tx.sender] = key
     if head is None and not any(t.kind == TxKind.REGISTER and t.sender == proposer for t in block.transactions):

@@ -18,7 +18,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -34,8 +35,10 @@ from node.roles.jobs import Job, job_payload
 from node.net.errors import refuse
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, make_header, receive
-from node.chain.identity import verify_signature
 from node.net.wire import tx_from_pb, tx_to_pb
+
+if TYPE_CHECKING:
+    from node.roles.supernode import Supernode
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +47,25 @@ ALIASES = {"rounds": "gobal_epoch", "clients": "client.amount", "lr": "learn_rat
            "local_epochs": "local_epoch", "eval_every_round": "openEval"}
 
 
+class JobState(StrEnum):
+    """Where the entry node's job is; the console shows the value."""
+
+    IDLE = "idle"  # no job yet
+    RUNNING = "running"
+    PAUSING = "pausing"  # pause() asked; the round in progress finishes first
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"  # a round failed; train() resumes at that round
+
+
 class Coordinator:
-    def __init__(self, node: Any, base_conf: dict[str, Any]) -> None:
+    def __init__(self, node: Supernode, base_conf: dict[str, Any]) -> None:
         self.node = node  # the entry Supernode
         self.base_conf = base_conf
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sn-round")
-        self.state = "idle"
+        self.state = JobState.IDLE
         self.error = ""
         self.job: Job | None = None
         self.round = 0  # rounds completed
@@ -65,7 +79,7 @@ class Coordinator:
     # --- console commands -------------------------------------------------------------------------
     def start_job(self, settings: dict[str, str]) -> pb.JobStatus:
         with self._lock:
-            if self.state in ("running", "pausing"):
+            if self.state in (JobState.RUNNING, JobState.PAUSING):
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                              f"job {self.job.job_id} is running; pause() it or wait for it to finish")
             overrides = {ALIASES.get(k, k): v for k, v in settings.items()}
@@ -101,12 +115,12 @@ class Coordinator:
     def resume(self) -> pb.JobStatus:
         """train(): resume a paused (or failed) job at its next round; with no job, start one."""
         with self._lock:
-            if self.state == "running":
+            if self.state == JobState.RUNNING:
                 return self.status()
-            if self.state == "pausing":  # the pause has not taken effect yet: cancel it
-                self._pause_requested, self.state = False, "running"
+            if self.state == JobState.PAUSING:  # the pause has not taken effect yet: cancel it
+                self._pause_requested, self.state = False, JobState.RUNNING
                 return self.status()
-            if self.job is not None and self.state in ("paused", "failed"):
+            if self.job is not None and self.state in (JobState.PAUSED, JobState.FAILED):
                 self._pause_requested = False
                 self._launch()
                 return self.status()
@@ -114,10 +128,10 @@ class Coordinator:
 
     def pause(self) -> pb.JobStatus:
         with self._lock:
-            if self.state == "running":
+            if self.state == JobState.RUNNING:
                 self._pause_requested = True
-                self.state = "pausing"
-            elif self.state not in ("pausing", "paused"):
+                self.state = JobState.PAUSING
+            elif self.state not in (JobState.PAUSING, JobState.PAUSED):
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no job is running (state: {self.state})")
             return self.status()
 
@@ -131,7 +145,7 @@ class Coordinator:
     def status(self) -> pb.JobStatus:
         job = self.job
         return pb.JobStatus(
-            job_id=job.job_id if job else "", state=self.state, round=self.round,
+            job_id=job.job_id if job else "", state=str(self.state), round=self.round,
             rounds=job.spec.rounds if job else 0, metrics=self.metrics, error=self.error,
             job=tx_to_pb(job.tx) if job else None,
             global_model=tx_to_pb(self.global_tx) if self.global_tx else None)
@@ -143,7 +157,7 @@ class Coordinator:
 
     # --- the round loop ---------------------------------------------------------------------------
     def _launch(self) -> None:
-        self.state, self._pause_requested = "running", False
+        self.state, self._pause_requested = JobState.RUNNING, False
         self._thread = threading.Thread(target=self._run, name="job", daemon=True)
         self._thread.start()
 
@@ -156,18 +170,18 @@ class Coordinator:
                     self._evaluate_pending(job)  # a paused job shows complete metrics
                     with self._lock:
                         if self._pause_requested:
-                            self.state, self._pause_requested = "paused", False
+                            self.state, self._pause_requested = JobState.PAUSED, False
                             log.info("job %s paused after round %d", job.job_id, self.round)
                             return
                 self._round(job, self.round + 1)
             self._evaluate_pending(job)
             with self._lock:
-                self.state = "done"
+                self.state = JobState.DONE
             log.info("job %s done after %d rounds", job.job_id, self.round)
         except Exception as exc:  # noqa: BLE001 - report it; the job can be resumed
             log.exception("job %s failed in round %d", job.job_id, self.round + 1)
             with self._lock:
-                self.state, self.error = "failed", f"round {self.round + 1}: {exc}"
+                self.state, self.error = JobState.FAILED, f"round {self.round + 1}: {exc}"
 
     def _round(self, job: Job, round_number: int) -> None:
         """One round. With openEval, the edge nodes first evaluate the model they receive (the
@@ -240,7 +254,7 @@ class Coordinator:
             member = self.node.members.get(tx.sender)
             if (tx.kind != TxKind.MODEL_UPDATE or tx.sender not in job.participants or member is None
                     or member.supernode != sn.node_id or tx.payload.get("job_id") != job.job_id
-                    or not verify_signature(member.public_key, tx.signature, bytes.fromhex(tx.hash))):
+                    or not tx.signed_by(member.public_key)):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"supernode {sn.node_id} reported an update that is not a signed update of its own edge node")
             total += int(tx.payload["samples"])

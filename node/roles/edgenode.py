@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -34,6 +34,9 @@ from node.roles.supernode import NodeSettings, register_transaction, signed_hear
 from node.net.model_store import ModelCache
 from node.net.streams import check_header_signature, receive
 from node.net.wire import block_from_pb, tx_to_pb
+
+if TYPE_CHECKING:
+    from node.roles.trainer import EdgeTrainer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,6 @@ class EdgeNode:
         self.supernode: pb.NodeInfo | None = None
         self.entry_id: str | None = None  # pinned from the entry node's genesis block at join
         self.entry_key: bytes | None = None
-        self.trainer: Any = None  # an EdgeTrainer, set by main
         self.models = ModelCache(2 * settings.max_model_bytes)
         self.channels = Channels()  # to the entry node and its supernode, reused
         self._stop = threading.Event()
@@ -137,8 +139,9 @@ def _entry_identity(ch: grpc.Channel) -> tuple[str, bytes]:
 class EdgeTrainingService(rpc_pb.TrainingServicer):
     """Receives models from this edge node's supernode only."""
 
-    def __init__(self, node: EdgeNode) -> None:
+    def __init__(self, node: EdgeNode, trainer: EdgeTrainer) -> None:
         self.node = node
+        self.trainer = trainer
 
     def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
@@ -153,13 +156,11 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 
     def TrainRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.EdgeResult:
-        if self.node.trainer is None:
-            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this edge node does not train")
-        return self.node.trainer.handle(request)
+        return self.trainer.handle(request)
 
 
-def edge_servicers(node: EdgeNode) -> list[tuple[Callable[[Any, Any], None], Any]]:
-    return [(rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(node))]
+def edge_servicers(node: EdgeNode, trainer: EdgeTrainer) -> list[tuple[Callable[[Any, Any], None], Any]]:
+    return [(rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(node, trainer))]
 
 
 def edge_rules(node: EdgeNode) -> dict[str, Rule]:

@@ -17,10 +17,12 @@ from typing import Any
 
 import grpc
 
+from base_package import data_pb2 as pb
+
 from fl.federation import JobSpec
 from node.chain.rules import Transaction, TxKind
-from node.chain.identity import verify_signature
 from node.net.errors import refuse
+from node.net.wire import tx_from_pb
 
 _FLOAT_FIELDS = {f.name for f in dataclasses.fields(JobSpec) if f.type in ("float", float)}
 
@@ -67,7 +69,7 @@ def check_signed_by(tx: Transaction, kinds: tuple[TxKind, ...], entry_id: str, e
     """Refuse ``tx`` unless it is one of ``kinds`` and the entry node signed it."""
     if tx.kind not in kinds:
         raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"expected a {' or '.join(kinds)} transaction, got {tx.kind}")
-    if tx.sender != entry_id or not verify_signature(entry_key, tx.signature, bytes.fromhex(tx.hash)):
+    if tx.sender != entry_id or not tx.signed_by(entry_key):
         raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"the {tx.kind} transaction is not signed by the entry node")
 
 
@@ -77,3 +79,31 @@ def authorised_model(authority: Transaction, job_id: str) -> tuple[int, str]:
         raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the round's orders name another job")
     key = "global_hash" if authority.kind == TxKind.ROUND else "hash"
     return int(authority.payload["round"]), str(authority.payload[key])
+
+
+@dataclass(frozen=True)
+class Orders:
+    """What a round request carries, once checked: the job, and the round and model the entry
+    node's ROUND (train) or GLOBAL_MODEL (evaluate) transaction vouches for."""
+
+    job: Job
+    authority: Transaction
+    round: int
+    model_hash: str
+
+    @property
+    def evaluate_only(self) -> bool:
+        return self.authority.kind == TxKind.GLOBAL_MODEL
+
+
+def read_orders(request: pb.RoundRequest, entry_id: str, entry_key: bytes) -> Orders:
+    """Check that the entry node signed both the JOB and the round's order (a ROUND to train, a
+    GLOBAL_MODEL to evaluate), and read them. Supernodes and edge nodes act on nothing else."""
+    job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
+    check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
+    check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), entry_id, entry_key)
+    if request.evaluate_only != (authority.kind == TxKind.GLOBAL_MODEL):
+        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "train on a ROUND order, evaluate on a GLOBAL_MODEL one")
+    job = Job.from_tx(job_tx)
+    round_number, model_hash = authorised_model(authority, job.job_id)
+    return Orders(job, authority, round_number, model_hash)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -23,19 +23,21 @@ from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import InvalidUpdate, RunningAverage, Update, validate_update
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
-from node.chain.identity import verify_signature
-from node.roles.jobs import Job, authorised_model, check_signed_by
+from node.roles.jobs import Job, read_orders
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, chunks, make_header
 from node.net.wire import WireError, tx_from_pb
 
+if TYPE_CHECKING:
+    from node.roles.supernode import Supernode
+
 log = logging.getLogger(__name__)
 
 
 class RoundRunner:
-    def __init__(self, node: Any) -> None:
-        self.node = node  # a Supernode
+    def __init__(self, node: Supernode) -> None:
+        self.node = node
         self.delivered = Deliveries()  # which edge node holds which model
         # edge_parallelism: how many of its edge nodes a supernode asks at once (0: all). Edge nodes
         # that share one host's cores train faster a few at a time than all at once.
@@ -53,15 +55,12 @@ class RoundRunner:
 
     def run(self, request: pb.RoundRequest) -> pb.SupernodeResult:
         node = self.node
-        job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
         entry_id = node.entry_id or ""
         entry_key = node.ledger.store.public_key(entry_id)
         if entry_key is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this supernode has not synced the entry node's key yet")
-        check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
-        check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), entry_id, entry_key)
-        job = Job.from_tx(job_tx)
-        round_number, model_hash = authorised_model(authority, job.job_id)
+        orders = read_orders(request, entry_id, entry_key)
+        job, round_number, model_hash = orders.job, orders.round, orders.model_hash
         model = node.models.get(model_hash)
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this supernode lacks global model {model_hash[:16]}…")
@@ -141,7 +140,7 @@ class RoundRunner:
         member = self.node.members.get(result.node_id)
         if tx.kind != TxKind.MODEL_UPDATE or tx.sender != result.node_id or member is None:
             raise InvalidUpdate("the result is not a MODEL_UPDATE of the edge node that sent it")
-        if not verify_signature(member.public_key, tx.signature, bytes.fromhex(tx.hash)):
+        if not tx.signed_by(member.public_key):
             raise InvalidUpdate("the MODEL_UPDATE transaction has a bad signature")
         if tx.payload["job_id"] != job.job_id or tx.payload["round"] != round_number:
             raise InvalidUpdate(f"the update is for {tx.payload['job_id']} round {tx.payload['round']}")

@@ -86,7 +86,7 @@ def check_registration(tx: Transaction) -> bytes:
         raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"expected a REGISTER transaction, got {tx.kind}")
     check_payload(tx)
     key = bytes.fromhex(tx.payload["public_key"])
-    if not verify_signature(key, tx.signature, bytes.fromhex(tx.hash)):
+    if not tx.signed_by(key):
         raise refuse(grpc.StatusCode.UNAUTHENTICATED,
                      f"the registration of node {tx.sender} is not signed by the key it presents")
     return key
@@ -96,8 +96,10 @@ class Supernode:
     role = "SN"
 
     def __init__(self, identity: Identity, address: str, ledger: Ledger, entry_address: str,
-                 is_entry: bool, settings: NodeSettings, model_dir: Path | None = None) -> None:
-        """``model_dir``: where received models are kept once out of memory (else they are dropped)."""
+                 is_entry: bool, settings: NodeSettings, model_dir: Path | None = None,
+                 job_defaults: dict[str, Any] | None = None) -> None:
+        """``model_dir``: where received models are kept once out of memory (else they are dropped);
+        ``job_defaults``: the configuration the entry node's jobs start from."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
@@ -121,7 +123,10 @@ class Supernode:
         self.admin_token_hash = ""  # the entry node sets it from its token; others learn it at registration
         self.channels = Channels()  # to peers, reused
         self.rounds = RoundRunner(self)
-        self.coordinator: Any = None  # the entry node's job runner, set by main
+        # the entry node runs jobs (imported here: the coordinator needs this class to exist)
+        from node.roles.coordinator import Coordinator
+
+        self.coordinator: Coordinator | None = Coordinator(self, job_defaults or {}) if is_entry else None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -279,7 +284,7 @@ class Supernode:
                 check_sender_role(tx, role, self.node_id)
             except InvalidTransaction as exc:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
-            if not verify_signature(key, tx.signature, bytes.fromhex(tx.hash)):
+            if not tx.signed_by(key):
                 raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"transaction {tx.hash[:16]}… has a bad signature")
             if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
                 self.members.add(Member(tx.sender, "EN", tx.payload["address"], key,

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -33,10 +33,13 @@ from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
 from node.chain.rules import Transaction, TxKind, fixed, now_ms
-from node.roles.jobs import Job, authorised_model, check_signed_by
+from node.roles.jobs import Job, read_orders
 from node.net.errors import refuse
 from node.net.streams import chunks, make_header
-from node.net.wire import tx_from_pb, tx_to_pb
+from node.net.wire import tx_to_pb
+
+if TYPE_CHECKING:
+    from node.roles.edgenode import EdgeNode
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,8 @@ class _JobState:
 
 
 class EdgeTrainer:
-    def __init__(self, node: Any, home: Path, conf: dict[str, Any]) -> None:
-        self.node = node  # an EdgeNode
+    def __init__(self, node: EdgeNode, home: Path, conf: dict[str, Any]) -> None:
+        self.node = node
         self.home = Path(home)
         self.data_dir = conf["data_dir"]
         self.own_data = conf["own_data"]
@@ -68,13 +71,8 @@ class EdgeTrainer:
         node = self.node
         if node.entry_key is None:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has not joined the network yet")
-        job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
-        check_signed_by(job_tx, (TxKind.JOB,), node.entry_id, node.entry_key)
-        check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), node.entry_id, node.entry_key)
-        if request.evaluate_only != (authority.kind == TxKind.GLOBAL_MODEL):
-            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "train on a ROUND order, evaluate on a GLOBAL_MODEL one")
-        job = Job.from_tx(job_tx)
-        round_number, model_hash = authorised_model(authority, job.job_id)
+        orders = read_orders(request, node.entry_id, node.entry_key)
+        job, round_number, model_hash = orders.job, orders.round, orders.model_hash
         model = node.models.get(model_hash)
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
