@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from node.chain.identity import Identity
     from node.net.channels import route_ip, split_address
     from node.net.server import build_server, stop_event
-    from node.roles.supernode import NodeSettings
+    from node.roles.settings import NodeSettings
 
     log = logging.getLogger("fedledger")
     stopping = stop_event()  # SIGINT/SIGTERM from here on stop the node cleanly

@@ -23,7 +23,7 @@ from conftest import start_supernodes
 from node.dev.launcher import NodeProcess, wait_until
 from node.chain.rules import Block, Transaction, TxKind
 from node.chain.identity import Identity
-from node.roles.supernode import register_transaction, signed_heartbeat
+from node.roles.membership import register_transaction, signed_heartbeat
 from node.net.streams import chunks, make_header
 from node.net.wire import block_to_pb, tx_to_pb
 

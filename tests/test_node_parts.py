@@ -171,7 +171,8 @@ def test_a_batch_of_transactions_is_admitted_in_order_like_single_submits(tmp_pa
     import dataclasses
 
     from node.chain.ledger import Ledger
-    from node.roles.supernode import NodeSettings, Supernode
+    from node.roles.settings import NodeSettings
+    from node.roles.supernode import Supernode
     from sql.store import LedgerStore
 
     store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
@@ -202,7 +203,9 @@ def test_a_batch_of_transactions_is_admitted_in_order_like_single_submits(tmp_pa
 
 def test_an_upload_counts_as_a_heartbeat_and_an_edge_node_heartbeat_reads_no_ledger(tmp_path):
     from node.chain.ledger import Ledger
-    from node.roles.supernode import NodeSettings, Supernode, signed_heartbeat
+    from node.roles.membership import signed_heartbeat
+    from node.roles.settings import NodeSettings
+    from node.roles.supernode import Supernode
     from sql.store import LedgerStore
 
     store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
@@ -231,7 +234,7 @@ def test_an_edge_node_skips_heartbeats_while_its_uploads_say_it_is_alive():
 
     from base_package import data_pb2_grpc as rpc_pb
     from node.roles.edgenode import EdgeNode
-    from node.roles.supernode import NodeSettings
+    from node.roles.settings import NodeSettings
 
     beats: list[float] = []
 

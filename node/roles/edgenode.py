@@ -30,7 +30,8 @@ from node.chain.identity import Identity, node_id_for
 from node.net.channels import Channels
 from node.net.errors import refuse
 from node.net.guard import Rule, method_path, refused
-from node.roles.supernode import NodeSettings, register_transaction, signed_heartbeat
+from node.roles.membership import register_transaction, signed_heartbeat
+from node.roles.settings import NodeSettings
 from node.net.model_store import ModelCache
 from node.net.streams import check_header_signature, receive
 from node.net.wire import block_from_pb, tx_to_pb

@@ -13,7 +13,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import grpc
+
 from base_package import data_pb2 as pb
+from node.chain.identity import Identity
+from node.chain.rules import Transaction, TxKind, check_payload, now_ms
+from node.net.errors import refuse
+from node.net.wire import signed_fields
 
 RESERVATION_SECONDS = 15.0
 
@@ -126,3 +132,35 @@ class Members:
     def list_pb(self, role: str | None = None) -> pb.NodeList:
         roles = [role] if role else ["SN", "EN"]
         return pb.NodeList(nodes=[self.to_pb(m) for r in roles for m in self.of_role(r)])
+
+
+# --- the signed messages of membership ----------------------------------------------------------
+def heartbeat_fields(req: pb.HeartbeatRequest) -> bytes:
+    return signed_fields({"node_id": req.node_id, "timestamp": req.timestamp,
+                          "edge_nodes": sorted(req.edge_nodes), "head_height": req.head_height})
+
+
+def signed_heartbeat(identity: Identity, edge_nodes: list[str] = (), head_height: int = -1) -> pb.HeartbeatRequest:
+    req = pb.HeartbeatRequest(node_id=identity.node_id, timestamp=now_ms(), edge_nodes=sorted(edge_nodes),
+                              head_height=head_height)
+    req.signature = identity.sign(heartbeat_fields(req))
+    return req
+
+
+def register_transaction(identity: Identity, role: str, address: str, supernode: str = "") -> Transaction:
+    payload = {"public_key": identity.public_key.hex(), "role": role, "address": address}
+    if supernode:
+        payload["supernode"] = supernode
+    return Transaction.create(TxKind.REGISTER, payload, identity)
+
+
+def check_registration(tx: Transaction) -> bytes:
+    """A REGISTER transaction is self-certifying: its payload's key must sign it. Returns the key."""
+    if tx.kind != TxKind.REGISTER:
+        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"expected a REGISTER transaction, got {tx.kind}")
+    check_payload(tx)
+    key = bytes.fromhex(tx.payload["public_key"])
+    if not tx.signed_by(key):
+        raise refuse(grpc.StatusCode.UNAUTHENTICATED,
+                     f"the registration of node {tx.sender} is not signed by the key it presents")
+    return key

@@ -1,0 +1,213 @@
+"""The entry node's block production: the pool of admitted transactions, sealing them into
+blocks, pushing each block to the other supernodes, and which height is final.
+
+A transaction enters the pool only when its sender is registered (on the chain, or by a
+registration still in the pool), its kind fits the sender's role, and its signature holds. The
+pool is sealed every ``block_interval`` seconds or ``block_max_txs`` transactions, into blocks
+small enough to push in one gRPC message; one bad transaction never costs the others their place.
+A block is final once a majority of the alive supernodes hold it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from node.chain.identity import Identity
+from node.chain.ledger import Ledger
+from node.chain.rules import (InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind, canonical_bytes,
+                              check_payload, check_sender_role)
+from node.chain.store import StoreError
+from node.net.channels import Channels
+from node.net.errors import refuse
+from node.net.wire import block_to_pb
+from node.roles.membership import Member, Members
+from node.roles.settings import NodeSettings
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 20_000  # transactions waiting for a block; beyond that submitters are asked to retry
+MAX_BLOCK_BYTES = 6 << 20  # a sealed block must fit one gRPC message (8 MiB) when pushed
+
+
+class BlockProducer:
+    def __init__(self, identity: Identity, ledger: Ledger, members: Members, settings: NodeSettings,
+                 channels: Channels) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.ledger = ledger
+        self.members = members
+        self.settings = settings
+        self.channels = channels
+        self._pool: list[Transaction] = []
+        self._pool_hashes: set[str] = set()
+        self._pool_cond = threading.Condition()
+        self._peer_heads: dict[str, int] = {}
+        self._pushers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._block_loop, name="blocks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop, then seal what is pending into a last block."""
+        self._stop.set()
+        with self._pool_cond:
+            self._pool_cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self._seal_pending()
+        except Exception:  # noqa: BLE001
+            log.exception("could not seal the last pending transactions")
+        self._pushers.shutdown(wait=True, cancel_futures=False)
+
+    def submit_all(self, txs: list[Transaction]) -> list[str]:
+        """Admit ``txs`` in order, with one database read for them all (a round's updates,
+        exclusions and aggregate on the way to the next round). A repeat is the same transaction;
+        one already sealed is admitted again as a no-op."""
+        distinct = list({tx.hash: tx for tx in txs}.values())
+        for tx in distinct:
+            check_payload(tx)
+        sealed = self.ledger.store.existing_transactions([tx.hash for tx in distinct])
+        # database reads outside the lock
+        registered = self.ledger.store.registrations(tx.sender for tx in distinct)
+        for tx in distinct:
+            if tx.hash not in sealed:
+                self._admit(tx, registered.get(tx.sender))
+        return [tx.hash for tx in txs]
+
+    def _admit(self, tx: Transaction, stored: Registration | None) -> None:
+        with self._pool_cond:
+            if tx.hash in self._pool_hashes:
+                return
+            if len(self._pool) >= MAX_PENDING:
+                raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{len(self._pool)} transactions are waiting for a block; retry shortly")
+            key, role = self._pending_identity(tx, stored)
+            if key is None:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {tx.sender} is not a registered node")
+            try:
+                check_sender_role(tx, role, self.node_id)
+            except InvalidTransaction as exc:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+            if not tx.signed_by(key):
+                raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"transaction {tx.hash[:16]}… has a bad signature")
+            if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
+                self.members.add(Member(tx.sender, "EN", tx.payload["address"], key,
+                                        supernode=tx.payload.get("supernode", "")))
+            self._pool.append(tx)
+            self._pool_hashes.add(tx.hash)
+            self._pool_cond.notify_all()
+
+    def _pending_identity(self, tx: Transaction, stored: Registration | None) -> tuple[bytes | None, str | None]:
+        """The sender's key and role: from the chain, or from a registration still in the pool."""
+        key, role = (stored.public_key, stored.role) if stored else (None, None)
+        if tx.kind == TxKind.REGISTER:
+            if role is not None and role != tx.payload["role"]:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as {role}")
+            return bytes.fromhex(tx.payload["public_key"]), tx.payload["role"]
+        for pending in self._pool:
+            if pending.kind == TxKind.REGISTER and pending.sender == tx.sender:
+                return bytes.fromhex(pending.payload["public_key"]), pending.payload["role"]
+        return key, role
+
+    def pending_count(self) -> int:
+        with self._pool_cond:
+            return len(self._pool)
+
+    def _block_loop(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            with self._pool_cond:
+                self._pool_cond.wait_for(lambda: self._pool or self._stop.is_set())
+                deadline = time.monotonic() + max(self.settings.block_interval, backoff)
+                while (len(self._pool) < self.settings.block_max_txs and not self._stop.is_set()
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._pool_cond.wait(left)
+            if self._stop.is_set():
+                return
+            try:
+                self._seal_pending()
+                backoff = 0.0
+            except StoreError as exc:  # the database is down: keep the pool, try again later
+                backoff = min(max(1.0, 2 * backoff), 30.0)
+                log.error("could not seal a block (%s); %d transactions kept, retrying in %.0f s",
+                          exc, self.pending_count(), backoff)
+            except Exception:  # noqa: BLE001 - the block loop must survive anything
+                log.exception("sealing a block failed")
+                self._stop.wait(1.0)
+
+    def _next_batch(self) -> list[Transaction]:
+        """Pending transactions for one block: at most block_max_txs, and few enough bytes that the
+        block fits one gRPC message when pushed to the other supernodes."""
+        batch, size = [], 0
+        with self._pool_cond:
+            for tx in self._pool[: self.settings.block_max_txs]:
+                size += len(canonical_bytes(tx.payload)) + 512
+                if batch and size > MAX_BLOCK_BYTES:
+                    break
+                batch.append(tx)
+        return batch
+
+    def _seal_pending(self) -> None:
+        batch = self._next_batch()
+        if not batch:
+            return
+        try:
+            block = self.ledger.propose(batch, self.identity)
+        except InvalidBlock as exc:  # one bad transaction: never lose the others to it
+            log.error("sealing %d transactions failed (%s); sealing them one by one", len(batch), exc)
+            block = None
+            for tx in batch:
+                try:
+                    self.ledger.propose([tx], self.identity)
+                except InvalidBlock as one:
+                    log.error("dropped transaction %s (%s): %s", tx.hash[:16], tx.kind, one)
+        with self._pool_cond:
+            sealed = {t.hash for t in batch}
+            self._pool = [t for t in self._pool if t.hash not in sealed]
+            self._pool_hashes -= sealed
+        head = self.ledger.head()
+        if block is not None:
+            log.debug("sealed block %d with %d transactions", block.height, len(block.transactions))
+        if head is not None:
+            self._push_head(head.height)
+
+    def _push_head(self, height: int) -> None:
+        """Push the new block to every alive supernode (in parallel; laggards catch up themselves)."""
+        block = self.ledger.store.block(height)
+        if block is None:
+            return
+        message = block_to_pb(block)
+        for sn in self.members.of_role("SN", alive_only=True):
+            if sn.node_id != self.node_id:
+                self._pushers.submit(self._push_to, sn, message)
+
+    def _push_to(self, sn: Member, message: pb.Block) -> None:
+        try:
+            reply = rpc_pb.LedgerStub(self.channels.get(sn.address)).PushBlock(message, timeout=10)
+            self._peer_heads[sn.node_id] = max(self._peer_heads.get(sn.node_id, -1), reply.head.height)
+        except grpc.RpcError as exc:
+            log.info("push of block %d to %s failed: %s", message.height, sn.address, exc.code().name)
+
+    def peer_holds(self, node_id: str, height: int) -> None:
+        """A supernode reported (in its heartbeat) the height it holds."""
+        self._peer_heads[node_id] = height
+
+    def final_height(self) -> int:
+        """The highest block a majority of the alive supernodes (this one included) hold."""
+        head = self.ledger.head()
+        own = head.height if head else -1
+        peers = [min(own, self._peer_heads.get(m.node_id, -1)) for m in self.members.of_role("SN", alive_only=True)
+                 if m.node_id != self.node_id]  # a peer cannot hold more than we made
+        heights = sorted([own, *peers], reverse=True)
+        return heights[len(heights) // 2]
