@@ -89,10 +89,11 @@ def db_for(request):
 @pytest.fixture
 def nodes():
     """Node processes a test starts; each is stopped afterwards, whatever happened."""
+    from node.dev.launcher import stop_all
+
     started: list = []
     yield started
-    for node in started:
-        node.stop(timeout=5)
+    stop_all(started, timeout=5)
 
 
 def start_supernodes(tmp_path, db_for, nodes: list) -> tuple:
