@@ -14,6 +14,8 @@ Overrides are applied in a fixed order, later ones winning:
 
 Every value is checked against the default's type and the key's allowed values; an unknown
 key or a wrong type raises :class:`ConfigError` naming the key, the source and what is expected.
+An aggregation option set explicitly for another rule than ``aggregation`` (``krum_f`` with
+``aggregation = "median"``) is such an error too (``fl/options.py`` says which rule takes which).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fl.names import DATASET_ALIASES, DATASETS, DEVICES, MODELS, PARTITIONS, STRATEGIES
+from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, MODELS, PARTITIONS, STRATEGIES
+from fl.options import OPTION_RULES, check_options
 
 my_conf: dict[str, Any] = {
     # --- the names users know from the original project ---
@@ -37,7 +40,18 @@ my_conf: dict[str, Any] = {
     "learn_rate": 0.01,
     "BATCH_SIZE": 64,
     # --- the engine's settings ---
-    "strategy": "fedper",  # fedper | fedavg | local
+    "strategy": "fedper",  # what is shared: fedper (base layers) | fedavg (everything) | local (nothing)
+    "aggregation": "mean",  # how updates combine: mean | fedavgm | fedadam | median | trimmed_mean | krum
+    "proximal_mu": 0.0,  # FedProx: clients add mu/2*||w - w_global||^2 over the shared layers (0 = off)
+    "server_lr": 1.0,  # fedavgm: server learning rate
+    "server_momentum": 0.9,  # fedavgm: server momentum
+    "adam_lr": 0.01,  # fedadam: server learning rate (eta)
+    "adam_beta1": 0.9,  # fedadam: first-moment decay
+    "adam_beta2": 0.99,  # fedadam: second-moment decay
+    "adam_tau": 1e-3,  # fedadam: adaptivity (tau)
+    "trim_beta": 0.2,  # trimmed_mean: share cut at each end per coordinate, int(beta*n) updates
+    "krum_f": 1,  # krum: attackers assumed (needs clients >= 2f+3)
+    "krum_m": 1,  # krum: updates selected (m > 1: Multi-Krum, their mean)
     "model": "auto",  # auto (by dataset) | mlp | cnn_mnist | cnn_cifar
     "head_layers": 1,  # how many of the last parameterised layers form the head
     "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
@@ -93,6 +107,8 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "BATCH_SIZE": _at_least(1),
     "dataset": _choice(*DATASETS, *DATASET_ALIASES),
     "strategy": _choice(*STRATEGIES),
+    "aggregation": _choice(*AGGREGATIONS),
+    **OPTION_RULES,
     "model": _choice(*MODELS),
     "head_layers": _at_least(1),
     "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",
@@ -114,7 +130,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "edge_parallelism": _at_least(0),
 }
 
-_CHOICE_KEYS = {"dataset", "strategy", "model", "partition", "device"}
+_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -146,7 +162,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
-def _apply(conf: dict[str, Any], items: Iterable[tuple[str, Any]], source: str) -> None:
+def _apply(conf: dict[str, Any], items: Iterable[tuple[str, Any]], source: str,
+           given: dict[str, str] | None = None) -> None:
     for key, value in items:
         if key not in my_conf:
             raise ConfigError(
@@ -159,6 +176,8 @@ def _apply(conf: dict[str, Any], items: Iterable[tuple[str, Any]], source: str) 
         if rule is not None and (want := rule(value)) is not None:
             raise ConfigError(f"{key} from {source}: {value!r} is out of range, expected {want}")
         conf[key] = value
+        if given is not None:
+            given[key] = source
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -195,6 +214,7 @@ def load_config(
 ) -> dict[str, Any]:
     """Return a validated copy of ``my_conf`` with file, environment and flag overrides applied."""
     conf = dict(my_conf)
+    given: dict[str, str] = {}  # key -> where it was set explicitly
     if path is not None:
         file = Path(path)
         try:
@@ -203,7 +223,7 @@ def load_config(
             raise ConfigError(f"config file {file} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-        _apply(conf, _flatten(table), f"config file {file}")
+        _apply(conf, _flatten(table), f"config file {file}", given)
     env = os.environ if env is None else env
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
@@ -212,7 +232,19 @@ def load_config(
             raise ConfigError(
                 f"unknown environment variable {name}; known: {', '.join(sorted(_ENV_KEYS))}"
             )
-        _apply(conf, [(_ENV_KEYS[name], value)], f"environment variable {name}")
+        _apply(conf, [(_ENV_KEYS[name], value)], f"environment variable {name}", given)
     if overrides:
-        _apply(conf, overrides.items(), "command line")
+        _apply(conf, overrides.items(), "command line", given)
+    _check_rule_options(conf, given)
     return conf
+
+
+def _check_rule_options(conf: Mapping[str, Any], given: Mapping[str, str]) -> None:
+    """An aggregation option set explicitly for a rule the job does not use is a mistake
+    (``krum_f`` with ``aggregation=median``): say so instead of ignoring it."""
+    options = [key for key in given if key in OPTION_RULES]
+    try:
+        check_options(conf["aggregation"], options)
+    except ValueError as exc:
+        key = str(exc).split(" ", 1)[0]
+        raise ConfigError(f"{exc} ({key} from {given.get(key, 'the configuration')})") from None

@@ -397,18 +397,48 @@ class SaveRequest(_message.Message):
     path: str
     def __init__(self, job_id: _Optional[str] = ..., model_hash: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
+class VerifyRequest(_message.Message):
+    __slots__ = ("recompute",)
+    RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
+    recompute: bool
+    def __init__(self, recompute: _Optional[bool] = ...) -> None: ...
+
+class RecomputeReport(_message.Message):
+    __slots__ = ("ok", "jobs", "rounds", "updates", "job_id", "bad_round", "bad_node", "reason", "seconds")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BAD_ROUND_FIELD_NUMBER: _ClassVar[int]
+    BAD_NODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    jobs: int
+    rounds: int
+    updates: int
+    job_id: str
+    bad_round: int
+    bad_node: str
+    reason: str
+    seconds: float
+    def __init__(self, ok: _Optional[bool] = ..., jobs: _Optional[int] = ..., rounds: _Optional[int] = ..., updates: _Optional[int] = ..., job_id: _Optional[str] = ..., bad_round: _Optional[int] = ..., bad_node: _Optional[str] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class VerifyReply(_message.Message):
-    __slots__ = ("ok", "blocks", "transactions", "head", "bad_height", "reason")
+    __slots__ = ("ok", "blocks", "transactions", "head", "bad_height", "reason", "recompute")
     OK_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     BAD_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     blocks: int
     transactions: int
     head: Head
     bad_height: int
     reason: str
-    def __init__(self, ok: _Optional[bool] = ..., blocks: _Optional[int] = ..., transactions: _Optional[int] = ..., head: _Optional[_Union[Head, _Mapping]] = ..., bad_height: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    recompute: RecomputeReport
+    def __init__(self, ok: _Optional[bool] = ..., blocks: _Optional[int] = ..., transactions: _Optional[int] = ..., head: _Optional[_Union[Head, _Mapping]] = ..., bad_height: _Optional[int] = ..., reason: _Optional[str] = ..., recompute: _Optional[_Union[RecomputeReport, _Mapping]] = ...) -> None: ...

@@ -699,7 +699,7 @@ class ConsoleStub:
                 _registered_method=True)
         self.Verify = channel.unary_unary(
                 '/fedledger.Console/Verify',
-                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                request_serializer=base__package_dot_data__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=base__package_dot_data__pb2.VerifyReply.FromString,
                 _registered_method=True)
         self.ListNodes = channel.unary_unary(
@@ -824,7 +824,7 @@ def add_ConsoleServicer_to_server(servicer, server):
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
-                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    request_deserializer=base__package_dot_data__pb2.VerifyRequest.FromString,
                     response_serializer=base__package_dot_data__pb2.VerifyReply.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
@@ -944,7 +944,7 @@ class Console:
             request,
             target,
             '/fedledger.Console/Verify',
-            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.VerifyRequest.SerializeToString,
             base__package_dot_data__pb2.VerifyReply.FromString,
             options,
             channel_credentials,

@@ -13,7 +13,6 @@ from typing import Any
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.chain.rules import TxKind, genesis_proposer
-from node.chain.identity import verify_signature
 from node.net.channels import channel
 from node.net.streams import receive
 from node.net.wire import block_from_pb, tx_from_pb
@@ -54,7 +53,7 @@ class NodeClient:
         entry_id, entry_key = genesis_proposer(block_from_pb(self.block(0)))
         tx = tx_from_pb(status.global_model)
         if tx.kind != TxKind.GLOBAL_MODEL or tx.sender != entry_id or \
-                not verify_signature(entry_key, tx.signature, bytes.fromhex(tx.hash)):
+                not tx.signed_by(entry_key):
             raise ModelCheckFailed("the GLOBAL_MODEL transaction is not signed by the entry node")
         expected = tx.payload["hash"]
         model = receive(self._training.DownloadModel(pb.ModelRequest(model_hash=expected), timeout=300), 4 << 30)

@@ -262,15 +262,24 @@ def block(session: Session, n: int = -1) -> bool:
     return True
 
 
-@command("verify()", "re-check every hash, link, Merkle root and signature of this supernode's chain")
-def verify(session: Session) -> bool:
-    r = session.client.call("Verify", timeout=600)
+@command("verify(recompute=False)", "re-check every hash, link, Merkle root and signature of this supernode's "
+         "chain; recompute=True also re-derives every round's aggregates from the recorded updates")
+def verify(session: Session, recompute: bool = False) -> bool:
+    r = session.client.call("Verify", pb.VerifyRequest(recompute=bool(recompute)), timeout=3600)
     if r.ok:
         session.out.print(f"[green]OK[/green]: {r.blocks} blocks, {r.transactions} transactions, "
                           f"head {r.head.height} {r.head.hash}")
     else:
         session.out.print(f"[red]BAD[/red] at height {r.bad_height}: {r.reason}")
-    return r.ok
+    if not r.HasField("recompute"):
+        return r.ok
+    c = r.recompute
+    if c.ok:
+        session.out.print(f"[green]OK[/green]: recomputed {c.rounds} rounds of {c.jobs} jobs from {c.updates} "
+                          f"recorded updates: every AGGREGATE and GLOBAL_MODEL matches ({c.seconds:.2f} s)")
+    else:
+        session.out.print(f"[red]MISMATCH[/red] in {c.job_id} round {c.bad_round}, node {c.bad_node}: {c.reason}")
+    return r.ok and c.ok
 
 
 @command("quit()", "leave the console (also exit())")

@@ -1,6 +1,7 @@
 """``python -m fl``: the standalone simulation (server and N clients, no network).
 
-Example: ``python -m fl --dataset digits --clients 10 --rounds 20 --strategy fedper``.
+Example: ``python -m fl --dataset digits --clients 10 --rounds 20 --strategy fedper``, or with a
+robust rule: ``python -m fl --dataset digits --strategy fedavg --aggregation krum --krum-f 2``.
 Every flag overrides one key of ``config.my_conf``; ``--config`` and ``FL_*`` environment
 variables work as described in config.py.
 """
@@ -24,7 +25,18 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "dataset": ("dataset", str, "digits | mnist | fashionmnist | cifar10"),
     "clients": ("client.amount", int, "number of clients"),
     "rounds": ("gobal_epoch", int, "global rounds"),
-    "strategy": ("strategy", str, "fedper | fedavg | local"),
+    "strategy": ("strategy", str, "what is shared: fedper (base layers) | fedavg (all) | local (nothing)"),
+    "aggregation": ("aggregation", str, "how updates combine: mean | fedavgm | fedadam | median | trimmed_mean | krum"),
+    "proximal-mu": ("proximal_mu", float, "FedProx proximal term on the clients (0 = off; any rule)"),
+    "server-lr": ("server_lr", float, "fedavgm: server learning rate"),
+    "server-momentum": ("server_momentum", float, "fedavgm: server momentum"),
+    "adam-lr": ("adam_lr", float, "fedadam: server learning rate"),
+    "adam-beta1": ("adam_beta1", float, "fedadam: first-moment decay"),
+    "adam-beta2": ("adam_beta2", float, "fedadam: second-moment decay"),
+    "adam-tau": ("adam_tau", float, "fedadam: adaptivity tau"),
+    "trim-beta": ("trim_beta", float, "trimmed_mean: share cut at each end, in [0, 0.5)"),
+    "krum-f": ("krum_f", int, "krum: attackers assumed (needs clients >= 2f+3)"),
+    "krum-m": ("krum_m", int, "krum: updates selected (> 1: Multi-Krum)"),
     "local-epochs": ("local_epoch", int, "local epochs per round"),
     "lr": ("learn_rate", float, "learning rate"),
     "batch-size": ("BATCH_SIZE", int, "batch size"),
@@ -45,7 +57,10 @@ FLAGS: dict[str, tuple[str, type, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fl",
-        description="Simulate federated training (FedPer, FedAvg, Local) on one machine, without a network.",
+        description="Simulate federated training on one machine, without a network: what is shared "
+                    "(--strategy fedper | fedavg | local) and how updates combine (--aggregation mean | fedavgm "
+                    "| fedadam | median | trimmed_mean | krum, each with its options below; an option of "
+                    "another rule is an error), plus FedProx's --proximal-mu on the clients.",
     )
     parser.add_argument("--config", help="TOML file with overrides of config.my_conf")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -73,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         return 2
+    from fl.options import fit_problem  # torch-free: answers before the dataset is read
+
+    problem = fit_problem(conf["aggregation"], conf["client.amount"], conf)
+    if problem is not None:
+        console.print(f"[red]configuration error:[/red] {problem}")
+        return 2
 
     # Imported after the config is checked so that `--help` and config errors answer fast.
     from fl.datasets import DatasetError, load_dataset
@@ -84,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         console.print(f"[red]dataset error:[/red] {exc}")
         return 2
-    title = (f"{conf['strategy']} on {dataset.name}: {conf['client.amount']} clients, "
+    rule = "" if conf["aggregation"] == "mean" else f" + {conf['aggregation']}"
+    fedprox = f" + FedProx mu={conf['proximal_mu']}" if conf["proximal_mu"] > 0 else ""
+    title = (f"{conf['strategy']}{rule}{fedprox} on {dataset.name}: {conf['client.amount']} clients, "
              f"{conf['partition']} partition, {len(dataset)} samples")
     console.print(f"[bold]{title}[/bold]")
     live_view = console.is_terminal and not args.quiet
@@ -118,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {exc}")
         return 1
 
-    out = args.out or Path("runs") / f"sim-{dataset.name}-{conf['strategy']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = conf["strategy"] if conf["aggregation"] == "mean" else f"{conf['strategy']}-{conf['aggregation']}"
+    out = args.out or Path("runs") / f"sim-{dataset.name}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         paths = save_run(result, conf, out)
     except OSError as exc:

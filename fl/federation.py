@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,8 @@ import torch
 from fl.datasets import Dataset
 from fl.models import SplitModel, StateDict, build_model
 from fl.partition import ClientIndices, client_split, partition
-from fl.strategy import Strategy, get_strategy
+from fl.names import OPTION_DEFAULTS
+from fl.strategy import Strategy, TrainHook, strategy_for_job
 from fl.train import ClientData, EvalResult, TrainStats, evaluate, train_local
 
 
@@ -41,6 +43,19 @@ class JobSpec:
     train_fraction: float
     head_layers: int
     seed: int
+    # how updates are combined, and the options of the rules and of the client hook (FedProx);
+    # every field is plain (str, int, float) so that node/jobs.py can record it as it is
+    aggregation: str = "mean"
+    proximal_mu: float = OPTION_DEFAULTS["proximal_mu"]
+    server_lr: float = OPTION_DEFAULTS["server_lr"]
+    server_momentum: float = OPTION_DEFAULTS["server_momentum"]
+    adam_lr: float = OPTION_DEFAULTS["adam_lr"]
+    adam_beta1: float = OPTION_DEFAULTS["adam_beta1"]
+    adam_beta2: float = OPTION_DEFAULTS["adam_beta2"]
+    adam_tau: float = OPTION_DEFAULTS["adam_tau"]
+    trim_beta: float = OPTION_DEFAULTS["trim_beta"]
+    krum_f: int = OPTION_DEFAULTS["krum_f"]
+    krum_m: int = OPTION_DEFAULTS["krum_m"]
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any]) -> "JobSpec":
@@ -62,6 +77,8 @@ class JobSpec:
             train_fraction=conf["train_fraction"],
             head_layers=conf["head_layers"],
             seed=conf["seed"],
+            aggregation=conf.get("aggregation", "mean"),
+            **{key: type(default)(conf.get(key, default)) for key, default in OPTION_DEFAULTS.items()},
         )
 
     def build_model(self, num_classes: int = 10) -> SplitModel:
@@ -70,7 +87,8 @@ class JobSpec:
         return build_model(self.model, self.dataset, num_classes, self.head_layers)
 
     def get_strategy(self) -> Strategy:
-        return get_strategy(self.strategy)
+        """The job's strategy (sharing, aggregation rule and its options)."""
+        return strategy_for_job(self)
 
     def round_seed(self, round_number: int, client: int) -> int:
         """A distinct, reproducible seed for one client's training in one round."""
@@ -145,7 +163,12 @@ class ClientWorker:
         shared: Mapping[str, torch.Tensor],
         personal: Mapping[str, torch.Tensor],
         local_eval: bool = False,
+        config: Mapping[str, str] = MappingProxyType({}),
     ) -> ClientResult:
+        """Train one round from ``shared`` + ``personal``. ``config`` is the round's training
+        options from ``Strategy.configure_train`` (e.g. FedProx's ``proximal_mu``); an unknown key
+        is a ValueError."""
+        hook = TrainHook.from_config(config)
         self.load(shared, personal)
         job = self.job
         stats = train_local(
@@ -157,6 +180,8 @@ class ClientWorker:
             batch_size=job.batch_size,
             momentum=job.momentum,
             seed=job.round_seed(round_number, client),
+            hook=hook,
+            shared_keys=self.shared_keys,
         )
         state = self.model.full_state()
         return ClientResult(

@@ -4,6 +4,24 @@ at once (``--help`` and config errors answer before torch is imported)."""
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
 DATASET_ALIASES = {"cifar": "cifar10", "fashion_mnist": "fashionmnist", "fmnist": "fashionmnist"}
 MODELS = ("auto", "mlp", "cnn_mnist", "cnn_cifar")
-STRATEGIES = ("fedper", "fedavg", "local")
+STRATEGIES = ("fedper", "fedavg", "local")  # what is shared (config key ``strategy``)
 PARTITIONS = ("iid", "pathological", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
+
+# How the shared updates are combined (config key ``aggregation``), and the options each rule
+# takes, with their defaults. ``proximal_mu`` (FedProx's client-side proximal term) goes with
+# every rule: it changes how clients train, not how updates are combined.
+AGGREGATIONS = ("mean", "fedavgm", "fedadam", "median", "trimmed_mean", "krum")
+AGGREGATION_OPTIONS: dict[str, dict[str, float | int]] = {
+    "mean": {},
+    "fedavgm": {"server_lr": 1.0, "server_momentum": 0.9},
+    "fedadam": {"adam_lr": 0.01, "adam_beta1": 0.9, "adam_beta2": 0.99, "adam_tau": 1e-3},
+    "median": {},
+    "trimmed_mean": {"trim_beta": 0.2},
+    "krum": {"krum_f": 1, "krum_m": 1},
+}
+CLIENT_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0}
+OPTION_DEFAULTS: dict[str, float | int] = {
+    **{k: v for options in AGGREGATION_OPTIONS.values() for k, v in options.items()},
+    **CLIENT_OPTIONS,
+}

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from fl.layout import SerializationError, TensorLayout, header_size, read_layout  # noqa: F401 (re-exported)
+from fl.layout import SerializationError, header_size, read_layout  # noqa: F401 (SerializationError is re-exported)
 
 StateDict = dict[str, torch.Tensor]
 

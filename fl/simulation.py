@@ -26,7 +26,7 @@ from fl.memory import keep_freed_memory
 from fl.models import StateDict
 from fl.partition import class_histogram
 from fl.strategy import Update
-from fl.serialize import state_from_bytes, state_to_bytes
+from fl.serialize import model_hash, state_from_bytes, state_to_bytes
 from fl.train import ClientData, EvalResult, TrainStats, resolve_device, summarize
 
 
@@ -96,11 +96,11 @@ class _TrainOutcome:
     local_eval: EvalResult | None
 
 
-def _train_task(args: tuple[int, int, bytes, bytes, bool]) -> _TrainOutcome:
-    client, round_number, shared, personal, local_eval = args
+def _train_task(args: tuple[int, int, bytes, bytes, bool, dict[str, str]]) -> _TrainOutcome:
+    client, round_number, shared, personal, local_eval, config = args
     worker: ClientWorker = _CONTEXT["worker"]
     result = worker.train_round(client, _CONTEXT["clients"][client], round_number,
-                                state_from_bytes(shared), state_from_bytes(personal), local_eval)
+                                state_from_bytes(shared), state_from_bytes(personal), local_eval, config)
     return _TrainOutcome(client, state_to_bytes(result.shared), state_to_bytes(result.personal),
                          result.stats, result.local_eval)
 
@@ -152,8 +152,14 @@ def run_simulation(
     on_round: Callable[[RoundMetrics], None] | None = None,
     dataset: Dataset | None = None,
 ) -> SimulationResult:
-    """Run the job described by ``conf`` (see ``config.my_conf``) and return its metrics."""
+    """Run the job described by ``conf`` (see ``config.my_conf``) and return its metrics.
+
+    The server side is the job's strategy alone: every round ``configure_train`` gives the
+    clients' training options, and ``aggregate`` turns their updates (each named by the SHA-256
+    of the bytes it came back as) into the next global shared state."""
     job = JobSpec.from_config(conf)
+    strategy = job.get_strategy()
+    strategy.check_fits(job.num_clients)  # before any data is loaded or trained
     device = resolve_device(conf["device"])
     if dataset is None:
         dataset = load_dataset(job.dataset, conf["data_dir"])
@@ -163,11 +169,10 @@ def run_simulation(
 
     server = ClientWorker(job, dataset.num_classes, torch.device("cpu"))
     _check_input_shape(server, dataset)
-    global_state = server.model.full_state()
-    personal_bytes = [state_to_bytes(split_state(global_state, server.personal_keys))] * len(clients)
-    shared = state_to_bytes(split_state(global_state, server.shared_keys))  # encoded once per round
-    strategy = server.strategy
-    base_keys, head_keys = server.model.base_keys(), server.model.head_keys()
+    initial = server.model.full_state()
+    personal_bytes = [state_to_bytes(split_state(initial, server.personal_keys))] * len(clients)
+    global_shared = split_state(initial, server.shared_keys)
+    shared = state_to_bytes(global_shared)  # encoded once per round
 
     workers = conf["workers"] or default_workers(job.num_clients)
     runner = _Runner(job, clients, dataset.num_classes, device, workers)
@@ -175,14 +180,17 @@ def run_simulation(
     try:
         for round_number in range(1, job.rounds + 1):
             started = time.perf_counter()
-            tasks = [(i, round_number, shared, personal_bytes[i], conf["local_OpenEval"])
+            config = strategy.configure_train(round_number)
+            tasks = [(i, round_number, shared, personal_bytes[i], conf["local_OpenEval"], config)
                      for i in range(len(clients))]
             results: list[_TrainOutcome] = list(runner.map(_train_task, tasks))
             for result in results:
                 personal_bytes[result.client] = result.personal
-            updates = [Update(state_from_bytes(r.shared), r.stats.num_samples) for r in results]
-            global_state = strategy.aggregate(global_state, updates, base_keys, head_keys)
-            shared = state_to_bytes(split_state(global_state, server.shared_keys))
+            if server.shared_keys:  # local: nothing is shared, nothing to aggregate
+                updates = [Update(state_from_bytes(r.shared), r.stats.num_samples, model_hash(r.shared))
+                           for r in results]
+                global_shared = strategy.aggregate(global_shared, updates)
+                shared = state_to_bytes(global_shared)
 
             last = round_number == job.rounds
             if conf["openEval"] or last:
@@ -210,7 +218,7 @@ def run_simulation(
     return SimulationResult(
         job=job,
         rounds=rounds,
-        global_state=split_state(global_state, server.shared_keys),
+        global_state=global_shared,
         personal_states=[state_from_bytes(b) for b in personal_bytes],
         histogram=histogram.tolist(),
         num_train=[c.num_train for c in clients],

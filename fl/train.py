@@ -6,11 +6,16 @@ tensors and each batch is one index into them: no DataLoader, no per-sample Pyth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from fl.strategy.fedprox import TrainHook
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -71,13 +76,20 @@ def train_local(
     batch_size: int,
     momentum: float = 0.0,
     seed: int = 0,
+    hook: TrainHook | None = None,
+    shared_keys: Sequence[str] = (),
 ) -> TrainStats:
-    """Plain SGD over ``epochs`` shuffled passes; the shuffle is seeded, so runs repeat."""
+    """Plain SGD over ``epochs`` shuffled passes; the shuffle is seeded, so runs repeat.
+
+    ``hook`` (from the round's ``Strategy.configure_train``) may change the gradients of the
+    ``shared_keys`` parameters before each step (FedProx's proximal term); without one, or with
+    one that has nothing to do, training is exactly as before."""
     n = int(y.shape[0])
     if n == 0:
         raise ValueError("no training samples")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     generator = torch.Generator().manual_seed(seed)
+    before_step = hook.start(model, shared_keys) if hook is not None else None
     model.train()
     loss_sum = torch.zeros((), device=x.device)
     for _ in range(epochs):
@@ -88,6 +100,8 @@ def train_local(
             loss = F.cross_entropy(model(x[batch]), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             loss_sum += loss.detach() * batch.numel()
     return TrainStats(num_samples=n, loss=float(loss_sum) / n)

@@ -1,6 +1,8 @@
-"""``python -m node.audit URL``: verify a ledger database from genesis to head (exit 0 when
-it is sound, 1 with the first bad height and the reason). The audit itself is
-``node.chain.audit.verify_chain``; this module only opens the SQL store for it."""
+"""``python -m node.audit URL [--recompute --models DIR]``: verify a ledger database from genesis
+to head (exit 0 when it is sound, 1 with the first bad height and the reason); with
+``--recompute``, also re-derive every round's aggregates from the updates in a supernode's models
+folder (``node.roles.recompute``). The audit itself is ``node.chain.audit.verify_chain``; this
+module only opens the SQL store and the folder for it."""
 
 from __future__ import annotations
 
@@ -20,17 +22,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m node.audit", description="Verify a FedLedger chain database from genesis to head.")
     parser.add_argument("db", help="the ledger database URL: sqlite:///HOME/ledger.db or mysql+pymysql://…/DB")
     parser.add_argument("--no-signatures", action="store_true", help="skip the Ed25519 checks (faster)")
+    parser.add_argument("--recompute", action="store_true",
+                        help="also re-derive every AGGREGATE and GLOBAL_MODEL from the recorded updates")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="the folder holding the recorded models (a supernode's <home>/models)")
     args = parser.parse_args(argv)
+    if args.recompute and (args.models is None or not args.models.is_dir()):
+        parser.error("--recompute needs --models DIR, a supernode's models folder")
     url = make_url(args.db)
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
         parser.error(f"no ledger database at {url.database!r}")
     store = LedgerStore(args.db, create=False)
     try:
         report = verify_chain(store, signatures=not args.no_signatures)
+        print(report)
+        if not args.recompute:
+            return 0 if report.ok else 1
+        from node.net.model_store import read_stored
+        from node.roles.recompute import recompute_chain
+
+        def from_folder(model_hash: str, holder: str) -> bytes | None:
+            model = read_stored(args.models / f"{model_hash}.model", model_hash)
+            return None if model is None else model.data
+
+        recomputed = recompute_chain((tx for _, tx in store.transactions()), from_folder)
+        print(recomputed)
+        return 0 if report.ok and recomputed.ok else 1
     finally:
         store.close()
-    print(report)
-    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

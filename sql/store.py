@@ -338,7 +338,8 @@ def _write_block(conn: Connection, block: Block) -> None:
         {"hash": tx.hash, "block_height": block.height, "position": i, "kind": tx.kind, "sender": tx.sender,
          "payload": _payload_text(tx), "timestamp": tx.timestamp, "signature": tx.signature.hex()}
         for i, tx in enumerate(block.transactions)])
-    records = [_model_record_row(block.height, tx) for tx in block.transactions if tx.kind in MODEL_KINDS]
+    records = [_model_record_row(block.height, tx) for tx in block.transactions
+               if tx.kind in MODEL_KINDS and "hash" in tx.payload]  # an AGGREGATE of a median names no model
     if records:
         conn.execute(insert(model_records), records)
     for tx in block.transactions:

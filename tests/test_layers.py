@@ -61,3 +61,15 @@ def test_imports_go_one_way(package):
             if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package]):
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def test_every_mapped_exception_class_exists():
+    """Status codes are mapped by class name (no imports); a renamed class must fail here, not
+    turn its refusals into INTERNAL errors."""
+    import importlib
+
+    from node.net.errors import _CODES
+
+    for name in _CODES:
+        module, _, cls = name.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), cls), type), name

@@ -108,4 +108,4 @@ def test_five_hosts_train_and_survive_a_cut_link(hosts):
     assert blocks == chain(sn)
     assert any(t.kind == "EXCLUDED" and t.payload["node"] == victim_id and t.payload["job_id"] == job
                for b in blocks for t in b.transactions)
-    assert entry.console("Verify").ok and sn.console("Verify").ok
+    assert entry.console("Verify", pb.VerifyRequest()).ok and sn.console("Verify", pb.VerifyRequest()).ok

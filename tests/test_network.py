@@ -131,7 +131,7 @@ def test_network_scenario(tmp_path, db_for, nodes):
         == head_before.hash
     wait_until(lambda: _same_head(entry, sn), 10, "equal heads after bad input")
     for node in (entry, sn):
-        assert node.console("Verify").ok
+        assert node.console("Verify", pb.VerifyRequest()).ok
 
     # --- kill a supernode: its edge nodes re-home within 10 s ------------------------------------------
     orphans = set(by_sn[sn_id])
@@ -144,7 +144,7 @@ def test_network_scenario(tmp_path, db_for, nodes):
     nodes.append(late)
     late.wait_ready()
     wait_until(lambda: entry.status().pending_transactions == 0 and _same_head(entry, late), 30, "late SN to catch up")
-    assert late.console("Verify").ok
+    assert late.console("Verify", pb.VerifyRequest()).ok
 
     # --- SIGTERM: every node exits cleanly ---------------------------------------------------------
     for node in [*ens, late, entry]:

@@ -103,3 +103,40 @@ def test_cli_reports_config_and_dataset_errors(tmp_path, capsys):
     assert "client.amount" in capsys.readouterr().out
     assert main(["--dataset", "mnist", "--data-dir", str(tmp_path)]) == 2
     assert "no mnist IDX files" in capsys.readouterr().out
+
+
+# --- aggregation rules ------------------------------------------------------------------------------
+@pytest.mark.parametrize("aggregation", ["mean", "fedavgm", "fedadam", "median", "trimmed_mean", "krum"])
+def test_every_rule_runs_two_rounds_and_repeats_exactly(aggregation):
+    from fl.serialize import state_to_bytes
+    from fl.simulation import SimulationResult
+
+    conf = _conf(gobal_epoch=2, strategy="fedavg", aggregation=aggregation, proximal_mu=0.01)
+    runs: list[SimulationResult] = [run_simulation(conf, dataset=DIGITS) for _ in range(2)]
+    hashes = [model_hash(state_to_bytes(r.global_state)) for r in runs]
+    assert hashes[0] == hashes[1]
+    assert [r.acc_weighted for r in runs[0].rounds] == [r.acc_weighted for r in runs[1].rounds]
+    assert len(runs[0].rounds) == 2 and "fc.weight" in runs[0].global_state
+    floor = 0.15 if aggregation == "fedadam" else 0.5  # fedadam moves ~adam_lr per coordinate a round
+    assert runs[0].final_accuracy > floor  # chance is 0.1
+
+
+def test_a_rule_that_does_not_fit_the_job_stops_before_training():
+    with pytest.raises(ValueError, match=r"krum with krum_f=2 needs at least 2\*krum_f\+3 = 7 clients, the job has 5"):
+        run_simulation(_conf(aggregation="krum", krum_f=2), dataset=DIGITS)
+
+
+def test_cli_takes_the_aggregation_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["--dataset", "digits", "--clients", "5", "--rounds", "1", "--strategy", "fedavg",
+                 "--aggregation", "trimmed_mean", "--trim-beta", "0.2", "--proximal-mu", "0.01",
+                 "--batch-size", "16", "--lr", "0.05", "--workers", "1", "--quiet", "--out", str(out)])
+    assert code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "fedavg + trimmed_mean + FedProx mu=0.01 on digits" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["config"]["aggregation"], metrics["config"]["trim_beta"]) == ("trimmed_mean", 0.2)
+    assert main(["--dataset", "digits", "--clients", "5", "--aggregation", "median", "--krum-f", "1"]) == 2
+    assert "krum_f applies to aggregation='krum', not 'median'" in " ".join(capsys.readouterr().out.split())
+    assert main(["--dataset", "digits", "--clients", "4", "--aggregation", "krum", "--krum-f", "1"]) == 2
+    assert "needs at least 2*krum_f+3 = 5 clients, the job has 4" in " ".join(capsys.readouterr().out.split())

@@ -1,3 +1,6 @@
+"""The legacy aggregation API (fl/strategy/legacy.py), kept importable from fl.strategy until the
+network code uses the Strategy verbs; the rules themselves are tested in test_strategy_*.py."""
+
 import pytest
 import torch
 
@@ -156,3 +159,15 @@ def test_a_running_average_can_refill_the_buffers_of_a_finished_one():
     other_shape = RunningAverage(["w"], reuse=buffers)
     other_shape.add(Update({"w": torch.ones(5)}, 1))  # buffers of another shape are not used
     assert torch.equal(other_shape.result()["w"], torch.ones(5))
+
+
+def test_legacy_names_share_the_new_update_and_error_classes():
+    import fl.strategy as package
+    from fl.strategy import base, legacy
+
+    assert package.Update is base.Update is legacy.Update
+    assert package.InvalidUpdate is base.InvalidUpdate is legacy.InvalidUpdate
+    assert base.InvalidUpdate.__module__ == "fl.strategy.base"  # node/net/errors.py maps it by this name
+    assert Update({"w": torch.zeros(1)}, 1).model_hash == ""
+    assert set(package.STRATEGIES) == {"fedper", "fedavg", "local"}
+    assert not isinstance(get_strategy("fedavg"), package.Strategy)  # the old classes, unchanged

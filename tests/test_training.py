@@ -116,4 +116,4 @@ def test_fedper_over_the_network(network):
     wait_until(lambda: entry.status().pending_transactions == 0 and entry.head() == sn.head(), 20, "equal heads")
     blocks = chain_of(entry)
     assert any(t.payload["node"] == victim_id for t in job_txs(blocks, "EXCLUDED", job))
-    assert entry.console("Verify").ok and sn.console("Verify").ok
+    assert entry.console("Verify", pb.VerifyRequest()).ok and sn.console("Verify", pb.VerifyRequest()).ok

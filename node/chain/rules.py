@@ -50,12 +50,15 @@ PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
     TxKind.JOB: {"job_id": _STR, "spec": _DICT},
     TxKind.ROUND: {"job_id": _STR, "round": _INT, "global_hash": _HASH},
     TxKind.MODEL_UPDATE: {"job_id": _STR, "round": _INT, "hash": _HASH, "samples": _INT, "size": _INT},
-    TxKind.AGGREGATE: {"job_id": _STR, "round": _INT, "hash": _HASH, "samples": _INT, "updates": _LIST},
+    TxKind.AGGREGATE: {"job_id": _STR, "round": _INT, "samples": _INT, "updates": _LIST},
     TxKind.GLOBAL_MODEL: {"job_id": _STR, "round": _INT, "hash": _HASH, "samples": _INT},
     TxKind.SCORE: {"job_id": _STR, "round": _INT, "node": _STR, "score": _STR},
     TxKind.SAVE: {"job_id": _STR, "hash": _HASH, "path": _STR},
     TxKind.EXCLUDED: {"job_id": _STR, "round": _INT, "node": _STR, "reason": _STR},
 }
+# Optional fields, checked when present. An AGGREGATE has a partial (its hash) only when the job's
+# rule decomposes (a mean); for a median or Krum it lists the updates it checked.
+OPTIONAL_FIELDS: dict[TxKind, dict[str, str]] = {TxKind.AGGREGATE: {"hash": _HASH}}
 ROLES = ("SN", "EN")
 # Who may send what: the entry node (the proposer) runs jobs, supernodes aggregate and report,
 # edge nodes send updates; anyone may register itself.
@@ -201,6 +204,9 @@ def check_payload(tx: Transaction) -> None:
         if name not in tx.payload:
             raise InvalidTransaction(f"{kind} payload lacks {name!r}")
         if not _field_ok(tx.payload[name], expected):
+            raise InvalidTransaction(f"{kind} payload field {name!r}={tx.payload[name]!r} is not a valid {expected}")
+    for name, expected in OPTIONAL_FIELDS.get(kind, {}).items():
+        if name in tx.payload and not _field_ok(tx.payload[name], expected):
             raise InvalidTransaction(f"{kind} payload field {name!r}={tx.payload[name]!r} is not a valid {expected}")
     _check_limits(kind, tx.payload)
     try:

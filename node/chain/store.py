@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.chain.rules import Block, ChainView, Head
+from node.chain.rules import Block, ChainView, Head, Transaction
 
 
 class StoreError(RuntimeError):
@@ -54,3 +54,6 @@ class BlockStore(ChainView, Protocol):
     def head(self) -> Head | None: ...
 
     def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]: ...
+
+    def transactions(self, kind: str | None = None, job_id: str | None = None,
+                     round: int | None = None) -> list[tuple[int, Transaction]]: ...

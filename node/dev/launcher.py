@@ -50,14 +50,15 @@ class NodeProcess:
     def __init__(self, tmp: Path, name: str, nt: str, entry: str | None = None, is_entry: bool = False,
                  db: str | None = None, env: dict[str, str] | None = None, extra: list[str] = (),
                  token_source: "NodeProcess | None" = None, host: str = "127.0.0.1",
-                 port: int | None = None, prefix: list[str] = ()) -> None:
+                 port: int | None = None, prefix: list[str] = (), script: Path | None = None) -> None:
         """``host``/``port``: where it listens (and is reached); ``prefix`` wraps the command, e.g.
-        ``ip netns exec NS`` to start it on another (namespaced) host."""
+        ``ip netns exec NS`` to start it on another (namespaced) host; ``script`` runs instead of
+        main.py with the same arguments (a test's deliberately faulty node)."""
         self.name, self.port = name, port or free_port()
         self.address = f"{host}:{self.port}"
         self.home = tmp / name
         self.log = tmp / f"{name}.log"
-        args = [*prefix, sys.executable, str(ROOT / "main.py"), "--host", host, "--port", str(self.port),
+        args = [*prefix, sys.executable, str(script or ROOT / "main.py"), "--host", host, "--port", str(self.port),
                 "--nt", nt, "--entry", entry or self.address, "--home", str(self.home), "--advertise", self.address,
                 *extra]
         if is_entry:

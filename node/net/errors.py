@@ -34,7 +34,6 @@ _CODES: dict[str, grpc.StatusCode] = {
     "node.chain.identity.IdentityError": grpc.StatusCode.INVALID_ARGUMENT,
     "fl.layout.SerializationError": grpc.StatusCode.INVALID_ARGUMENT,
     "fl.strategy.base.InvalidUpdate": grpc.StatusCode.INVALID_ARGUMENT,
-    "fl.strategy.InvalidUpdate": grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

@@ -167,20 +167,26 @@ class ModelCache:
             self._path(old).unlink(missing_ok=True)
 
     def _read(self, model_hash: str) -> ReceivedModel | None:
-        try:
-            raw = self._path(model_hash).read_bytes()
-            length = int.from_bytes(raw[:4], "big")
-            header = pb.ModelHeader.FromString(raw[4:4 + length])
-        except FileNotFoundError:  # deleted meanwhile, to keep within disk_bytes
-            return None
-        except (OSError, DecodeError) as exc:
-            log.error("stored model %s cannot be read (%s); it is not served", model_hash[:16], exc)
-            return None
-        data = raw[4 + length:]
-        if header.model_hash != model_hash or hashlib.sha256(data).hexdigest() != model_hash:
-            log.error("stored model %s is damaged; it is not served", model_hash[:16])
-            return None
-        return ReceivedModel.of(header, data)
+        return read_stored(self._path(model_hash), model_hash)
+
+
+def read_stored(path: Path, model_hash: str) -> ReceivedModel | None:
+    """A model file of a store (``<home>/models/<hash>.model``), checked against its hash; None
+    when it is missing, unreadable or damaged (a damaged model is never served)."""
+    try:
+        raw = path.read_bytes()
+        length = int.from_bytes(raw[:4], "big")
+        header = pb.ModelHeader.FromString(raw[4:4 + length])
+    except FileNotFoundError:  # deleted meanwhile, to keep within disk_bytes
+        return None
+    except (OSError, DecodeError) as exc:
+        log.error("stored model %s cannot be read (%s); it is not served", model_hash[:16], exc)
+        return None
+    data = raw[4 + length:]
+    if header.model_hash != model_hash or hashlib.sha256(data).hexdigest() != model_hash:
+        log.error("stored model %s is damaged; it is not served", model_hash[:16])
+        return None
+    return ReceivedModel.of(header, data)
 
 
 def _in_idle_time() -> None:

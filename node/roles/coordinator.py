@@ -28,13 +28,14 @@ from base_package import data_pb2_grpc as rpc_pb
 from config import ConfigError, load_config
 from fl.federation import ClientWorker, JobSpec, split_state
 from fl.serialize import state_to_bytes, state_views
-from fl.strategy import Update, validate_update, weighted_average
+from fl.names import CLIENT_OPTIONS, OPTION_DEFAULTS
+from fl.strategy import ExactSum, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, fixed, now_ms
 from node.roles.jobs import Job, job_payload
 from node.net.errors import refuse
 from node.net.model_store import Deliveries
-from node.net.streams import ReceivedModel, make_header, receive
+from node.net.streams import ReceivedModel, make_header
 from node.net.wire import tx_from_pb, tx_to_pb
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Coordinator:
         self.state = JobState.IDLE
         self.error = ""
         self.job: Job | None = None
+        self.strategy: Strategy | None = None  # the job's; server optimisers keep their state in it
         self.round = 0  # rounds completed
         self.metrics: list[pb.RoundMetrics] = []
         self.global_model: ReceivedModel | None = None
@@ -83,10 +85,7 @@ class Coordinator:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                              f"job {self.job.job_id} is running; pause() it or wait for it to finish")
             overrides = {ALIASES.get(k, k): v for k, v in settings.items()}
-            try:
-                conf = load_config(env={}, overrides={**_job_defaults(self.base_conf), **overrides})
-            except ConfigError as exc:
-                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            conf = self._job_config(overrides)
             alive = [m.node_id for m in self.node.members.of_role("EN", alive_only=True)]
             wanted = int(conf["client.amount"]) if "client.amount" in overrides else len(alive)
             if not alive or wanted > len(alive):
@@ -95,6 +94,11 @@ class Coordinator:
                              f"edge nodes or pass clients=<n>")
             participants = sorted(alive)[:wanted]
             spec = replace(JobSpec.from_config(conf), num_clients=len(participants))
+            try:  # a rule that cannot work with this many edge nodes
+                strategy = strategy_for_job(spec)
+                strategy.check_fits(len(participants))
+            except ValueError as exc:
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job cannot start: {exc}") from None
             job_id = f"job-{now_ms()}"
             try:  # the job's initial model, the same on every node: built before anything is recorded
                 worker = ClientWorker(spec, 10, _cpu())
@@ -103,14 +107,27 @@ class Coordinator:
             initial = state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
             tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf), self.node.identity)
             self.node.submit(tx)
-            self.job = Job.from_tx(tx)
+            self.job, self.strategy = Job.from_tx(tx), strategy
             self.global_model = ReceivedModel.of(make_header(self.node.identity, initial, job_id, 0), initial)
             self.node.models.put(self.global_model)
             self.global_tx, self.round, self.metrics, self.error, self._unevaluated = None, 0, [], "", None
-            log.info("job %s: %s on %s, %d rounds, %d edge nodes", job_id, spec.strategy, spec.dataset,
+            log.info("job %s: %s on %s, %d rounds, %d edge nodes", job_id, strategy, spec.dataset,
                      spec.rounds, len(participants))
             self._launch()
             return self.status()
+
+    def _job_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The job's configuration: this node's own (jobs keys only) under the console's
+        ``overrides``. The rule's options come from this node's configuration too, but only those
+        of the rule the job uses (config refuses an option given for another rule)."""
+        base = {k: v for k, v in _job_defaults(self.base_conf).items() if k not in OPTION_DEFAULTS}
+        try:
+            aggregation = load_config(env={}, overrides={**base, **overrides})["aggregation"]
+            inherited = {k: self.base_conf[k] for k in options_of(aggregation) | set(CLIENT_OPTIONS)
+                         if k not in overrides}
+            return load_config(env={}, overrides={**base, **inherited, **overrides})
+        except ConfigError as exc:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
     def resume(self) -> pb.JobStatus:
         """train(): resume a paused (or failed) job at its next round; with no job, start one."""
@@ -189,9 +206,11 @@ class Coordinator:
         per round instead of two. The last round's model is evaluated on its own at the end."""
         started = time.perf_counter()
         node, current = self.node, self.global_model
-        assert current is not None
-        order = Transaction.create(TxKind.ROUND, {"job_id": job.job_id, "round": round_number,
-                                                  "global_hash": current.header.model_hash}, node.identity)
+        assert current is not None and self.strategy is not None
+        order_payload = {"job_id": job.job_id, "round": round_number, "global_hash": current.header.model_hash}
+        if config := self.strategy.configure_train(round_number):  # the clients' options, signed into the order
+            order_payload["config"] = config
+        order = Transaction.create(TxKind.ROUND, order_payload, node.identity)
         node.submit(order)
         evaluate_first = job.evaluate_every_round and self._unevaluated is not None
         results = self._fan_out(job, order, current, evaluate=False, evaluate_first=evaluate_first)
@@ -200,31 +219,22 @@ class Coordinator:
             del report.excluded[:]
             self._finish_metrics(report)
         trained = time.perf_counter()
-        partials, excluded, edges = [], [], []
+        excluded, edges, contributing = [], [], []
         for sn, result in results:
             excluded.extend(result.excluded)
             edges.extend(result.edges)
-            if result.partial_hash:
-                partials.append((sn, result))
-        if not partials:
+            if result.num_samples:
+                contributing.append((sn, result))
+        if not contributing:
             raise RuntimeError("no edge node returned a usable update: " +
                                ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
-        for sn, result in partials:
+        for sn, result in contributing:
             self._check_partial(job, sn, result)
-        samples = sum(r.num_samples for _, r in partials)
-        known_hash = None
-        if len(partials) == 1 and partials[0][0].node_id == node.node_id:
-            known_hash = partials[0][1].partial_hash  # our own partial is already the average
-            data = self._fetch(node, known_hash).data
-        else:
-            reference, updates = state_views(current.data), []
-            for sn, result in partials:
-                state = state_views(self._fetch(sn, result.partial_hash).data)
-                validate_update(reference, state)
-                updates.append(Update(state, result.num_samples))
-            data = state_to_bytes(weighted_average(updates, list(reference)))
+        samples = sum(r.num_samples for _, r in contributing)
+        reference = state_views(current.data)
+        data = state_to_bytes(self.strategy.finalize(reference, self._combine(job, reference, contributing)))
         self.global_model = ReceivedModel.of(
-            make_header(node.identity, data, job.job_id, round_number, samples, model_hash=known_hash), data)
+            make_header(node.identity, data, job.job_id, round_number, samples), data)
         node.models.put(self.global_model)
         if current.header.model_hash != self.global_model.header.model_hash:
             node.models.spill(current.header.model_hash)  # superseded: kept on disk, out of memory
@@ -244,6 +254,31 @@ class Coordinator:
                  " + evaluate" if evaluate_first else "", trained - started, time.perf_counter() - trained)
         if not job.evaluate_every_round and round_number < job.spec.rounds:
             self._finish_metrics(None)
+
+    def _combine(self, job: Job, reference: dict[str, Any],
+                 contributing: list[tuple[Any, pb.SupernodeResult]]) -> ExactSum | list[Update]:
+        """What ``finalize`` takes: the supernodes' partial sums merged (a rule that decomposes; the
+        merge is exact, so it equals one sum over every update), or every update itself, fetched
+        from the supernode that checked it and checked again here (median, trimmed mean, Krum)."""
+        strategy = self.strategy
+        if strategy.decomposable:
+            total = strategy.accumulator(reference)
+            for sn, result in contributing:
+                if not result.partial_hash:
+                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"supernode {sn.node_id} sent no partial sum for a {strategy.name} job")
+                state = state_views(self._fetch(sn, result.partial_hash).data)
+                total.merge(ExactSum.from_state(state, result.num_samples, reference))
+            return total
+        updates = []
+        for sn, result in contributing:
+            for edge in result.edges:
+                tx = tx_from_pb(edge.update)
+                update = Update(state_views(self._fetch(sn, tx.payload["hash"]).data), tx.payload["samples"],
+                                tx.payload["hash"])
+                strategy.validate(reference, update)
+                updates.append(update)
+        return updates
 
     def _check_partial(self, job: Job, sn: Any, result: pb.SupernodeResult) -> None:
         """A partial aggregate must stand for updates signed by the job's edge nodes that are
@@ -318,16 +353,9 @@ class Coordinator:
         return stub.RunRound(request, timeout=timeout)
 
     def _fetch(self, sn: Any, model_hash: str) -> ReceivedModel:
-        """A supernode's partial aggregate, checked against its hash."""
+        """A partial sum or an update a supernode holds, checked against its hash."""
         local = self.node.models.get(model_hash)
-        if local is not None:
-            return local
-        stub = rpc_pb.TrainingStub(self.node.channels.get(sn.address))
-        model = receive(stub.DownloadModel(pb.ModelRequest(model_hash=model_hash), timeout=60),
-                        self.node.settings.max_model_bytes)
-        if model.header.model_hash != model_hash:
-            raise refuse(grpc.StatusCode.DATA_LOSS, f"supernode {sn.node_id} sent another model than {model_hash[:16]}…")
-        return model
+        return local if local is not None else self.node.download(sn.address, model_hash)
 
 
 def _samples(edge: pb.EdgeResult) -> int:
@@ -362,8 +390,8 @@ def _summary(report: pb.EvalReport) -> dict[str, float]:
 def _job_defaults(conf: dict[str, Any]) -> dict[str, Any]:
     """The entry node's configuration as the job's defaults (only keys a job uses)."""
     keys = ("client.amount", "local_epoch", "gobal_epoch", "openEval", "dataset", "learn_rate", "BATCH_SIZE",
-            "strategy", "model", "head_layers", "momentum", "partition", "classes_per_client", "dirichlet_alpha",
-            "train_fraction", "seed", "round_timeout")
+            "strategy", "aggregation", "model", "head_layers", "momentum", "partition", "classes_per_client",
+            "dirichlet_alpha", "train_fraction", "seed", "round_timeout", *OPTION_DEFAULTS)
     return {k: conf[k] for k in keys}
 
 

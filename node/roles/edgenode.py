@@ -177,7 +177,8 @@ def edge_rules(node: EdgeNode) -> dict[str, Rule]:
              for method in [m.name for m in pb.DESCRIPTOR.services_by_name[service].methods]}
     rules.update({
         method_path("Training", "DistributeModel"): Rule("its supernode (signed model header)"),
-        method_path("Training", "TrainRound"): Rule("its supernode, relaying the entry node's signed JOB and ROUND orders"),
+        method_path("Training", "TrainRound"): Rule("anyone relaying the entry node's signed JOB and ROUND orders (the model must have come "
+                                                  "from its supernode)"),
         method_path("Training", "RunRound"): refused(grpc.StatusCode.FAILED_PRECONDITION,
                                                      "edge nodes do not run supernode rounds"),
         method_path("Training", "UploadUpdate"): refused(grpc.StatusCode.FAILED_PRECONDITION,

@@ -20,6 +20,7 @@ import grpc
 from base_package import data_pb2 as pb
 
 from fl.federation import JobSpec
+from fl.strategy import Strategy, strategy_for_job
 from node.chain.rules import Transaction, TxKind
 from node.net.errors import refuse
 from node.net.wire import tx_from_pb
@@ -48,6 +49,13 @@ class Job:
     evaluate_every_round: bool
     round_timeout: float
     tx: Transaction
+
+    def strategy(self) -> Strategy:
+        """A fresh instance of the job's strategy (its rule, sharing and options from the JOB)."""
+        try:
+            return strategy_for_job(self.spec)
+        except ValueError as exc:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the JOB's strategy cannot be used: {exc}") from None
 
     @classmethod
     def from_tx(cls, tx: Transaction) -> "Job":

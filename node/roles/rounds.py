@@ -4,9 +4,12 @@ For each of its edge nodes in the job, in parallel: send the global model if tha
 have it yet, then ask it to train (or evaluate) before the round's deadline. An edge node that
 fails, times out, or returns an update that does not fit (unsigned, wrong job or round, missing
 bytes, wrong keys/shapes/dtypes, NaN) is left out with the reason, recorded on the chain in an
-EXCLUDED transaction. The rest are averaged, weighted by samples, into the supernode's partial
-aggregate; the edge nodes' signed MODEL_UPDATE transactions and the supernode's AGGREGATE go to
-the entry node for the next block.
+EXCLUDED transaction. The job's strategy checks every update (``Strategy.validate``); when its rule
+decomposes (a mean, FedAvgM, FedAdam) the supernode folds the updates into an exact partial sum
+(``ExactSum``: the same bytes whatever the order or grouping) as they arrive, otherwise (median,
+trimmed mean, Krum) it only lists them and the entry node works from the updates themselves. The
+edge nodes' signed MODEL_UPDATE transactions and the supernode's AGGREGATE (the updates it
+checked, and the partial's hash when there is one) go to the entry node for the next block.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
-from fl.strategy import InvalidUpdate, RunningAverage, Update, validate_update
+from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
 from node.roles.jobs import Job, read_orders
 from node.net.errors import refuse, status_for
@@ -46,8 +49,9 @@ class RoundRunner:
         # get theirs at once instead of sharing the link (and the CPU) with every other transfer
         self._senders = ThreadPoolExecutor(max_workers=min(16, node.settings.edge_parallelism or 16),
                                            thread_name_prefix="edge-send")
-        self._scratch: dict[str, Any] = {}  # the last round's float64 buffers, for the next round's average
+        self._scratch: ExactSum | None = None  # the last round's sum, its buffers refilled by the next
         self._scratch_lock = threading.Lock()
+        self._job_strategy: tuple[str, Strategy] | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -71,28 +75,41 @@ class RoundRunner:
         sent = {e.node_id: self._senders.submit(self._send_model, e, model, request) for e in edges}
         futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request): e.node_id for e in edges}
         reply = pb.SupernodeResult(node_id=node.node_id)
-        reference = None if request.evaluate_only else state_views(model.data)
-        with self._scratch_lock:  # a round running beside this one (rare) gets buffers of its own
-            scratch, self._scratch = self._scratch, {}
-        average = RunningAverage(reference or (), reuse=scratch)
+        if request.evaluate_only:
+            for future in as_completed(futures):
+                try:
+                    reply.edges.append(future.result())
+                except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
+                    reply.excluded.append(pb.Exclusion(node_id=futures[future], reason=_reason(exc)))
+            return reply
+        strategy = self._strategy(job)
+        reference = state_views(model.data)
+        partial = None
+        if strategy.decomposable:
+            with self._scratch_lock:  # a round running beside this one (rare) gets buffers of its own
+                scratch, self._scratch = self._scratch, None
+            partial = strategy.accumulator(reference) if scratch is None else ExactSum(reference, reuse=scratch)
         txs: list[Transaction] = []
         for future in as_completed(futures):  # fold each update in as it arrives
             edge_id = futures[future]
             try:
                 result = future.result()
-                if reference is not None:
-                    tx, state = self._check_update(result, job, round_number, reference)
-                    average.add(Update(state, tx.payload["samples"]))
-                    txs.append(tx)
+                tx, update = self._check_update(result, job, round_number, reference, strategy)
             except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
                 reply.excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
                 continue
+            if partial is not None:
+                partial.add(update, checked=True)
+            txs.append(tx)
             reply.edges.append(result)
-            if reference is not None:
-                node.models.spill(tx.payload["hash"])  # summed: memory for the next, disk for audits
-        if reference is None:
-            return reply
-        return self._publish(job, round_number, reference, average, txs, reply)
+            node.models.spill(update.model_hash)  # checked (and summed): memory for the next, disk for audits
+        return self._publish(job, round_number, partial, txs, reply)
+
+    def _strategy(self, job: Job) -> Strategy:
+        """The job's strategy (the supernode only validates and sums: it keeps no server state)."""
+        if self._job_strategy is None or self._job_strategy[0] != job.job_id:
+            self._job_strategy = (job.job_id, job.strategy())
+        return self._job_strategy[1]
 
     def _send_model(self, edge: Any, model: ReceivedModel, request: pb.RoundRequest) -> None:
         """Give ``edge`` the round's model unless it already has it; re-signed by this supernode,
@@ -110,31 +127,34 @@ class RoundRunner:
         timeout = max(0.5, (request.deadline_ms - now_ms()) / 1000)
         return rpc_pb.TrainingStub(self.node.channels.get(edge.address)).TrainRound(request, timeout=timeout)
 
-    def _publish(self, job: Job, round_number: int, reference: dict[str, Any], average: RunningAverage,
-                 txs: list[Transaction], reply: pb.SupernodeResult) -> pb.SupernodeResult:
-        """Send the round's transactions to the entry node (in one batch); keep the partial
-        aggregate for download."""
+    def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
+                 reply: pb.SupernodeResult) -> pb.SupernodeResult:
+        """Send the round's transactions to the entry node (in one batch): the edge nodes' signed
+        updates, the exclusions, and the AGGREGATE listing the updates this supernode checked. When
+        the job's rule decomposes, the AGGREGATE names the partial sum, kept for download."""
         node = self.node
         records = txs + [Transaction.create(TxKind.EXCLUDED, {
             "job_id": job.job_id, "round": round_number, "node": exclusion.node_id,
             "reason": exclusion.reason[:500]}, node.identity) for exclusion in reply.excluded]
         if txs:
-            partial = state_to_bytes(average.result({k: v.dtype for k, v in reference.items()}))
-            with self._scratch_lock:
-                self._scratch = average.buffers()
-            samples = average.total
-            header = make_header(node.identity, partial, job.job_id, round_number, samples)
-            node.models.put(ReceivedModel.of(header, partial))
+            samples = sum(int(t.payload["samples"]) for t in txs)
             loss = sum(r.train_loss * int(t.payload["samples"]) for r, t in zip(reply.edges, txs)) / samples
-            records.append(Transaction.create(TxKind.AGGREGATE, {
-                "job_id": job.job_id, "round": round_number, "hash": header.model_hash, "samples": samples,
-                "updates": [t.payload["hash"] for t in txs], "metrics": {"train_loss": fixed(loss)}}, node.identity))
-            reply.partial_hash, reply.num_samples = header.model_hash, samples
+            aggregate = {"job_id": job.job_id, "round": round_number, "samples": samples,
+                         "updates": sorted(t.payload["hash"] for t in txs), "metrics": {"train_loss": fixed(loss)}}
+            if partial is not None:
+                data = state_to_bytes(partial.to_state())
+                with self._scratch_lock:
+                    self._scratch = partial
+                header = make_header(node.identity, data, job.job_id, round_number, samples)
+                node.models.put(ReceivedModel.of(header, data))
+                aggregate["hash"] = reply.partial_hash = header.model_hash
+            reply.num_samples = samples
+            records.append(Transaction.create(TxKind.AGGREGATE, aggregate, node.identity))
         node.submit_all(records)
         return reply
 
-    def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int,
-                      reference: dict[str, Any]) -> tuple[Transaction, dict[str, Any]]:
+    def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int, reference: dict[str, Any],
+                      strategy: Strategy) -> tuple[Transaction, Update]:
         tx = tx_from_pb(result.update)
         check_payload(tx)
         member = self.node.members.get(result.node_id)
@@ -144,14 +164,13 @@ class RoundRunner:
             raise InvalidUpdate("the MODEL_UPDATE transaction has a bad signature")
         if tx.payload["job_id"] != job.job_id or tx.payload["round"] != round_number:
             raise InvalidUpdate(f"the update is for {tx.payload['job_id']} round {tx.payload['round']}")
-        if tx.payload["samples"] <= 0:
-            raise InvalidUpdate("the update claims no training samples")
         received = self.node.models.get(tx.payload["hash"])
         if received is None or received.header.sender != result.node_id:
             raise InvalidUpdate("the update's bytes were never uploaded to this supernode")
-        state = state_views(received.data)  # read only: checked and summed, never kept
-        validate_update(reference, state)
-        return tx, state
+        # read only: checked and summed, never kept
+        update = Update(state_views(received.data), tx.payload["samples"], tx.payload["hash"])
+        strategy.validate(reference, update)
+        return tx, update
 
 
 def _reason(exc: BaseException) -> str:

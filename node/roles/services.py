@@ -5,6 +5,7 @@ Who may call what is :func:`supernode_rules`, applied by the server's intercepto
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.net.admin import require_admin
 from node.chain.audit import verify_chain
+from node.roles.recompute import recompute_chain
 from node.chain.rules import Transaction, TxKind
 from node.roles.coordinator import Coordinator
 from node.net.errors import refuse
@@ -144,11 +146,16 @@ class ConsoleService(rpc_pb.ConsoleServicer):
             raise refuse(grpc.StatusCode.NOT_FOUND, f"no block at height {request.height}")
         return block_to_pb(block)
 
-    def Verify(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.VerifyReply:
-        report = verify_chain(self.node.ledger.store)
-        return pb.VerifyReply(ok=report.ok, blocks=report.blocks, transactions=report.transactions,
-                              head=head_to_pb(report.head), bad_height=-1 if report.bad_height is None else report.bad_height,
-                              reason=report.reason)
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyReply:
+        store = self.node.ledger.store
+        report = verify_chain(store)
+        reply = pb.VerifyReply(ok=report.ok, blocks=report.blocks, transactions=report.transactions,
+                               head=head_to_pb(report.head),
+                               bad_height=-1 if report.bad_height is None else report.bad_height, reason=report.reason)
+        if request.recompute:
+            recomputed = recompute_chain((tx for _, tx in store.transactions()), self.node.find_model)
+            reply.recompute.CopyFrom(pb.RecomputeReport(**dataclasses.asdict(recomputed)))
+        return reply
 
     def StartJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.JobStatus:
         return self._coordinator().start_job(dict(request.settings))

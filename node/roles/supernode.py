@@ -37,6 +37,7 @@ from node.roles.replica import Replica
 from node.roles.rounds import RoundRunner
 from node.roles.settings import NodeSettings
 from node.net.model_store import ModelCache
+from node.net.streams import ReceivedModel, receive
 from node.net.wire import head_to_pb, tx_to_pb
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,32 @@ class Supernode:
 
     def my_edge_nodes(self) -> list[str]:
         return [m.node_id for m in self.members.of_role("EN", alive_only=True) if m.supernode == self.node_id]
+
+    # --- models held elsewhere -------------------------------------------------------------------------
+    def download(self, address: str, model_hash: str) -> ReceivedModel:
+        """The model ``model_hash`` from the node at ``address``, checked against its hash."""
+        stub = rpc_pb.TrainingStub(self.channels.get(address))
+        model = receive(stub.DownloadModel(pb.ModelRequest(model_hash=model_hash), timeout=60),
+                        self.settings.max_model_bytes)
+        if model.header.model_hash != model_hash:
+            raise refuse(grpc.StatusCode.DATA_LOSS, f"{address} sent another model than {model_hash[:16]}…")
+        return model
+
+    def find_model(self, model_hash: str, holder: str) -> bytes | None:
+        """A recorded model's bytes (checked against its hash): from this node's store, else from
+        ``holder``, the supernode that received it; None when neither has it."""
+        local = self.models.get(model_hash)
+        if local is not None:
+            return local.data
+        known = self.members.get(holder)
+        address = known.address if known is not None else next(
+            (n.address for n in self.supernode_view.nodes if n.node_id == holder), None)
+        if address is None:
+            return None
+        try:
+            return self.download(address, model_hash).data
+        except grpc.RpcError:
+            return None
 
     # --- transactions and blocks --------------------------------------------------------------
     def submit(self, tx: Transaction) -> str:

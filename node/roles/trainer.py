@@ -94,7 +94,14 @@ class EdgeTrainer:
             if round_number <= state.last_round:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                              f"round {round_number} of {job.job_id} was already trained here (a replayed order?)")
-            result = state.worker.train_round(state.index, state.data, round_number, shared, state.personal)
+            config = orders.authority.payload.get("config", {})  # the strategy's options, signed in the order
+            if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the round order's config is not a map of strings")
+            try:
+                result = state.worker.train_round(state.index, state.data, round_number, shared, state.personal,
+                                                  config=config)
+            except ValueError as exc:  # an option this client does not know, or a value out of range
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"round {round_number}'s training options: {exc}") from None
             state.last_round = round_number
             state.personal = result.personal
             _save_atomically(state.personal_path, state_to_bytes(result.personal))

@@ -1,0 +1,227 @@
+"""The one abstract strategy, the update it combines, and the checks every update passes.
+
+A round with any strategy: ``configure_train`` gives the options clients train with (signed into
+the round order on the network); clients send back their shared tensors; ``validate`` checks each
+update; a decomposable rule folds updates into an exact ``accumulator`` (on every supernode, the
+partials merged on the entry node), another rule gets the list of validated updates; ``finalize``
+makes the next global shared state. ``aggregate`` does all of it in one call.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from fl.options import check_options, check_value, fit_problem, options_of
+from fl.names import CLIENT_OPTIONS, OPTION_DEFAULTS
+from fl.strategy.sharing import SHARINGS, shared_keys
+
+if TYPE_CHECKING:
+    from fl.strategy.exact import ExactSum
+
+StateDict = dict[str, torch.Tensor]
+
+MAX_ABS = 2**20  # the largest |value| an update may hold (keeps exact sums from overflowing)
+MAX_SAMPLES = 2**31 - 1  # the most samples one update may claim
+MAX_TOTAL = 2**35  # an exact sum refuses to reach this many samples
+
+
+class InvalidUpdate(ValueError):
+    """An update does not fit the model: wrong keys, shapes or dtypes, values that are not
+    finite or exceed the bounds, or an impossible sample count."""
+
+
+@dataclass(frozen=True)
+class Update:
+    """One client's contribution: its shared tensors and how many samples it trained on."""
+
+    state: Mapping[str, torch.Tensor]  # the shared tensors only
+    num_samples: int
+    model_hash: str = ""  # SHA-256 hex of the update's safetensors bytes: canonical order, tie-breaks
+
+
+def check_samples(count: Any) -> int:
+    """``count`` as an int if it is a possible sample count (1 ≤ count ≤ 2³¹−1)."""
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or not 1 <= count <= MAX_SAMPLES:
+        raise InvalidUpdate(f"sample counts must be integers in [1, {MAX_SAMPLES}], got {count!r}")
+    return int(count)
+
+
+def check_layout(reference: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidUpdate` unless ``state`` has exactly the reference's keys, and
+    tensors of the reference's shapes and dtypes."""
+    missing = sorted(set(reference) - set(state))
+    extra = sorted(set(state) - set(reference))
+    if missing or extra:
+        raise InvalidUpdate(f"update keys differ from the model: missing {missing}, unexpected {extra}")
+    for key, ref in reference.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise InvalidUpdate(f"{key}: expected a tensor, got {type(value).__name__}")
+        if value.shape != ref.shape:
+            raise InvalidUpdate(f"{key}: shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        if value.dtype != ref.dtype:
+            raise InvalidUpdate(f"{key}: dtype {value.dtype}, expected {ref.dtype}")
+
+
+def check_values(key: str, value: torch.Tensor) -> None:
+    """Finite and within ±2²⁰, checked in one pass (``aminmax``: a NaN anywhere makes both NaN)."""
+    if not value.is_floating_point() or value.numel() == 0:
+        return
+    low, high = (float(x) for x in torch.aminmax(value))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InvalidUpdate(f"{key}: contains NaN or infinite values")
+    if low < -MAX_ABS or high > MAX_ABS:
+        raise InvalidUpdate(f"{key}: values up to {max(-low, high):.6g} exceed the bound 2**20 = {MAX_ABS}")
+
+
+def check_update(reference: Mapping[str, torch.Tensor], update: Update) -> None:
+    """Everything an update must satisfy before any rule combines it: the reference's keys,
+    shapes and dtypes, finite values within ±2²⁰, a sample count in [1, 2³¹−1]."""
+    check_samples(update.num_samples)
+    check_layout(reference, update.state)
+    for key, value in update.state.items():
+        check_values(key, value)
+
+
+def float_keys(reference: Mapping[str, torch.Tensor]) -> list[str]:
+    return sorted(k for k, v in reference.items() if v.is_floating_point())
+
+
+def int_maximum(updates: Sequence[Update], key: str) -> torch.Tensor:
+    """Integer tensors (BatchNorm's ``num_batches_tracked`` …) combine by elementwise max."""
+    out = updates[0].state[key].cpu().clone()
+    for update in updates[1:]:
+        torch.maximum(out, update.state[key].cpu(), out=out)
+    return out
+
+
+class Strategy(ABC):
+    """One aggregation rule over one sharing choice (see the module docstring for a round)."""
+
+    name: ClassVar[str]  # the aggregation rule's name
+    decomposable: ClassVar[bool]  # True: supernodes fold updates into partials (an ExactSum)
+
+    def __init__(self, sharing: str = "fedper", **options: Any) -> None:
+        if sharing not in SHARINGS:
+            raise ValueError(f"unknown sharing {sharing!r}; choose one of {', '.join(SHARINGS)}")
+        check_options(self.name, options)  # an unknown or foreign option is named
+        self.sharing = sharing
+        self.options: dict[str, Any] = {
+            key: check_value(key, options.get(key, OPTION_DEFAULTS[key]))
+            for key in sorted(options_of(self.name) | set(CLIENT_OPTIONS))
+        }
+        self.proximal_mu: float = self.options["proximal_mu"]
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}(sharing={self.sharing!r}, {opts})"
+
+    # --- what is shared ---------------------------------------------------------------------------
+    def shared_keys(self, base_keys: Sequence[str], head_keys: Sequence[str]) -> list[str]:
+        """The keys clients send and the server combines (by the sharing choice)."""
+        return shared_keys(self.sharing, base_keys, head_keys)
+
+    def check_fits(self, num_clients: int) -> None:
+        """ValueError when this rule cannot work with ``num_clients`` clients (Krum needs
+        n ≥ 2f+3, the trimmed mean must cut something and leave something)."""
+        problem = fit_problem(self.name, num_clients, self.options)
+        if problem is not None:
+            raise ValueError(problem)
+
+    # --- the client side --------------------------------------------------------------------------
+    def configure_train(self, round_number: int) -> dict[str, str]:
+        """Options for the clients' training this round, as canonical strings (floats by
+        ``repr``); {} when clients train plainly. Parsed on the client by ``TrainHook``."""
+        return {"proximal_mu": repr(self.proximal_mu)} if self.proximal_mu > 0 else {}
+
+    # --- the server side --------------------------------------------------------------------------
+    def validate(self, reference: Mapping[str, torch.Tensor], update: Update) -> None:
+        """Raise :class:`InvalidUpdate` unless ``update`` fits ``reference`` (the global shared
+        state) and the bounds every rule relies on."""
+        check_update(reference, update)
+
+    def accumulator(self, reference: Mapping[str, torch.Tensor] | None = None) -> "ExactSum":
+        """An empty exact sum to fold validated updates into (decomposable rules only)."""
+        if not self.decomposable:
+            raise TypeError(f"aggregation {self.name!r} does not decompose: it needs the list of updates")
+        from fl.strategy.exact import ExactSum
+
+        return ExactSum(reference)
+
+    def combined_sum(self, global_shared: Mapping[str, torch.Tensor],
+                     combined: "ExactSum | Sequence[Update]") -> "ExactSum":
+        """``combined`` as a non-empty exact sum that fits ``global_shared`` (a list of updates is
+        validated and folded in)."""
+        from fl.strategy.exact import ExactSum
+
+        if isinstance(combined, ExactSum):
+            if combined.total == 0:
+                raise ValueError(f"{self.name}: nothing to aggregate, the sum holds no update")
+            check_layout(global_shared, combined.layout())
+            return combined
+        if not combined:
+            raise ValueError(f"{self.name}: nothing to aggregate, no client returned an update")
+        total = ExactSum(global_shared)
+        for update in combined:
+            total.add(update)
+        return total
+
+    def update_list(self, combined: "ExactSum | Sequence[Update]") -> list[Update]:
+        """``combined`` as the non-empty list of updates in canonical order (by model_hash)."""
+        if not isinstance(combined, Sequence):
+            raise TypeError(f"aggregation {self.name!r} does not decompose: finalize takes the list of updates")
+        if not combined:
+            raise ValueError(f"{self.name}: nothing to aggregate, no client returned an update")
+        return sort_updates(combined)
+
+    @staticmethod
+    def server_state(store: StateDict, key: str, like: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """A server optimiser's float64 state for ``key`` (created at ``fill`` in the first round)."""
+        state = store.get(key)
+        if state is None:
+            state = store[key] = torch.full(like.shape, fill, dtype=torch.float64)
+        elif state.shape != like.shape:
+            raise ValueError(f"{key}: shape {tuple(like.shape)} differs from the optimiser state's "
+                             f"{tuple(state.shape)}; a strategy instance serves one job")
+        return state
+
+    @abstractmethod
+    def finalize(self, global_shared: Mapping[str, torch.Tensor],
+                 combined: "ExactSum | Sequence[Update]") -> StateDict:
+        """The next global shared state (same keys and dtypes as ``global_shared``) from the
+        merged accumulator (decomposable rules) or the validated updates sorted by model_hash.
+        Server optimisers keep their state in the instance: one call per round, in order."""
+
+    def aggregate(self, global_shared: Mapping[str, torch.Tensor], updates: Sequence[Update]) -> StateDict:
+        """Validate each update, order them by model_hash, combine, finalize. Decomposable rules
+        give the very bytes that folding any grouping of the updates into accumulators, merging
+        them and calling ``finalize`` gives."""
+        if not updates:
+            raise ValueError(f"{self.name}: nothing to aggregate, no client returned an update")
+        for index, update in enumerate(updates):
+            try:
+                self.validate(global_shared, update)
+            except InvalidUpdate as exc:
+                raise InvalidUpdate(f"update {index}: {exc}") from None
+        if self.decomposable:
+            total = self.accumulator(global_shared)
+            for update in updates:  # integer sums: the order does not matter
+                total.add(update, checked=True)
+            return self.finalize(global_shared, total)
+        return self.finalize(global_shared, sort_updates(updates))
+
+
+def sort_updates(updates: Sequence[Update]) -> list[Update]:
+    """Updates in canonical order (by model_hash; a missing hash is computed from the bytes)."""
+    from fl.serialize import model_hash, state_to_bytes
+
+    hashed = [u if u.model_hash else Update(u.state, u.num_samples, model_hash(state_to_bytes(u.state)))
+              for u in updates]
+    return sorted(hashed, key=lambda u: u.model_hash)

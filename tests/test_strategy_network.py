@@ -1,0 +1,111 @@
+"""One Strategy for the simulation and the network: the same job gives the same global model,
+byte for byte, in ``run_simulation`` and over real node processes (an entry supernode and a
+second supernode, five edge nodes spread over both, so partial sums from two supernodes merge);
+and a strategy that cannot serve a job is refused before the job starts, naming why.
+
+One network serves every test here (module scope): starting node processes is the slow part.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+
+from base_package import data_pb2 as pb
+from config import load_config
+from fl.serialize import model_hash, state_to_bytes
+from fl.simulation import run_simulation
+from node.dev.launcher import NodeProcess, stop_all, wait_until
+from node.net.wire import block_from_pb, tx_from_pb
+
+EDGE_NODES = 5
+JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2",
+       "local_epochs": "1"}
+SIM_KEYS = {"dataset": "dataset", "partition": "partition", "batch_size": "BATCH_SIZE", "lr": "learn_rate",
+            "rounds": "gobal_epoch", "local_epochs": "local_epoch"}
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("strategies")
+    started: list[NodeProcess] = []
+    try:
+        entry = NodeProcess(tmp, "entry", "SN", is_entry=True)
+        started.append(entry)
+        entry.wait_ready()
+        sn = NodeProcess(tmp, "sn1", "SN", entry=entry.address, token_source=entry)
+        started.append(sn)
+        sn.wait_ready()
+        wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
+        started.extend(NodeProcess(tmp, f"en{i}", "EN", entry=entry.address) for i in range(EDGE_NODES))
+        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == EDGE_NODES, 60, "edge nodes")
+        homes = {n.supernode for n in entry.status().edge_nodes.nodes}
+        assert len(homes) == 2, "the edge nodes should spread over both supernodes"
+        yield entry, sn
+    finally:
+        stop_all(started, timeout=5)
+
+
+def _run_job(entry: NodeProcess, settings: dict[str, str]) -> pb.JobStatus:
+    entry.console("StartJob", pb.JobRequest(settings=settings))
+    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
+    assert done.state == "done", done.error
+    return done
+
+
+def _simulated_hash(settings: dict[str, str]) -> str:
+    overrides = {SIM_KEYS.get(k, k): v for k, v in settings.items()}
+    conf = load_config(env={}, overrides={**overrides, "client.amount": EDGE_NODES, "workers": 1, "device": "cpu"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on the edge nodes (torch_threads = 1)
+    try:
+        result = run_simulation(conf)
+    finally:
+        torch.set_num_threads(threads)
+    return model_hash(state_to_bytes(result.global_state))
+
+
+@pytest.mark.parametrize("strategy", [
+    {"strategy": "fedper", "aggregation": "mean"},
+    {"strategy": "fedavg", "aggregation": "mean"},
+    {"strategy": "fedper", "aggregation": "median"},
+    {"strategy": "fedper", "aggregation": "krum", "krum_f": "1"},
+    {"strategy": "fedavg", "aggregation": "fedavgm", "proximal_mu": "0.01"},
+], ids=lambda s: "-".join(s.values()))
+def test_the_network_and_the_simulation_give_the_same_global_model(network, strategy):
+    entry, sn = network
+    settings = {**JOB, **strategy}
+    done = _run_job(entry, settings)
+    network_hash = tx_from_pb(done.global_model).payload["hash"]
+    assert network_hash == _simulated_hash(settings)
+    # both supernodes summed or listed updates: two AGGREGATE transactions per round
+    head = entry.head().height
+    wait_until(lambda: entry.status().pending_transactions == 0 and sn.head().height >= head, 20, "sealed")
+    aggregates = [t for h in range(entry.head().height + 1)
+                  for t in block_from_pb(entry.console("GetBlock", pb.BlockRequest(height=h))).transactions
+                  if t.kind == "AGGREGATE" and t.payload["job_id"] == done.job_id]
+    assert len(aggregates) == 2 * int(JOB["rounds"])
+    decomposable = strategy["aggregation"] in ("mean", "fedavgm")
+    assert all(("hash" in t.payload) == decomposable for t in aggregates)
+    # ... and another supernode re-derives every aggregate from the recorded updates (it fetches
+    # the entry node's updates from the entry node)
+    checked = sn.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
+    assert checked.ok and checked.recompute.ok, checked.recompute.reason
+    assert checked.recompute.updates >= EDGE_NODES * int(JOB["rounds"])
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"aggregation": "krum", "krum_f": "2"}, ["krum", "7"]),  # needs n >= 2f+3 = 7 edge nodes; 5 are there
+    ({"aggregation": "median", "trim_beta": "0.1"}, ["trim_beta", "trimmed_mean"]),
+    ({"aggregation": "averaging"}, ["aggregation", "averaging"]),
+    ({"krum_q": "1"}, ["krum_q"]),
+])
+def test_a_strategy_that_cannot_serve_the_job_is_refused_before_it_starts(network, settings, words):
+    entry, _ = network
+    before = entry.console("GetJob").job_id
+    with pytest.raises(grpc.RpcError) as refused:
+        entry.console("StartJob", pb.JobRequest(settings={**JOB, **settings}))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert all(w in refused.value.details() for w in words), refused.value.details()
+    assert entry.console("GetJob").job_id == before  # nothing started, nothing recorded
