@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-from fl.datasets import Dataset
+from fl.datasets import Dataset, load_dataset
 from fl.models import SplitModel, StateDict, build_model
 from fl.partition import ClientIndices, client_split, partition
 from fl.names import OPTION_DEFAULTS
@@ -93,6 +94,23 @@ class JobSpec:
     def round_seed(self, round_number: int, client: int) -> int:
         """A distinct, reproducible seed for one client's training in one round."""
         return int(np.random.SeedSequence([self.seed, round_number, client]).generate_state(1)[0])
+
+
+def job_data(job: JobSpec, data_dir: str | Path) -> tuple[Dataset, list[ClientIndices]]:
+    """The job's samples and every client's train/test indices into them: the job's own
+    partition of ``dataset`` (from its seed), or, with ``partition = "pfllib"``, the split PFLlib
+    wrote into ``data_dir`` (its config.json, train/ and test/), so results compare with PFLlib's
+    on identical data. The simulation and every edge node call this, so both agree."""
+    if job.partition == "pfllib":
+        from fl.pfllib import load_pfllib
+
+        dataset, splits = load_pfllib(data_dir, family=job.dataset)
+        if len(splits) != job.num_clients:
+            raise ValueError(f"the PFLlib split in {data_dir} has {len(splits)} clients, the job {job.num_clients}; "
+                             f"set clients={len(splits)}")
+        return dataset, splits
+    dataset = load_dataset(job.dataset, data_dir)
+    return dataset, client_indices(dataset.y.numpy(), job)
 
 
 def client_indices(labels: np.ndarray, job: JobSpec) -> list[ClientIndices]:

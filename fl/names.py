@@ -5,7 +5,7 @@ DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
 DATASET_ALIASES = {"cifar": "cifar10", "fashion_mnist": "fashionmnist", "fmnist": "fashionmnist"}
 MODELS = ("auto", "mlp", "cnn_mnist", "cnn_cifar")
 STRATEGIES = ("fedper", "fedavg", "local")  # what is shared (config key ``strategy``)
-PARTITIONS = ("iid", "pathological", "dirichlet")
+PARTITIONS = ("iid", "pathological", "dirichlet", "pfllib")  # pfllib: a split PFLlib wrote, read from data_dir
 DEVICES = ("auto", "cpu", "cuda")
 
 # How the shared updates are combined (config key ``aggregation``), and the options each rule

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from fl.datasets import Dataset, load_dataset
-from fl.federation import ClientWorker, JobSpec, client_data, client_indices, split_state
+from fl.datasets import Dataset
+from fl.federation import ClientWorker, JobSpec, client_data, client_indices, job_data, split_state
 from fl.memory import keep_freed_memory
 from fl.models import StateDict
-from fl.partition import class_histogram
+from fl.partition import ClientIndices, class_histogram
 from fl.strategy import Update
 from fl.serialize import model_hash, state_from_bytes, state_to_bytes
 from fl.train import ClientData, EvalResult, TrainStats, resolve_device, summarize
@@ -151,8 +151,11 @@ def run_simulation(
     conf: dict[str, Any],
     on_round: Callable[[RoundMetrics], None] | None = None,
     dataset: Dataset | None = None,
+    splits: list[ClientIndices] | None = None,
 ) -> SimulationResult:
     """Run the job described by ``conf`` (see ``config.my_conf``) and return its metrics.
+    ``dataset`` (and ``splits``, e.g. a PFLlib split) save loading them again; by default they
+    come from the job (``fl.federation.job_data``).
 
     The server side is the job's strategy alone: every round ``configure_train`` gives the
     clients' training options, and ``aggregate`` turns their updates (each named by the SHA-256
@@ -162,8 +165,9 @@ def run_simulation(
     strategy.check_fits(job.num_clients)  # before any data is loaded or trained
     device = resolve_device(conf["device"])
     if dataset is None:
-        dataset = load_dataset(job.dataset, conf["data_dir"])
-    splits = client_indices(dataset.y.numpy(), job)
+        dataset, splits = job_data(job, conf["data_dir"])
+    elif splits is None:
+        splits = client_indices(dataset.y.numpy(), job)
     clients = [client_data(dataset, s, device) for s in splits]
     histogram = class_histogram(dataset.y.numpy(), [s.train for s in splits], dataset.num_classes)
 

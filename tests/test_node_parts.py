@@ -13,6 +13,7 @@ import pytest
 from base_package import data_pb2 as pb
 from main import build_parser, main
 from node.dev.launcher import wait_until
+from node.net.channels import CHUNK_BYTES
 from node.chain.rules import Transaction, TxKind
 from node.chain.identity import Identity
 from node.roles.membership import Member, Members
@@ -61,6 +62,14 @@ def test_a_received_model_is_joined_once_and_then_held_once():
     assert got.prefix(8) == data[:8]
     assert got.data == data and got.pieces == (got.data,)  # the chunks gave way to their join
     assert b"".join(c.data for c in got.stream() if c.WhichOneof("part") == "data") == data
+
+
+def test_a_model_made_here_streams_in_chunks_grpc_accepts():
+    """A partial sum of a CNN is 9 MB in one piece; gRPC refuses messages over 8 MiB."""
+    data = bytes(9 << 20)
+    model = ReceivedModel.of(make_header(Identity.generate(), data), data)
+    parts = [c.data for c in model.stream() if c.WhichOneof("part") == "data"]
+    assert max(len(p) for p in parts) <= CHUNK_BYTES and b"".join(parts) == data
 
 
 def test_model_cache_keeps_the_newest_within_its_budget():

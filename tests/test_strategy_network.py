@@ -1,7 +1,8 @@
 """One Strategy for the simulation and the network: the same job gives the same global model,
 byte for byte, in ``run_simulation`` and over real node processes (an entry supernode and a
 second supernode, five edge nodes spread over both, so partial sums from two supernodes merge);
-and a strategy that cannot serve a job is refused before the job starts, naming why.
+a split PFLlib wrote trains alike in both; and a strategy that cannot serve a job is refused
+before the job starts, naming why.
 
 One network serves every test here (module scope): starting node processes is the slow part.
 """
@@ -18,6 +19,7 @@ from fl.serialize import model_hash, state_to_bytes
 from fl.simulation import run_simulation
 from node.dev.launcher import NodeProcess, stop_all, wait_until
 from node.net.wire import block_from_pb, tx_from_pb
+from pfllib_helpers import make_clients, write_pfllib
 
 EDGE_NODES = 5
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2",
@@ -27,7 +29,13 @@ SIM_KEYS = {"dataset": "dataset", "partition": "partition", "batch_size": "BATCH
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory):
+def pfllib_folder(tmp_path_factory):
+    """A split as PFLlib writes it: 5 clients of random 28×28 images, 2 classes each."""
+    return write_pfllib(tmp_path_factory.mktemp("pfllib") / "MNIST", make_clients([(24, 8)] * EDGE_NODES))
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory, pfllib_folder):
     tmp = tmp_path_factory.mktemp("strategies")
     started: list[NodeProcess] = []
     try:
@@ -38,7 +46,8 @@ def network(tmp_path_factory):
         started.append(sn)
         sn.wait_ready()
         wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
-        started.extend(NodeProcess(tmp, f"en{i}", "EN", entry=entry.address) for i in range(EDGE_NODES))
+        started.extend(NodeProcess(tmp, f"en{i}", "EN", entry=entry.address, extra=["--data-dir", str(pfllib_folder)])
+                       for i in range(EDGE_NODES))
         wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == EDGE_NODES, 60, "edge nodes")
         homes = {n.supernode for n in entry.status().edge_nodes.nodes}
         assert len(homes) == 2, "the edge nodes should spread over both supernodes"
@@ -54,9 +63,10 @@ def _run_job(entry: NodeProcess, settings: dict[str, str]) -> pb.JobStatus:
     return done
 
 
-def _simulated_hash(settings: dict[str, str]) -> str:
+def _simulated_hash(settings: dict[str, str], data_dir: str = "data") -> str:
     overrides = {SIM_KEYS.get(k, k): v for k, v in settings.items()}
-    conf = load_config(env={}, overrides={**overrides, "client.amount": EDGE_NODES, "workers": 1, "device": "cpu"})
+    conf = load_config(env={}, overrides={**overrides, "client.amount": EDGE_NODES, "workers": 1, "device": "cpu",
+                                          "data_dir": data_dir})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on the edge nodes (torch_threads = 1)
     try:
@@ -93,6 +103,16 @@ def test_the_network_and_the_simulation_give_the_same_global_model(network, stra
     checked = sn.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
     assert checked.ok and checked.recompute.ok, checked.recompute.reason
     assert checked.recompute.updates >= EDGE_NODES * int(JOB["rounds"])
+
+
+def test_a_pfllib_split_trains_alike_over_the_network_and_in_the_simulation(network, pfllib_folder):
+    """Edge nodes read their client's part of a split PFLlib wrote (client i = the i-th edge node
+    by id), exactly as the simulation reads the same folder."""
+    entry, _ = network
+    settings = {**JOB, "dataset": "mnist", "partition": "pfllib", "rounds": "1", "strategy": "fedper"}
+    done = _run_job(entry, settings)
+    assert tx_from_pb(done.global_model).payload["hash"] == _simulated_hash(settings, str(pfllib_folder))
+    assert sum(e.num_samples for e in entry.console("Evaluate").edges) == 8 * EDGE_NODES  # PFLlib's test splits
 
 
 @pytest.mark.parametrize("settings, words", [

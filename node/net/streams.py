@@ -72,9 +72,16 @@ class ReceivedModel:
         return read_layout(self.prefix(header_size(self.prefix(8))), self.size)
 
     def stream(self) -> Iterator[pb.ModelChunk]:
+        """The header, then the bytes in chunks of at most ``CHUNK_BYTES`` (pieces received keep
+        their size; a model made here, one piece, is cut: gRPC refuses messages over 8 MiB)."""
         yield pb.ModelChunk(header=self.header)
         for piece in self.pieces:
-            yield pb.ModelChunk(data=piece)
+            if len(piece) <= CHUNK_BYTES:
+                yield pb.ModelChunk(data=piece)
+                continue
+            view = memoryview(piece)
+            for start in range(0, len(piece), CHUNK_BYTES):
+                yield pb.ModelChunk(data=view[start:start + CHUNK_BYTES].tobytes())
 
 
 def _header_fields(h: pb.ModelHeader) -> dict[str, object]:

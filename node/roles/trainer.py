@@ -28,7 +28,7 @@ import torch
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.datasets import load_dataset
-from fl.federation import ClientWorker, client_data, client_indices, split_state
+from fl.federation import ClientWorker, client_data, job_data, split_state
 from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
@@ -142,11 +142,15 @@ class EdgeTrainer:
         return self._jobs[job.job_id]
 
     def _load_data(self, job: Job, index: int) -> tuple[ClientData, int]:
-        dataset = load_dataset(job.spec.dataset, self.data_dir)
         if self.own_data:
+            dataset = load_dataset(job.spec.dataset, self.data_dir)
             split = client_split(np.arange(len(dataset)), job.spec.train_fraction, job.spec.seed, index)
         else:
-            split = client_indices(dataset.y.numpy(), job.spec)[index]
+            try:
+                dataset, splits = job_data(job.spec, self.data_dir)
+            except ValueError as exc:  # a PFLlib split of another size, a missing file …
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot load its data: {exc}") from None
+            split = splits[index]
         log.info("job %s: edge node %d of %d, %d training and %d test samples of %s", job.job_id, index,
                  len(job.participants), len(split.train), len(split.test), job.spec.dataset)
         return client_data(dataset, split, self.device), dataset.num_classes
