@@ -3,7 +3,7 @@
 Starts an entry supernode, a second supernode and four edge nodes as real processes on
 loopback (SQLite ledgers, homes and logs under ``--work``), trains FedPer on scikit-learn's
 ``digits`` (no download) through ``Console.py -c``, then shows the per-edge-node accuracy, the
-chain head on every supernode and ``verify()``, and stops every node (SIGTERM).
+chain head on every supernode and ``verify(recompute=True)``, and stops every node (SIGTERM).
 
     python scripts/local_network.py [--rounds 5] [--edge-nodes 4] [--work runs/local-network]
 """
@@ -50,7 +50,7 @@ def main() -> int:
                    "the edge nodes to join")
         out.print(f"network up: entry {entry.address}, supernode {sn.address}, {args.edge_nodes} edge nodes "
                   f"(homes and logs in {args.work})")
-        script = f"trainFL({args.job}, rounds={args.rounds}); eval(); save(path='{args.work / 'saved'}'); verify()"
+        script = f"trainFL({args.job}, rounds={args.rounds}); eval(); save(path='{args.work / 'saved'}'); verify(recompute=True)"
         out.print(f"$ python Console.py --port {entry.port} --token-file {entry.home / 'admin.token'} -c \"{script}\"")
         rc = subprocess.call([sys.executable, str(ROOT / "Console.py"), "--port", str(entry.port),
                               "--token-file", str(entry.home / "admin.token"), "-c", script], cwd=ROOT)

@@ -225,3 +225,33 @@ def sort_updates(updates: Sequence[Update]) -> list[Update]:
     hashed = [u if u.model_hash else Update(u.state, u.num_samples, model_hash(state_to_bytes(u.state)))
               for u in updates]
     return sorted(hashed, key=lambda u: u.model_hash)
+
+
+class ServerOptimizer(Strategy):
+    """A server-side optimiser over the clients' exact mean (FedAvgM, FedAdam): decomposable, and
+    stateful. ``step`` moves one float key of the global state, in float64; integer keys take the
+    mean's (their elementwise max). One call of ``finalize`` per round, in order."""
+
+    decomposable = True
+
+    def __init__(self, sharing: str = "fedper", **options: Any) -> None:
+        super().__init__(sharing, **options)
+        self.rounds = 0  # rounds this instance's state has seen
+
+    def finalize(self, global_shared: Mapping[str, torch.Tensor],
+                 combined: "ExactSum | Sequence[Update]") -> StateDict:
+        mean = self.combined_sum(global_shared, combined).mean()  # float64 for float keys
+        out: StateDict = {}
+        for key, current in global_shared.items():
+            if not current.is_floating_point():
+                out[key] = mean[key]
+                continue
+            x = current.to("cpu", torch.float64)
+            out[key] = self.step(key, x, mean[key], current).to(current.dtype)
+        self.rounds += 1
+        return out
+
+    @abstractmethod
+    def step(self, key: str, x: torch.Tensor, mean: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The next value of ``key`` from ``x`` (the current global value, float64, a copy this may
+        change) and ``mean`` (the clients' mean, float64); ``like`` gives the state's shape."""

@@ -16,17 +16,13 @@ fresh instance gives the same bytes on any machine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 
-from fl.strategy.base import StateDict, Strategy, Update
-from fl.strategy.exact import ExactSum
+from fl.strategy.base import ServerOptimizer, StateDict
 
 
-class FedAdam(Strategy):
+class FedAdam(ServerOptimizer):
     name = "fedadam"
-    decomposable = True
 
     def __init__(self, sharing: str = "fedper", **options: object) -> None:
         super().__init__(sharing, **options)
@@ -36,30 +32,18 @@ class FedAdam(Strategy):
         self.tau: float = self.options["adam_tau"]
         self.m: StateDict = {}
         self.v: StateDict = {}
-        self.rounds = 0
 
-    def finalize(self, global_shared: Mapping[str, torch.Tensor],
-                 combined: ExactSum | Sequence[Update]) -> StateDict:
-        mean = self.combined_sum(global_shared, combined).mean()
-        out: StateDict = {}
-        for key, current in global_shared.items():
-            if not current.is_floating_point():
-                out[key] = mean[key]
-                continue
-            x = current.to("cpu", torch.float64)
-            delta = torch.sub(mean[key], x)
-            m = self.server_state(self.m, key, current)
-            v = self.server_state(self.v, key, current, fill=self.tau * self.tau)
-            m.mul_(self.beta1)
-            m.add_(torch.mul(delta, 1.0 - self.beta1))
-            delta.mul_(delta)
-            delta.mul_(1.0 - self.beta2)
-            v.mul_(self.beta2)
-            v.add_(delta)
-            step = torch.sqrt(v)
-            step.add_(self.tau)
-            step = torch.div(torch.mul(m, self.lr), step)
-            x.add_(step)
-            out[key] = x.to(current.dtype)
-        self.rounds += 1
-        return out
+    def step(self, key: str, x: torch.Tensor, mean: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        delta = torch.sub(mean, x)
+        m = self.server_state(self.m, key, like)
+        v = self.server_state(self.v, key, like, fill=self.tau * self.tau)
+        m.mul_(self.beta1)
+        m.add_(torch.mul(delta, 1.0 - self.beta1))
+        delta.mul_(delta)
+        delta.mul_(1.0 - self.beta2)
+        v.mul_(self.beta2)
+        v.add_(delta)
+        step = torch.sqrt(v)
+        step.add_(self.tau)
+        step = torch.div(torch.mul(m, self.lr), step)
+        return x.add_(step)

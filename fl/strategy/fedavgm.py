@@ -14,39 +14,23 @@ the rounds in order on a fresh instance gives the same bytes on any machine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 
-from fl.strategy.base import StateDict, Strategy, Update
-from fl.strategy.exact import ExactSum
+from fl.strategy.base import ServerOptimizer, StateDict
 
 
-class FedAvgM(Strategy):
+class FedAvgM(ServerOptimizer):
     name = "fedavgm"
-    decomposable = True
 
     def __init__(self, sharing: str = "fedper", **options: object) -> None:
         super().__init__(sharing, **options)
         self.server_lr: float = self.options["server_lr"]
         self.server_momentum: float = self.options["server_momentum"]
         self.velocity: StateDict = {}  # float64, per float key
-        self.rounds = 0
 
-    def finalize(self, global_shared: Mapping[str, torch.Tensor],
-                 combined: ExactSum | Sequence[Update]) -> StateDict:
-        mean = self.combined_sum(global_shared, combined).mean()  # float64 for float keys
-        out: StateDict = {}
-        for key, current in global_shared.items():
-            if not current.is_floating_point():
-                out[key] = mean[key]
-                continue
-            x = current.to("cpu", torch.float64)
-            delta = torch.sub(x, mean[key])
-            velocity = self.server_state(self.velocity, key, current)
-            velocity.mul_(self.server_momentum)
-            velocity.add_(delta)
-            x.sub_(torch.mul(velocity, self.server_lr))
-            out[key] = x.to(current.dtype)
-        self.rounds += 1
-        return out
+    def step(self, key: str, x: torch.Tensor, mean: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        delta = torch.sub(x, mean)
+        velocity = self.server_state(self.velocity, key, like)
+        velocity.mul_(self.server_momentum)
+        velocity.add_(delta)
+        return x.sub_(torch.mul(velocity, self.server_lr))

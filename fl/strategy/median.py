@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fl.strategy.base import StateDict, Strategy, Update, int_maximum
-from fl.strategy.columns import column_blocks
+from fl.strategy.base import StateDict, Strategy, Update
+from fl.strategy.columns import coordinatewise
 from fl.strategy.exact import ExactSum
 
 
@@ -22,19 +22,17 @@ class Median(Strategy):
                  combined: ExactSum | Sequence[Update]) -> StateDict:
         updates = self.update_list(combined)
         n = len(updates)
-        out: StateDict = {}
-        for key, ref in global_shared.items():
-            if not ref.is_floating_point():
-                out[key] = int_maximum(updates, key)
-                continue
-            result = torch.empty(ref.numel(), dtype=ref.dtype)
-            for start, stop, block in column_blocks(updates, key):
-                if n % 2:
-                    middle = torch.kthvalue(block, n // 2 + 1, dim=0).values
-                else:  # the mean of the two middle values, in float64, then the model's dtype
-                    ordered = torch.sort(block, dim=0).values  # one sort beats two selections
-                    middle = ordered[n // 2 - 1].to(torch.float64).add_(ordered[n // 2].to(torch.float64)).div_(2.0)
-                result[start:stop] = middle
-            result.add_(0.0)  # -0.0 -> +0.0: equal values, one byte pattern
-            out[key] = result.view(ref.shape)
+
+        def median(block: torch.Tensor) -> torch.Tensor:
+            if n % 2:
+                middle = torch.kthvalue(block, n // 2 + 1, dim=0).values
+            else:  # the mean of the two middle values, in float64, then the model's dtype
+                ordered = torch.sort(block, dim=0).values  # one sort beats two selections
+                middle = ordered[n // 2 - 1].to(torch.float64).add_(ordered[n // 2].to(torch.float64)).div_(2.0)
+            return middle
+
+        out = coordinatewise(global_shared, updates, median)
+        for value in out.values():
+            if value.is_floating_point():
+                value.add_(0.0)  # -0.0 -> +0.0: equal values, one byte pattern
         return out

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from fl.options import trim_count
-from fl.strategy.base import StateDict, Strategy, Update, int_maximum
-from fl.strategy.columns import column_blocks
+from fl.strategy.base import StateDict, Strategy, Update
+from fl.strategy.columns import coordinatewise
 from fl.strategy.exact import LIMB_BITS, LIMB_MASK, ExactSum, limbs_to_float64, quantize, scratch_dtype
 
 
@@ -30,19 +30,14 @@ class TrimmedMean(Strategy):
         n = len(updates)
         cut = trim_count(self.trim_beta, n)
         kept = n - 2 * cut  # >= 1: trim_beta < 0.5
-        out: StateDict = {}
-        for key, ref in global_shared.items():
-            if not ref.is_floating_point():
-                out[key] = int_maximum(updates, key)
-                continue
-            result = torch.empty(ref.numel(), dtype=ref.dtype)
-            for start, stop, block in column_blocks(updates, key):
-                values = torch.sort(block, dim=0).values[cut : n - cut].reshape(-1) if cut else block.reshape(-1)
-                width = stop - start
-                q = quantize(values, torch.empty(values.numel(), dtype=scratch_dtype(values.dtype)),
-                             torch.empty(values.numel(), dtype=torch.int64)).view(kept, width)
-                lo = torch.bitwise_and(q, LIMB_MASK).sum(0)
-                hi = q.bitwise_right_shift_(LIMB_BITS).sum(0)
-                result[start:stop] = limbs_to_float64(hi, lo, kept)
-            out[key] = result.view(ref.shape)
-        return out
+
+        def trimmed_mean(block: torch.Tensor) -> torch.Tensor:
+            values = torch.sort(block, dim=0).values[cut : n - cut].reshape(-1) if cut else block.reshape(-1)
+            width = block.shape[1]
+            q = quantize(values, torch.empty(values.numel(), dtype=scratch_dtype(values.dtype)),
+                         torch.empty(values.numel(), dtype=torch.int64)).view(kept, width)
+            lo = torch.bitwise_and(q, LIMB_MASK).sum(0)
+            hi = q.bitwise_right_shift_(LIMB_BITS).sum(0)
+            return limbs_to_float64(hi, lo, kept)
+
+        return coordinatewise(global_shared, updates, trimmed_mean)
