@@ -3,7 +3,10 @@
 import io
 import json
 import pickle
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ import torch
 from fl.datasets import _to_dataset
 from fl.pfllib import PFLlibError, dataset_family, load_pfllib, read_client_file
 from pfllib_helpers import make_clients, pfllib_values, write_pfllib
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -179,15 +184,27 @@ def test_malformed_files_are_refused_with_the_file_and_the_problem(tmp_path):
 
 
 def test_yardstick_runs_on_a_pfllib_split(tmp_path):
-    from bench.yardstick import run_yardstick
-
-    ds, splits = load_pfllib(write_pfllib(tmp_path / "MNIST", make_clients([(20, 6), (12, 4), (8, 4)])))
-    result = run_yardstick(ds, splits, lr=0.01, batch_size=4, rounds=2, workers=2)
-    assert len(result.rounds) == 2 and result.workers == 2
-    assert all(r.train_s > 0 and r.eval_s > 0 for r in result.rounds)
-    assert result.total_s == pytest.approx(result.train_s + result.eval_s)
-    assert all(0.0 <= r.accuracy <= 1.0 for r in result.rounds)
-    assert result.rounds[-1].num_test == 14
+    """In a fresh interpreter: the yardstick forks its workers, and a process forked from this
+    one (its torch and gRPC threads from earlier tests) can deadlock in the child."""
+    folder = write_pfllib(tmp_path / "MNIST", make_clients([(20, 6), (12, 4), (8, 4)]))
+    script = f"""
+import json
+from bench.yardstick import run_yardstick
+from fl.pfllib import load_pfllib
+ds, splits = load_pfllib({str(folder)!r})
+r = run_yardstick(ds, splits, lr=0.01, batch_size=4, rounds=2, workers=2)
+print(json.dumps({{"workers": r.workers, "train": [x.train_s for x in r.rounds], "eval": [x.eval_s for x in r.rounds],
+                  "acc": [x.accuracy for x in r.rounds], "num_test": r.rounds[-1].num_test,
+                  "total": r.total_s, "sum": r.train_s + r.eval_s}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert len(result["train"]) == 2 and result["workers"] == 2
+    assert all(t > 0 for t in result["train"] + result["eval"])
+    assert result["total"] == pytest.approx(result["sum"])
+    assert all(0.0 <= a <= 1.0 for a in result["acc"])
+    assert result["num_test"] == 14
 
 
 def test_files_pickled_by_numpy_1_and_older_protocols_load(tmp_path, no_np_load):
