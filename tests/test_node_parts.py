@@ -284,3 +284,16 @@ def test_models_are_stored_by_a_thread_that_waits_for_idle_cores(tmp_path):
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the rest of the process is untouched
     finally:
         cache.close()
+
+
+def test_the_admin_token_is_safe_on_a_command_line(tmp_path):
+    """A token starting with '-' would be taken for a flag by `Console.py --token …` (urlsafe
+    base64 starts with '-' once in 64 tokens)."""
+    import re
+
+    from node.net.admin import load_or_create_token
+
+    token, created = load_or_create_token(tmp_path)
+    assert created and re.fullmatch(r"[0-9a-f]{64}", token)
+    assert load_or_create_token(tmp_path) == (token, False)
+    assert (tmp_path / "admin.token").stat().st_mode & 0o777 == 0o600

@@ -32,11 +32,6 @@ def node_id_for(public_key: bytes) -> str:
     return hashlib.sha256(public_key).digest()[:16].hex()
 
 
-def default_home(name: str) -> Path:
-    """``~/.fedledger/<name>``: where a node keeps its keys and embedded ledger by default."""
-    return Path.home() / ".fedledger" / name
-
-
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when ``signature`` is ``public_key``'s Ed25519 signature of ``message``."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:

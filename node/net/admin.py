@@ -30,7 +30,7 @@ def load_or_create_token(home: Path) -> tuple[str, bool]:
     path = Path(home) / TOKEN_FILE
     if path.exists():
         return path.read_text(encoding="utf-8").strip(), False
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(32)  # hex: never starts with '-', which a command line would take for a flag
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
