@@ -1,10 +1,13 @@
 """``verify(recompute=True)`` names a supernode that published a wrong partial sum, with its round.
 
-The cheating supernode (tests/faulty_supernode.py) runs as a real node process beside an honest
-entry node; two edge nodes register with each. Its AGGREGATE lists every update and their true
-sample total, so the entry node accepts the partial and the job completes; recomputing the
-partial from the recorded updates, on the other supernode, is what exposes it. The audit CLI
-does the same offline from a ledger database and a models folder.
+End to end: a cheating supernode (tests/faulty_supernode.py) runs as a real node process beside
+an honest entry node; two edge nodes register with each. Its AGGREGATE lists every update and
+their true sample total, so the entry node accepts the partial and the job completes;
+recomputing the partial from the recorded updates, on the other supernode, is what exposes it.
+The audit CLI does the same offline from a ledger database and a models folder.
+
+Each kind of wrong record (an update left out, a weight changed, a global model that does not
+follow, an invalid update accepted) is also checked on a chain made here, without processes.
 """
 
 from __future__ import annotations
@@ -14,16 +17,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from base_package import data_pb2 as pb
+from config import load_config
+from fl.federation import ClientWorker, JobSpec, split_state
+from fl.serialize import model_hash, state_to_bytes
+from fl.strategy import Update, strategy_for_job
+from node.chain.identity import Identity
+from node.chain.rules import Transaction, TxKind
 from node.dev.launcher import ROOT, NodeProcess, wait_until
+from node.roles.jobs import job_payload
+from node.roles.recompute import recompute_chain
 
 FAULTY = Path(__file__).resolve().parent / "faulty_supernode.py"
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2",
        "local_epochs": "1"}
 
 
-@pytest.mark.parametrize("fault", ["drop", "weight"])
+@pytest.mark.parametrize("fault", ["drop"])  # the other faults: on a chain made here, below
 def test_a_wrong_partial_is_named_with_its_round_and_supernode(tmp_path, nodes, fault):
     entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True)
     nodes.append(entry)
@@ -57,3 +69,83 @@ def test_a_wrong_partial_is_named_with_its_round_and_supernode(tmp_path, nodes, 
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert audit.returncode == 1, audit.stdout + audit.stderr
     assert f"round 1, node {cheat_id}" in audit.stdout, audit.stdout
+
+
+# --- wrong records on a chain made here --------------------------------------------------------------
+ENTRY, SN_A, SN_B = Identity.generate(), Identity.generate(), Identity.generate()
+EDGES = [Identity.generate() for _ in range(4)]
+
+
+def _chain(fault: str = "") -> tuple[list[Transaction], dict[str, bytes]]:
+    """Two rounds of a fedper mean job on digits: edge nodes 0-1 under supernode A, 2-3 under B.
+    ``fault`` spoils one record of round 2."""
+    conf = load_config(env={}, overrides={"dataset": "digits", "client.amount": 4, "gobal_epoch": 2})
+    spec = JobSpec.from_config(conf)
+    job = Transaction.create(TxKind.JOB, job_payload("job-1", spec, [e.node_id for e in EDGES], conf), ENTRY)
+    strategy = strategy_for_job(spec)
+    worker = ClientWorker(spec, 10, torch.device("cpu"))
+    current = split_state(worker.model.full_state(), worker.shared_keys)
+    txs, store = [job], {}
+    generator = torch.Generator().manual_seed(0)
+    for r in (1, 2):
+        txs.append(Transaction.create(TxKind.ROUND, {"job_id": "job-1", "round": r,
+                                                     "global_hash": model_hash(state_to_bytes(current))}, ENTRY))
+        merged = strategy.accumulator(current)
+        for sn, edges in ((SN_A, EDGES[:2]), (SN_B, EDGES[2:])):
+            partial, listed, total = strategy.accumulator(current), [], 0
+            for i, edge in enumerate(edges):
+                state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in current.items()}
+                if fault == "invalid" and r == 2 and sn is SN_B and i == 0:
+                    state[next(iter(state))][0] = float("nan")
+                data = state_to_bytes(state)
+                store[model_hash(data)] = data
+                samples = 30 + 10 * i
+                txs.append(Transaction.create(TxKind.MODEL_UPDATE, {
+                    "job_id": "job-1", "round": r, "hash": model_hash(data), "samples": samples, "size": len(data)},
+                    edge))
+                spoiled = r == 2 and sn is (SN_A if fault == "drop" else SN_B)
+                weight = samples + ((1 if i == 0 else -1) if fault == "weight" and spoiled else 0)
+                left_out = spoiled and ((fault == "drop" and i == 1) or (fault == "invalid" and i == 0))
+                if not left_out:  # (a NaN update cannot be summed: it is listed, not added)
+                    partial.add(Update(state, weight, model_hash(data)), checked=True)
+                listed.append(model_hash(data))
+                total += samples
+            merged.merge(partial)
+            txs.append(Transaction.create(TxKind.AGGREGATE, {
+                "job_id": "job-1", "round": r, "samples": total, "updates": sorted(listed),
+                "hash": model_hash(state_to_bytes(partial.to_state()))}, sn))
+        current = strategy.finalize(current, merged)
+        if fault == "global" and r == 2:
+            current = {k: v * 1.0001 for k, v in current.items()}
+        txs.append(Transaction.create(TxKind.GLOBAL_MODEL, {
+            "job_id": "job-1", "round": r, "hash": model_hash(state_to_bytes(current)), "samples": 160}, ENTRY))
+    return txs, store
+
+
+def _recompute(fault: str = "") -> object:
+    txs, store = _chain(fault)
+    return recompute_chain(txs, lambda h, holder: store.get(h))
+
+
+def test_an_honest_chain_recomputes():
+    report = _recompute()
+    assert report.ok and (report.jobs, report.rounds, report.updates) == (1, 2, 8), report
+
+
+@pytest.mark.parametrize("fault, node, words", [
+    ("drop", SN_A, "not the sum of the 2 updates it lists"),
+    ("weight", SN_B, "not the sum of the 2 updates it lists"),
+    ("global", ENTRY, "GLOBAL_MODEL"),
+    ("invalid", SN_B, "which is invalid"),
+])
+def test_each_wrong_record_is_named_with_its_round_and_node(fault, node, words):
+    report = _recompute(fault)
+    assert not report.ok and (report.job_id, report.bad_round, report.bad_node) == ("job-1", 2, node.node_id), report
+    assert words in report.reason, report.reason
+
+
+def test_a_missing_update_names_the_supernode_to_ask():
+    txs, store = _chain()
+    lost = next(t.payload["hash"] for t in txs if t.kind == TxKind.MODEL_UPDATE and t.round == 1)
+    report = recompute_chain(txs, lambda h, holder: None if h == lost else store.get(h))
+    assert not report.ok and report.bad_round == 1 and "cannot be found" in report.reason
