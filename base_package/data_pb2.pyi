@@ -404,7 +404,7 @@ class VerifyRequest(_message.Message):
     def __init__(self, recompute: _Optional[bool] = ...) -> None: ...
 
 class RecomputeReport(_message.Message):
-    __slots__ = ("ok", "jobs", "rounds", "updates", "job_id", "bad_round", "bad_node", "reason", "seconds")
+    __slots__ = ("ok", "jobs", "rounds", "updates", "job_id", "bad_round", "bad_node", "reason", "seconds", "missing")
     OK_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +414,7 @@ class RecomputeReport(_message.Message):
     BAD_NODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     jobs: int
     rounds: int
@@ -423,7 +424,8 @@ class RecomputeReport(_message.Message):
     bad_node: str
     reason: str
     seconds: float
-    def __init__(self, ok: _Optional[bool] = ..., jobs: _Optional[int] = ..., rounds: _Optional[int] = ..., updates: _Optional[int] = ..., job_id: _Optional[str] = ..., bad_round: _Optional[int] = ..., bad_node: _Optional[str] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+    missing: bool
+    def __init__(self, ok: _Optional[bool] = ..., jobs: _Optional[int] = ..., rounds: _Optional[int] = ..., updates: _Optional[int] = ..., job_id: _Optional[str] = ..., bad_round: _Optional[int] = ..., bad_node: _Optional[str] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ..., missing: _Optional[bool] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("ok", "blocks", "transactions", "head", "bad_height", "reason", "recompute")

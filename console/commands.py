@@ -277,6 +277,8 @@ def verify(session: Session, recompute: bool = False) -> bool:
     if c.ok:
         session.out.print(f"[green]OK[/green]: recomputed {c.rounds} rounds of {c.jobs} jobs from {c.updates} "
                           f"recorded updates: every AGGREGATE and GLOBAL_MODEL matches ({c.seconds:.2f} s)")
+    elif c.missing:
+        session.out.print(f"[yellow]CANNOT CHECK[/yellow] {c.job_id} round {c.bad_round}, node {c.bad_node}: {c.reason}")
     else:
         session.out.print(f"[red]MISMATCH[/red] in {c.job_id} round {c.bad_round}, node {c.bad_node}: {c.reason}")
     return r.ok and c.ok

@@ -24,11 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-signatures", action="store_true", help="skip the Ed25519 checks (faster)")
     parser.add_argument("--recompute", action="store_true",
                         help="also re-derive every AGGREGATE and GLOBAL_MODEL from the recorded updates")
-    parser.add_argument("--models", type=Path, default=None,
-                        help="the folder holding the recorded models (a supernode's <home>/models)")
+    parser.add_argument("--models", type=Path, action="append", default=[],
+                        help="a folder holding recorded models (a supernode's <home>/models); give one per "
+                             "supernode to check every round offline")
     args = parser.parse_args(argv)
-    if args.recompute and (args.models is None or not args.models.is_dir()):
-        parser.error("--recompute needs --models DIR, a supernode's models folder")
+    if args.recompute and (not args.models or not all(folder.is_dir() for folder in args.models)):
+        parser.error("--recompute needs --models DIR (a supernode's models folder; repeat it for each supernode)")
     url = make_url(args.db)
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
         parser.error(f"no ledger database at {url.database!r}")
@@ -41,11 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from node.net.model_store import read_stored
         from node.roles.recompute import recompute_chain
 
-        def from_folder(model_hash: str, holder: str) -> bytes | None:
-            model = read_stored(args.models / f"{model_hash}.model", model_hash)
-            return None if model is None else model.data
+        def from_folders(model_hash: str, holder: str) -> bytes | None:
+            for folder in args.models:
+                model = read_stored(folder / f"{model_hash}.model", model_hash)
+                if model is not None:
+                    return model.data
+            return None
 
-        recomputed = recompute_chain((tx for _, tx in store.transactions()), from_folder)
+        recomputed = recompute_chain((tx for _, tx in store.transactions()), from_folders)
         print(recomputed)
         return 0 if report.ok and recomputed.ok else 1
     finally:

@@ -62,13 +62,17 @@ def test_a_wrong_partial_is_named_with_its_round_and_supernode(tmp_path, nodes, 
     assert (report.job_id, report.bad_round, report.bad_node) == (done.job_id, 1, cheat_id), report
     assert "partial sum" in report.reason
 
-    # offline: the audit CLI over the entry node's ledger and models folder; the cheat's updates
-    # are not in that folder, so it says which update it cannot find, naming the supernode
-    audit = subprocess.run([sys.executable, "-m", "node.audit", f"sqlite:///{entry.home / 'ledger.db'}",
-                            "--recompute", "--models", str(entry.home / "models")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert audit.returncode == 1, audit.stdout + audit.stderr
-    assert f"round 1, node {cheat_id}" in audit.stdout, audit.stdout
+    # offline: the audit CLI over the entry node's ledger and both supernodes' models folders
+    def audit(*folders: Path) -> subprocess.CompletedProcess:
+        models = [arg for folder in folders for arg in ("--models", str(folder / "models"))]
+        return subprocess.run([sys.executable, "-m", "node.audit", f"sqlite:///{entry.home / 'ledger.db'}",
+                               "--recompute", *models], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    both = audit(entry.home, cheat.home)
+    assert both.returncode == 1 and f"MISMATCH in {done.job_id} round 1, node {cheat_id}" in both.stdout, both.stdout
+    # with the entry node's folder alone, the cheat's updates are not there: it cannot check, and says so
+    alone = audit(entry.home)
+    assert alone.returncode == 1 and f"CANNOT CHECK {done.job_id} round 1, node {cheat_id}" in alone.stdout, alone.stdout
 
 
 # --- wrong records on a chain made here --------------------------------------------------------------
@@ -140,7 +144,7 @@ def test_an_honest_chain_recomputes():
 ])
 def test_each_wrong_record_is_named_with_its_round_and_node(fault, node, words):
     report = _recompute(fault)
-    assert not report.ok and (report.job_id, report.bad_round, report.bad_node) == ("job-1", 2, node.node_id), report
+    assert not report.ok and not report.missing and (report.job_id, report.bad_round, report.bad_node) == ("job-1", 2, node.node_id), report
     assert words in report.reason, report.reason
 
 
@@ -148,4 +152,4 @@ def test_a_missing_update_names_the_supernode_to_ask():
     txs, store = _chain()
     lost = next(t.payload["hash"] for t in txs if t.kind == TxKind.MODEL_UPDATE and t.round == 1)
     report = recompute_chain(txs, lambda h, holder: None if h == lost else store.get(h))
-    assert not report.ok and report.bad_round == 1 and "cannot be found" in report.reason
+    assert not report.ok and report.missing and report.bad_round == 1 and "cannot be found" in report.reason

@@ -44,18 +44,20 @@ class RecomputeReport:
     bad_node: str = ""
     reason: str = ""
     seconds: float = 0.0
+    missing: bool = False  # not a mismatch: an update could not be found, so its round was not checked
 
     def __str__(self) -> str:
         if self.ok:
             return (f"OK: recomputed {self.rounds} rounds of {self.jobs} jobs from {self.updates} recorded updates "
                     f"({self.seconds:.2f} s)")
-        return f"MISMATCH in {self.job_id} round {self.bad_round}, node {self.bad_node}: {self.reason}"
+        verdict = "CANNOT CHECK" if self.missing else "MISMATCH in"
+        return f"{verdict} {self.job_id} round {self.bad_round}, node {self.bad_node}: {self.reason}"
 
 
 class _Mismatch(Exception):
-    def __init__(self, round_number: int, node: str, reason: str) -> None:
+    def __init__(self, round_number: int, node: str, reason: str, missing: bool = False) -> None:
         super().__init__(reason)
-        self.round, self.node, self.reason = round_number, node, reason
+        self.round, self.node, self.reason, self.missing = round_number, node, reason, missing
 
 
 def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel) -> RecomputeReport:
@@ -76,7 +78,7 @@ def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel) -> R
             replay.run()
         except _Mismatch as bad:
             return RecomputeReport(False, len(jobs), rounds + replay.rounds, updates + replay.updates, job.job_id,
-                                   bad.round, bad.node, bad.reason, time.perf_counter() - started)
+                                   bad.round, bad.node, bad.reason, time.perf_counter() - started, bad.missing)
         rounds, updates = rounds + replay.rounds, updates + replay.updates
     return RecomputeReport(True, len(jobs), rounds, updates, seconds=time.perf_counter() - started)
 
@@ -153,7 +155,7 @@ class _JobReplay:
         data = self.fetch(update_hash, sn)
         if data is None:
             raise _Mismatch(round_number, sn, f"update {update_hash[:16]}… (edge node {tx.sender}) cannot be "
-                            "found: neither this node nor the supernode that checked it holds it")
+                            "found: neither this node nor the supernode that checked it holds it", missing=True)
         update = Update(state_views(data), tx.payload["samples"], update_hash)
         try:
             self.strategy.validate(reference, update)
