@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Any
 
 import pytest
 
@@ -96,14 +97,30 @@ def nodes():
     stop_all(started, timeout=5)
 
 
-def start_supernodes(tmp_path, db_for, nodes: list) -> tuple:
-    """An entry supernode and a second supernode, each with its own ledger database, serving."""
-    from node.dev.launcher import NodeProcess
+def start_supernodes(tmp_path, db_for, nodes: list, **second: Any) -> tuple:
+    """An entry supernode and a second supernode, each with its own ledger database, serving and
+    registered. ``second``: more NodeProcess arguments for the second one (a faulty script …)."""
+    from node.dev.launcher import NodeProcess, wait_until
 
     entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
     nodes.append(entry)
     entry.wait_ready()
-    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry)
+    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry, **second)
     nodes.append(sn)
     sn.wait_ready()
+    wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
     return entry, sn
+
+
+def start_network(tmp_path, db_for, nodes: list, edge_nodes: int, edge_args: list[str] = (), **second: Any) -> tuple:
+    """The network most tests use: ``start_supernodes`` and ``edge_nodes`` edge nodes, spread over
+    both supernodes (the entry node sends each to the least loaded), all alive."""
+    from node.dev.launcher import NodeProcess, wait_until
+
+    entry, sn = start_supernodes(tmp_path, db_for, nodes, **second)
+    edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, extra=list(edge_args)) for i in range(edge_nodes)]
+    nodes.extend(edges)
+    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == edge_nodes, 60, "the edge nodes")
+    homes = {n.supernode for n in entry.status().edge_nodes.nodes}
+    assert edge_nodes < 2 or len(homes) == 2, "the edge nodes should spread over both supernodes"
+    return entry, sn, edges

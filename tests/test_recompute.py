@@ -26,9 +26,10 @@ from fl.serialize import model_hash, state_to_bytes
 from fl.strategy import Update, strategy_for_job
 from node.chain.identity import Identity
 from node.chain.rules import Transaction, TxKind
-from node.dev.launcher import ROOT, NodeProcess, wait_until
+from node.dev.launcher import ROOT, wait_until
 from node.roles.jobs import job_payload
 from node.roles.recompute import recompute_chain
+from conftest import start_network
 
 FAULTY = Path(__file__).resolve().parent / "faulty_supernode.py"
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2",
@@ -37,16 +38,8 @@ JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr
 
 @pytest.mark.parametrize("fault", ["drop"])  # the other faults: on a chain made here, below
 def test_a_wrong_partial_is_named_with_its_round_and_supernode(tmp_path, nodes, fault):
-    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True)
-    nodes.append(entry)
-    entry.wait_ready()
-    cheat = NodeProcess(tmp_path, "cheat", "SN", entry=entry.address, token_source=entry, script=FAULTY,
-                        env={"FEDLEDGER_TEST_FAULT": fault})
-    nodes.append(cheat)
-    cheat.wait_ready()
-    wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
-    nodes.extend(NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address) for i in range(4))
-    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 4, 60, "edge nodes")
+    entry, cheat, _ = start_network(tmp_path, lambda name: None, nodes, edge_nodes=4, script=FAULTY,
+                                    env={"FEDLEDGER_TEST_FAULT": fault})
     cheat_id = cheat.status().node_id
     assert sum(n.supernode == cheat_id for n in entry.status().edge_nodes.nodes) == 2
 

@@ -19,6 +19,7 @@ from fl.serialize import model_hash, state_to_bytes
 from fl.simulation import run_simulation
 from node.dev.launcher import NodeProcess, stop_all, wait_until
 from node.net.wire import block_from_pb, tx_from_pb
+from conftest import start_network
 from pfllib_helpers import make_clients, write_pfllib
 
 EDGE_NODES = 5
@@ -36,21 +37,10 @@ def pfllib_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory, pfllib_folder):
-    tmp = tmp_path_factory.mktemp("strategies")
     started: list[NodeProcess] = []
     try:
-        entry = NodeProcess(tmp, "entry", "SN", is_entry=True)
-        started.append(entry)
-        entry.wait_ready()
-        sn = NodeProcess(tmp, "sn1", "SN", entry=entry.address, token_source=entry)
-        started.append(sn)
-        sn.wait_ready()
-        wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
-        started.extend(NodeProcess(tmp, f"en{i}", "EN", entry=entry.address, extra=["--data-dir", str(pfllib_folder)])
-                       for i in range(EDGE_NODES))
-        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == EDGE_NODES, 60, "edge nodes")
-        homes = {n.supernode for n in entry.status().edge_nodes.nodes}
-        assert len(homes) == 2, "the edge nodes should spread over both supernodes"
+        entry, sn, _ = start_network(tmp_path_factory.mktemp("strategies"), lambda name: None, started, EDGE_NODES,
+                                     edge_args=["--data-dir", str(pfllib_folder)])
         yield entry, sn
     finally:
         stop_all(started, timeout=5)

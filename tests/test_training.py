@@ -20,7 +20,7 @@ from base_package import data_pb2_grpc as rpc_pb
 from node.dev.launcher import ROOT, NodeProcess, wait_until
 from node.net.streams import receive
 from node.net.wire import block_from_pb
-from conftest import start_supernodes
+from conftest import start_network
 
 JOB = "dataset='digits', partition='pathological', batch_size=16, lr=0.05"
 BASE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}  # DigitsMLP without its head, fc
@@ -45,11 +45,7 @@ def job_txs(blocks: list, kind: str, job_id: str) -> list:
 
 @pytest.fixture
 def network(tmp_path, db_for, nodes):
-    entry, sn = start_supernodes(tmp_path, db_for, nodes)
-    edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address) for i in range(4)]
-    nodes.extend(edges)
-    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 4, 60, "4 edge nodes")
-    return entry, sn, edges
+    return start_network(tmp_path, db_for, nodes, edge_nodes=4)
 
 
 def test_fedper_over_the_network(network):
