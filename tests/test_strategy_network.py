@@ -72,6 +72,8 @@ def _simulated_hash(settings: dict[str, str], data_dir: str = "data") -> str:
     {"strategy": "fedper", "aggregation": "median"},
     {"strategy": "fedper", "aggregation": "krum", "krum_f": "1"},
     {"strategy": "fedavg", "aggregation": "fedavgm", "proximal_mu": "0.01"},
+    {"strategy": "fedavg", "aggregation": "fedadam"},
+    {"strategy": "fedper", "aggregation": "trimmed_mean", "trim_beta": "0.2"},
 ], ids=lambda s: "-".join(s.values()))
 def test_the_network_and_the_simulation_give_the_same_global_model(network, strategy):
     entry, sn = network
@@ -86,7 +88,7 @@ def test_the_network_and_the_simulation_give_the_same_global_model(network, stra
                   for t in block_from_pb(entry.console("GetBlock", pb.BlockRequest(height=h))).transactions
                   if t.kind == "AGGREGATE" and t.payload["job_id"] == done.job_id]
     assert len(aggregates) == 2 * int(JOB["rounds"])
-    decomposable = strategy["aggregation"] in ("mean", "fedavgm")
+    decomposable = strategy["aggregation"] in ("mean", "fedavgm", "fedadam")
     assert all(("hash" in t.payload) == decomposable for t in aggregates)
     # ... and another supernode re-derives every aggregate from the recorded updates (it fetches
     # the entry node's updates from the entry node)
