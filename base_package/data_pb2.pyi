@@ -261,18 +261,20 @@ class Exclusion(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SupernodeResult(_message.Message):
-    __slots__ = ("node_id", "partial_hash", "num_samples", "edges", "excluded")
+    __slots__ = ("node_id", "partial_hash", "num_samples", "edges", "excluded", "aggregate")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_HASH_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     partial_hash: str
     num_samples: int
     edges: _containers.RepeatedCompositeFieldContainer[EdgeResult]
     excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
-    def __init__(self, node_id: _Optional[str] = ..., partial_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeResult, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ...) -> None: ...
+    aggregate: Transaction
+    def __init__(self, node_id: _Optional[str] = ..., partial_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeResult, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., aggregate: _Optional[_Union[Transaction, _Mapping]] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("node_id", "role", "entry", "address", "head", "final_height", "pending_transactions", "supernodes", "edge_nodes")
@@ -404,7 +406,7 @@ class VerifyRequest(_message.Message):
     def __init__(self, recompute: _Optional[bool] = ...) -> None: ...
 
 class RecomputeReport(_message.Message):
-    __slots__ = ("ok", "jobs", "rounds", "updates", "job_id", "bad_round", "bad_node", "reason", "seconds", "missing")
+    __slots__ = ("ok", "jobs", "rounds", "updates", "job_id", "bad_round", "bad_node", "reason", "seconds", "missing", "skipped_jobs")
     OK_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -415,6 +417,7 @@ class RecomputeReport(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_JOBS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     jobs: int
     rounds: int
@@ -425,7 +428,8 @@ class RecomputeReport(_message.Message):
     reason: str
     seconds: float
     missing: bool
-    def __init__(self, ok: _Optional[bool] = ..., jobs: _Optional[int] = ..., rounds: _Optional[int] = ..., updates: _Optional[int] = ..., job_id: _Optional[str] = ..., bad_round: _Optional[int] = ..., bad_node: _Optional[str] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ..., missing: _Optional[bool] = ...) -> None: ...
+    skipped_jobs: int
+    def __init__(self, ok: _Optional[bool] = ..., jobs: _Optional[int] = ..., rounds: _Optional[int] = ..., updates: _Optional[int] = ..., job_id: _Optional[str] = ..., bad_round: _Optional[int] = ..., bad_node: _Optional[str] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ..., missing: _Optional[bool] = ..., skipped_jobs: _Optional[int] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("ok", "blocks", "transactions", "head", "bad_height", "reason", "recompute")

@@ -45,7 +45,7 @@ class JobSpec:
     head_layers: int
     seed: int
     # how updates are combined, and the options of the rules and of the client hook (FedProx);
-    # every field is plain (str, int, float) so that node/jobs.py can record it as it is
+    # every field is plain (str, int, float) so that node/roles/jobs.py can record it as it is
     aggregation: str = "mean"
     proximal_mu: float = OPTION_DEFAULTS["proximal_mu"]
     server_lr: float = OPTION_DEFAULTS["server_lr"]

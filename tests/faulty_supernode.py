@@ -2,10 +2,9 @@
 
 Run with main.py's arguments; ``FEDLEDGER_TEST_FAULT`` says how it cheats in every round:
 ``drop`` leaves the first update it receives out of its partial sum; ``weight`` moves one sample
-of weight from the second update to the first (the total stays right, so the partial also passes
-the entry node's bounds check, which catches a total that was simply inflated). Its AGGREGATE
-still lists every update and their true total, so nothing short of recomputing the partial from
-the updates shows it.
+of weight from the second update to the first. Either way the partial stays within the bounds its
+total allows, and its AGGREGATE still lists every update and their true total, so nothing short of
+recomputing the partial from the updates shows it.
 """
 
 from __future__ import annotations

@@ -73,3 +73,12 @@ def test_every_mapped_exception_class_exists():
     for name in _CODES:
         module, _, cls = name.rpartition(".")
         assert isinstance(getattr(importlib.import_module(module), cls), type), name
+
+
+def test_a_cancelled_request_stream_is_a_quiet_cancellation():
+    """gRPC's request iterator raises a bare RpcError (no code()) when the caller goes away."""
+    import grpc
+
+    from node.net.errors import status_for
+
+    assert status_for(grpc.RpcError())[0] == grpc.StatusCode.CANCELLED

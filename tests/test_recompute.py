@@ -87,7 +87,7 @@ def _chain(fault: str = "") -> tuple[list[Transaction], dict[str, bytes]]:
     for r in (1, 2):
         txs.append(Transaction.create(TxKind.ROUND, {"job_id": "job-1", "round": r,
                                                      "global_hash": model_hash(state_to_bytes(current))}, ENTRY))
-        merged = strategy.accumulator(current)
+        merged, aggregates = strategy.accumulator(current), []
         for sn, edges in ((SN_A, EDGES[:2]), (SN_B, EDGES[2:])):
             partial, listed, total = strategy.accumulator(current), [], 0
             for i, edge in enumerate(edges):
@@ -100,22 +100,24 @@ def _chain(fault: str = "") -> tuple[list[Transaction], dict[str, bytes]]:
                 txs.append(Transaction.create(TxKind.MODEL_UPDATE, {
                     "job_id": "job-1", "round": r, "hash": model_hash(data), "samples": samples, "size": len(data)},
                     edge))
+                listed.append(txs[-1].hash)
                 spoiled = r == 2 and sn is (SN_A if fault == "drop" else SN_B)
                 weight = samples + ((1 if i == 0 else -1) if fault == "weight" and spoiled else 0)
                 left_out = spoiled and ((fault == "drop" and i == 1) or (fault == "invalid" and i == 0))
                 if not left_out:  # (a NaN update cannot be summed: it is listed, not added)
                     partial.add(Update(state, weight, model_hash(data)), checked=True)
-                listed.append(model_hash(data))
                 total += samples
             merged.merge(partial)
             txs.append(Transaction.create(TxKind.AGGREGATE, {
                 "job_id": "job-1", "round": r, "samples": total, "updates": sorted(listed),
                 "hash": model_hash(state_to_bytes(partial.to_state()))}, sn))
+            aggregates.append(txs[-1].hash)
         current = strategy.finalize(current, merged)
         if fault == "global" and r == 2:
             current = {k: v * 1.0001 for k, v in current.items()}
         txs.append(Transaction.create(TxKind.GLOBAL_MODEL, {
-            "job_id": "job-1", "round": r, "hash": model_hash(state_to_bytes(current)), "samples": 160}, ENTRY))
+            "job_id": "job-1", "round": r, "hash": model_hash(state_to_bytes(current)), "samples": 140,
+            "aggregates": sorted(aggregates)}, ENTRY))
     return txs, store
 
 
@@ -146,3 +148,26 @@ def test_a_missing_update_names_the_supernode_to_ask():
     lost = next(t.payload["hash"] for t in txs if t.kind == TxKind.MODEL_UPDATE and t.round == 1)
     report = recompute_chain(txs, lambda h, holder: None if h == lost else store.get(h))
     assert not report.ok and report.missing and report.bad_round == 1 and "cannot be found" in report.reason
+
+
+def test_a_supernode_cannot_count_an_edge_node_twice_nor_borrow_another_rounds_update():
+    txs, store = _chain()
+    first_round = [t for t in txs if t.kind == TxKind.MODEL_UPDATE and t.round == 1]
+    aggregate = next(t for t in txs if t.kind == TxKind.AGGREGATE and t.round == 2 and t.sender == SN_A.node_id)
+    for listed, words in (([aggregate.payload["updates"][0]] * 2, "already counted"),
+                          ([first_round[0].hash, aggregate.payload["updates"][1]], "no MODEL_UPDATE of round 2")):
+        forged = Transaction.create(TxKind.AGGREGATE, {**aggregate.payload, "updates": listed}, SN_A)
+        spoiled = [forged if t is aggregate else t for t in txs]
+        spoiled = [Transaction.create(TxKind.GLOBAL_MODEL, {**t.payload, "aggregates": sorted(
+            forged.hash if h == aggregate.hash else h for h in t.payload["aggregates"])}, ENTRY)
+            if t.kind == TxKind.GLOBAL_MODEL and t.round == 2 else t for t in spoiled]
+        report = recompute_chain(spoiled, lambda h, holder: store.get(h))
+        assert not report.ok and (report.bad_round, report.bad_node) == (2, SN_A.node_id), report
+        assert words in report.reason, report.reason
+
+
+def test_only_the_aggregates_the_global_model_names_count():
+    """A stray AGGREGATE (a supernode left out of the round, a failed attempt) changes nothing."""
+    txs, store = _chain()
+    stray = Transaction.create(TxKind.AGGREGATE, {"job_id": "job-1", "round": 1, "samples": 1, "updates": []}, SN_B)
+    assert recompute_chain([*txs, stray], lambda h, holder: store.get(h)).ok

@@ -58,7 +58,11 @@ PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
 }
 # Optional fields, checked when present. An AGGREGATE has a partial (its hash) only when the job's
 # rule decomposes (a mean); for a median or Krum it lists the updates it checked.
-OPTIONAL_FIELDS: dict[TxKind, dict[str, str]] = {TxKind.AGGREGATE: {"hash": _HASH}}
+# A GLOBAL_MODEL names the AGGREGATE transactions it combined (their hashes), so an auditor uses
+# exactly those. Lists of hashes hold 64-hex strings only.
+OPTIONAL_FIELDS: dict[TxKind, dict[str, str]] = {TxKind.AGGREGATE: {"hash": _HASH},
+                                                 TxKind.GLOBAL_MODEL: {"aggregates": _LIST}}
+HASH_LISTS = {(TxKind.AGGREGATE, "updates"), (TxKind.GLOBAL_MODEL, "aggregates")}
 ROLES = ("SN", "EN")
 # Who may send what: the entry node (the proposer) runs jobs, supernodes aggregate and report,
 # edge nodes send updates; anyone may register itself.
@@ -225,6 +229,9 @@ def check_payload(tx: Transaction) -> None:
 
 def _check_limits(kind: TxKind, payload: Mapping[str, Any]) -> None:
     """Bounds every database backend can store alike (lengths, integer ranges, id formats)."""
+    for name in (n for k, n in HASH_LISTS if k == kind and n in payload):
+        if not all(isinstance(h, str) and _HEX64.fullmatch(h) for h in payload[name]):
+            raise InvalidTransaction(f"{kind} {name} must list 64-hex-digit hashes")
     job_id = payload.get("job_id")
     if job_id is not None and (not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id)):
         raise InvalidTransaction(f"{kind} job_id {job_id!r} must be 1-64 lower-case letters, digits, '.', '_' or '-'")

@@ -41,7 +41,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller gets for ``exc``; INTERNAL for anything unforeseen."""
     if isinstance(exc, ServiceError):
         return exc.code, exc.message
-    if isinstance(exc, grpc.RpcError):  # a call this node made to another one failed
+    if isinstance(exc, grpc.RpcError):
+        if not callable(getattr(exc, "code", None)):  # a request stream the caller cancelled (or its deadline)
+            return grpc.StatusCode.CANCELLED, "the caller cancelled the call or its deadline passed"
         return grpc.StatusCode.UNAVAILABLE, f"another node did not answer: {exc.code().name} {exc.details()}"
     for kind in type(exc).__mro__:
         code = _CODES.get(f"{kind.__module__}.{kind.__qualname__}")

@@ -1,17 +1,24 @@
 """The entry node's job runner: rounds across supernodes, the global model, pause and resume.
 
-A round r: sign ROUND(r) naming the global base H(r); give that base to every supernode with
-edge nodes in the job; have each supernode run its part (``RoundRunner``) before the deadline;
-download and check each partial aggregate against the hash the supernode put on the chain; and
-average the partials, weighted by samples, into H(r+1), signed in a GLOBAL_MODEL transaction.
-With ``openEval`` every edge node then evaluates H(r+1) with its own head.
+A round r: sign ROUND(r) naming the global base H(r) and the strategy's client options; give
+that base to every supernode with edge nodes in the job; have each supernode run its part
+(``RoundRunner``) before the deadline; check each supernode's result against its signed
+AGGREGATE (its edge nodes' signed updates of this round, each once, their sample total) and fetch
+its exact partial sum (a rule that decomposes) or every update it lists (median, trimmed mean,
+Krum); a supernode whose result does not hold is left out of the round (an EXCLUDED
+transaction). The job's strategy then makes H(r+1) (``finalize``), signed in a GLOBAL_MODEL
+transaction that names the AGGREGATEs it combined. With ``openEval`` every edge node then
+evaluates H(r+1) with its own head.
 
-``pause()`` takes effect between rounds; ``train()`` resumes at the next round. The job's
-progress (round, global model, metrics) stays in memory and its history is on the chain.
+A round changes the job's state (global model, round, server-optimiser state) only once its
+GLOBAL_MODEL is submitted, so a round that fails can be run again. ``pause()`` takes effect
+between rounds; ``train()`` resumes at the next round. The job's progress stays in memory and
+its history is on the chain.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -31,9 +38,9 @@ from fl.serialize import state_to_bytes, state_views
 from fl.names import CLIENT_OPTIONS, OPTION_DEFAULTS
 from fl.strategy import ExactSum, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
-from node.chain.rules import Transaction, TxKind, fixed, now_ms
+from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
 from node.roles.jobs import Job, job_payload
-from node.net.errors import refuse
+from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, make_header
 from node.net.wire import tx_from_pb, tx_to_pb
@@ -219,35 +226,55 @@ class Coordinator:
             del report.excluded[:]
             self._finish_metrics(report)
         trained = time.perf_counter()
-        excluded, edges, contributing = [], [], []
+        # nothing of the job's state changes until the round is recorded: a round that fails can
+        # be run again (train()) from where it started, server-optimiser state included
+        strategy = copy.deepcopy(self.strategy)
+        reference = state_views(current.data)
+        excluded: list[pb.Exclusion] = []
+        aggregates, parts, edges = [], [], []
         for sn, result in results:
             excluded.extend(result.excluded)
+            if not result.num_samples:
+                continue
+            try:
+                aggregate, part = self._contribution(job, round_number, sn, result, reference, strategy)
+            except Exception as exc:  # noqa: BLE001 - a supernode whose result does not hold is left out
+                reason = f"its round result was refused: {status_for(exc)[1]}"
+                log.warning("job %s round %d: supernode %s left out: %s", job.job_id, round_number, sn.node_id, reason)
+                excluded.append(pb.Exclusion(node_id=sn.node_id, reason=reason))
+                continue
+            aggregates.append(aggregate)
+            parts.append(part)
             edges.extend(result.edges)
-            if result.num_samples:
-                contributing.append((sn, result))
-        if not contributing:
+        if not parts:
             raise RuntimeError("no edge node returned a usable update: " +
                                ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
-        for sn, result in contributing:
-            self._check_partial(job, sn, result)
-        samples = sum(r.num_samples for _, r in contributing)
-        reference = state_views(current.data)
-        data = state_to_bytes(self.strategy.finalize(reference, self._combine(job, reference, contributing)))
-        self.global_model = ReceivedModel.of(
-            make_header(node.identity, data, job.job_id, round_number, samples), data)
-        node.models.put(self.global_model)
-        if current.header.model_hash != self.global_model.header.model_hash:
-            node.models.spill(current.header.model_hash)  # superseded: kept on disk, out of memory
+        if strategy.decomposable:
+            combined: ExactSum | list[Update] = strategy.accumulator(reference)
+            for part in parts:
+                combined.merge(part)
+        else:
+            combined = [update for part in parts for update in part]
+        data = state_to_bytes(strategy.finalize(reference, combined))
+        samples = sum(a.payload["samples"] for a in aggregates)
+        global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
         train_loss = sum(e.train_loss * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
-        self.global_tx = Transaction.create(TxKind.GLOBAL_MODEL, {
-            "job_id": job.job_id, "round": round_number, "hash": self.global_model.header.model_hash,
-            "samples": samples, "metrics": {"train_loss": fixed(train_loss), "updates": str(len(edges))}},
-            node.identity)
-        node.submit(self.global_tx)
-        self.round = round_number
+        global_tx = Transaction.create(TxKind.GLOBAL_MODEL, {
+            "job_id": job.job_id, "round": round_number, "hash": global_model.header.model_hash, "samples": samples,
+            "aggregates": sorted(a.hash for a in aggregates),  # exactly what was combined: what an audit uses
+            "metrics": {"train_loss": fixed(train_loss), "updates": str(len(edges))}}, node.identity)
+        refused = [Transaction.create(TxKind.EXCLUDED, {"job_id": job.job_id, "round": round_number, "node": x.node_id,
+                                                        "reason": x.reason[:500]}, node.identity)
+                   for x in excluded if x.reason.startswith("its round result was refused")]
+        node.models.put(global_model)
+        node.submit_all([*refused, global_tx])
+        # recorded: the round is done
+        self.strategy, self.global_model, self.global_tx, self.round = strategy, global_model, global_tx, round_number
+        if current.header.model_hash != global_model.header.model_hash:
+            node.models.spill(current.header.model_hash)  # superseded: kept on disk, out of memory
         self._unevaluated = pb.RoundMetrics(
             round=round_number, train_loss=train_loss, seconds=time.perf_counter() - started,
-            participants=len(edges), excluded=excluded, global_hash=self.global_model.header.model_hash,
+            participants=len(edges), excluded=excluded, global_hash=global_model.header.model_hash,
             **{k: math.nan for k in ("acc_weighted", "acc_mean", "acc_min", "acc_max", "loss")})
         log.info("job %s round %d: %d updates, %d left out; %.2f s (train%s %.2f, aggregate %.2f)",
                  job.job_id, round_number, len(edges), len(excluded), time.perf_counter() - started,
@@ -255,47 +282,66 @@ class Coordinator:
         if not job.evaluate_every_round and round_number < job.spec.rounds:
             self._finish_metrics(None)
 
-    def _combine(self, job: Job, reference: dict[str, Any],
-                 contributing: list[tuple[Any, pb.SupernodeResult]]) -> ExactSum | list[Update]:
-        """What ``finalize`` takes: the supernodes' partial sums merged (a rule that decomposes; the
-        merge is exact, so it equals one sum over every update), or every update itself, fetched
-        from the supernode that checked it and checked again here (median, trimmed mean, Krum)."""
-        strategy = self.strategy
+    def _contribution(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
+                      reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, ExactSum | list[Update]]:
+        """One supernode's part, checked: its signed AGGREGATE (against what it returned), and its
+        exact partial sum (a rule that decomposes: downloaded, checked against its hash, layout and
+        the bounds its total allows) or every update it lists (downloaded from it and validated
+        again here: median, trimmed mean, Krum)."""
+        aggregate = self._check_partial(job, round_number, sn, result, strategy)
         if strategy.decomposable:
-            total = strategy.accumulator(reference)
-            for sn, result in contributing:
-                if not result.partial_hash:
-                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"supernode {sn.node_id} sent no partial sum for a {strategy.name} job")
-                state = state_views(self._fetch(sn, result.partial_hash).data)
-                total.merge(ExactSum.from_state(state, result.num_samples, reference))
-            return total
+            limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
+            state = state_views(self._fetch(sn, result.partial_hash, limit).data)
+            return aggregate, ExactSum.from_state(state, result.num_samples, reference)
         updates = []
-        for sn, result in contributing:
-            for edge in result.edges:
-                tx = tx_from_pb(edge.update)
-                update = Update(state_views(self._fetch(sn, tx.payload["hash"]).data), tx.payload["samples"],
-                                tx.payload["hash"])
-                strategy.validate(reference, update)
-                updates.append(update)
-        return updates
-
-    def _check_partial(self, job: Job, sn: Any, result: pb.SupernodeResult) -> None:
-        """A partial aggregate must stand for updates signed by the job's edge nodes that are
-        registered with that supernode, and weigh exactly their samples."""
-        total = 0
         for edge in result.edges:
             tx = tx_from_pb(edge.update)
+            update = Update(state_views(self._fetch(sn, tx.payload["hash"]).data), tx.payload["samples"],
+                            tx.payload["hash"])
+            strategy.validate(reference, update)
+            updates.append(update)
+        return aggregate, updates
+
+    def _check_partial(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
+                       strategy: Strategy) -> Transaction:
+        """A supernode's result must list signed updates of this round from the job's edge nodes
+        registered with it, each edge node once, weigh exactly their samples, and come with its
+        own signed AGGREGATE naming those same updates (and the partial it returned)."""
+        if not result.HasField("aggregate"):
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} sent no signed AGGREGATE")
+        aggregate = tx_from_pb(result.aggregate)
+        check_payload(aggregate)
+        member = self.node.members.get(sn.node_id)
+        if aggregate.kind != TxKind.AGGREGATE or aggregate.sender != sn.node_id or member is None \
+                or not aggregate.signed_by(member.public_key):
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"supernode {sn.node_id}'s AGGREGATE is not signed by it")
+        senders, listed, total = set(), [], 0
+        for edge in result.edges:
+            tx = tx_from_pb(edge.update)
+            check_payload(tx)
             member = self.node.members.get(tx.sender)
             if (tx.kind != TxKind.MODEL_UPDATE or tx.sender not in job.participants or member is None
-                    or member.supernode != sn.node_id or tx.payload.get("job_id") != job.job_id
-                    or not tx.signed_by(member.public_key)):
+                    or member.supernode != sn.node_id or tx.payload["job_id"] != job.job_id
+                    or tx.payload["round"] != round_number or not tx.signed_by(member.public_key)):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
-                             f"supernode {sn.node_id} reported an update that is not a signed update of its own edge node")
+                             f"supernode {sn.node_id} reported an update that is not a signed update of round "
+                             f"{round_number} by its own edge node")
+            if tx.sender in senders:
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} lists edge node {tx.sender} twice")
+            senders.add(tx.sender)
+            listed.append(tx.hash)
             total += int(tx.payload["samples"])
-        if total != result.num_samples:
+        p = aggregate.payload
+        if p["job_id"] != job.job_id or p["round"] != round_number or list(p["updates"]) != sorted(listed):
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"supernode {sn.node_id}'s AGGREGATE does not list the updates it returned")
+        if total != result.num_samples or p["samples"] != total:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
                          f"supernode {sn.node_id} weighs its partial by {result.num_samples} samples, its updates hold {total}")
+        if strategy.decomposable and (not result.partial_hash or p.get("hash") != result.partial_hash):
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"supernode {sn.node_id}'s partial sum is not the one its AGGREGATE names")
+        return aggregate
 
     def _evaluate_pending(self, job: Job) -> None:
         """Evaluate the last round's model on its own (end of the job, or a pause)."""
@@ -352,10 +398,10 @@ class Coordinator:
             self.delivered.record(sn.node_id, model.header.model_hash)
         return stub.RunRound(request, timeout=timeout)
 
-    def _fetch(self, sn: Any, model_hash: str) -> ReceivedModel:
+    def _fetch(self, sn: Any, model_hash: str, max_bytes: int | None = None) -> ReceivedModel:
         """A partial sum or an update a supernode holds, checked against its hash."""
         local = self.node.models.get(model_hash)
-        return local if local is not None else self.node.download(sn.address, model_hash)
+        return local if local is not None else self.node.download(sn.address, model_hash, max_bytes)
 
 
 def _samples(edge: pb.EdgeResult) -> int:

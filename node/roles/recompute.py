@@ -3,15 +3,18 @@
 The chain records, for every round of every job, the signed ROUND order (the global model the
 round started from), each edge node's MODEL_UPDATE (the hash of its update and its sample
 count), each supernode's AGGREGATE (the updates it checked and, when the job's rule decomposes,
-the hash of its exact partial sum) and the entry node's GLOBAL_MODEL. Aggregation is
+the hash of its exact partial sum) and the entry node's GLOBAL_MODEL, which names the AGGREGATEs
+it combined. Aggregation is
 deterministic and exact (``fl.strategy``: integer partial sums, a fixed order), so anyone holding
 the updates can run the job's strategy again and must get the same bytes, hence the same hashes.
 
 This walks every job from its initial model (rebuilt from the JOB's seed), round by round,
 replaying the strategy on a fresh instance (server optimisers rebuild their state), and reports
 OK with counts, or the first round and node whose record does not follow from its inputs: a
-supernode whose partial sum is not the sum of the updates it lists, or an entry node whose
-global model is not what the strategy makes of them.
+supernode whose partial sum is not the sum of the updates it lists, or that lists an update of
+another round, of a non-participant, or an edge node twice; or an entry node whose round order or
+global model is not what the job's strategy makes of its inputs. An update that cannot be found
+stops the recompute as CANNOT CHECK (``missing``), which is not a mismatch.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class RecomputeReport:
     reason: str = ""
     seconds: float = 0.0
     missing: bool = False  # not a mismatch: an update could not be found, so its round was not checked
+    skipped_jobs: int = 0  # recorded before aggregates were recomputable (their JOB names no aggregation)
 
     def __str__(self) -> str:
         if self.ok:
@@ -70,17 +74,22 @@ def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel) -> R
             jobs.append(tx)
         elif tx.kind in (TxKind.ROUND, TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.GLOBAL_MODEL):
             by_job[tx.payload["job_id"]].append(tx)
-    rounds = updates = 0
+    rounds = updates = skipped = 0
     for job_tx in jobs:
+        if "aggregation" not in job_tx.payload.get("spec", {}):
+            skipped += 1  # recorded before aggregates were exact and named: nothing to recompute against
+            continue
         job = Job.from_tx(job_tx)
         replay = _JobReplay(job, by_job.get(job.job_id, []), fetch)
         try:
             replay.run()
         except _Mismatch as bad:
             return RecomputeReport(False, len(jobs), rounds + replay.rounds, updates + replay.updates, job.job_id,
-                                   bad.round, bad.node, bad.reason, time.perf_counter() - started, bad.missing)
+                                   bad.round, bad.node, bad.reason, time.perf_counter() - started, bad.missing,
+                                   skipped)
         rounds, updates = rounds + replay.rounds, updates + replay.updates
-    return RecomputeReport(True, len(jobs), rounds, updates, seconds=time.perf_counter() - started)
+    return RecomputeReport(True, len(jobs), rounds, updates, seconds=time.perf_counter() - started,
+                           skipped_jobs=skipped)
 
 
 class _JobReplay:
@@ -92,74 +101,101 @@ class _JobReplay:
         self.entry = job.tx.sender
         self.orders = {t.payload["round"]: t for t in txs if t.kind == TxKind.ROUND}
         self.globals = {t.payload["round"]: t for t in txs if t.kind == TxKind.GLOBAL_MODEL}
-        self.aggregates: dict[int, list[Transaction]] = defaultdict(list)
-        for t in txs:
-            if t.kind == TxKind.AGGREGATE:
-                self.aggregates[t.payload["round"]].append(t)
-        self.model_updates = {(t.payload["round"], t.payload["hash"]): t for t in txs if t.kind == TxKind.MODEL_UPDATE}
+        self.aggregates = {t.hash: t for t in txs if t.kind == TxKind.AGGREGATE}
+        self.model_updates = {t.hash: t for t in txs if t.kind == TxKind.MODEL_UPDATE}
         self.rounds = self.updates = 0
 
     def run(self) -> None:
         current = self._initial_model()
         for round_number in sorted(self.globals):  # rounds that finished; one under way is not judged yet
+            recorded = self.globals[round_number]
             order = self.orders.get(round_number)
             if order is None or order.payload["global_hash"] != model_hash(current):
                 raise _Mismatch(round_number, self.entry, "the ROUND order does not name the global model the "
                                 "previous round made (or the job's initial model)")
+            if order.payload.get("config", {}) != self.strategy.configure_train(round_number):
+                raise _Mismatch(round_number, self.entry, "the ROUND order's training options are not the "
+                                f"job's strategy's: {order.payload.get('config', {})!r}")
             reference = state_views(current)
-            combined = self._combine(round_number, reference)
+            combined, samples = self._combine(round_number, recorded, reference)
+            if recorded.payload["samples"] != samples:
+                raise _Mismatch(round_number, self.entry, f"the GLOBAL_MODEL weighs {recorded.payload['samples']} "
+                                f"samples; the AGGREGATEs it names hold {samples}")
             try:
                 current = state_to_bytes(self.strategy.finalize(reference, combined))
             except (InvalidUpdate, ValueError) as exc:
                 raise _Mismatch(round_number, self.entry, f"the recorded updates cannot be aggregated: {exc}") from None
-            recorded = self.globals[round_number].payload["hash"]
-            if model_hash(current) != recorded:
-                raise _Mismatch(round_number, self.entry, f"the GLOBAL_MODEL {recorded[:16]}… is not what the "
-                                f"{self.strategy.name} rule makes of the recorded updates ({model_hash(current)[:16]}…)")
+            if model_hash(current) != recorded.payload["hash"]:
+                raise _Mismatch(round_number, self.entry, f"the GLOBAL_MODEL {recorded.payload['hash'][:16]}… is not "
+                                f"what the {self.strategy.name} rule makes of the recorded updates "
+                                f"({model_hash(current)[:16]}…)")
             self.rounds += 1
 
     def _initial_model(self) -> bytes:
         worker = ClientWorker(self.job.spec, 10, torch.device("cpu"))
         return state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
 
-    def _combine(self, round_number: int, reference: dict[str, torch.Tensor]) -> ExactSum | list[Update]:
-        aggregates = sorted(self.aggregates.get(round_number, []), key=lambda t: t.sender)
+    def _combine(self, round_number: int, recorded: Transaction,
+                 reference: dict[str, torch.Tensor]) -> tuple[ExactSum | list[Update], int]:
+        """The AGGREGATEs the GLOBAL_MODEL names, each checked, combined as the entry node had to."""
+        named = recorded.payload.get("aggregates", [])
+        aggregates = []
+        for tx_hash in named:
+            aggregate = self.aggregates.get(tx_hash)
+            if aggregate is None or aggregate.payload["round"] != round_number:
+                raise _Mismatch(round_number, self.entry, f"the GLOBAL_MODEL names AGGREGATE {tx_hash[:16]}…, which "
+                                f"is not an AGGREGATE of round {round_number} on the chain")
+            aggregates.append(aggregate)
         if not aggregates:
-            raise _Mismatch(round_number, self.entry, "a GLOBAL_MODEL with no AGGREGATE behind it")
+            raise _Mismatch(round_number, self.entry, "a GLOBAL_MODEL that names no AGGREGATE")
         merged = self.strategy.accumulator(reference) if self.strategy.decomposable else None
         updates: list[Update] = []
-        for aggregate in aggregates:
-            sn, listed = aggregate.sender, aggregate.payload["updates"]
-            mine = [self._update(round_number, sn, h, reference) for h in listed]
+        senders: set[str] = set()
+        samples = 0
+        for aggregate in sorted(aggregates, key=lambda t: t.sender):
+            sn = aggregate.sender
+            mine = [self._update(round_number, sn, h, reference, senders) for h in aggregate.payload["updates"]]
             if sum(u.num_samples for u in mine) != aggregate.payload["samples"]:
                 raise _Mismatch(round_number, sn, f"the AGGREGATE weighs {aggregate.payload['samples']} samples; "
                                 f"its updates hold {sum(u.num_samples for u in mine)}")
+            samples += aggregate.payload["samples"]
             if merged is None:
                 updates.extend(mine)
                 continue
-            partial = self.strategy.accumulator(reference)
-            for update in mine:
-                partial.add(update, checked=True)
-            recomputed = model_hash(state_to_bytes(partial.to_state()))
+            try:
+                partial = self.strategy.accumulator(reference)
+                for update in mine:
+                    partial.add(update, checked=True)
+                recomputed = model_hash(state_to_bytes(partial.to_state()))
+                merged.merge(partial)
+            except (InvalidUpdate, ValueError) as exc:
+                raise _Mismatch(round_number, sn, f"its updates cannot be summed: {exc}") from None
             if aggregate.payload.get("hash") != recomputed:
                 raise _Mismatch(round_number, sn, f"its partial sum {str(aggregate.payload.get('hash'))[:16]}… is "
                                 f"not the sum of the {len(mine)} updates it lists ({recomputed[:16]}…)")
-            merged.merge(partial)
-        return merged if merged is not None else updates
+        return (merged if merged is not None else updates), samples
 
-    def _update(self, round_number: int, sn: str, update_hash: str, reference: dict[str, torch.Tensor]) -> Update:
-        tx = self.model_updates.get((round_number, update_hash))
-        if tx is None:
-            raise _Mismatch(round_number, sn, f"it lists update {update_hash[:16]}…, which no MODEL_UPDATE of "
-                            f"round {round_number} records")
+    def _update(self, round_number: int, sn: str, tx_hash: str, reference: dict[str, torch.Tensor],
+                senders: set[str]) -> Update:
+        """A listed MODEL_UPDATE, checked: of this job and round, by a participant not seen before
+        in the round; its bytes found (checked against their hash) and valid for the model."""
+        tx = self.model_updates.get(tx_hash)
+        if tx is None or tx.payload["round"] != round_number:
+            raise _Mismatch(round_number, sn, f"it lists {tx_hash[:16]}…, which is no MODEL_UPDATE of round "
+                            f"{round_number} on the chain")
+        if tx.sender not in self.job.participants or tx.sender in senders:
+            raise _Mismatch(round_number, sn, f"it lists an update of edge node {tx.sender}, which is not a "
+                            "participant or was already counted this round")
+        senders.add(tx.sender)
+        update_hash = tx.payload["hash"]
         data = self.fetch(update_hash, sn)
         if data is None:
             raise _Mismatch(round_number, sn, f"update {update_hash[:16]}… (edge node {tx.sender}) cannot be "
                             "found: neither this node nor the supernode that checked it holds it", missing=True)
-        update = Update(state_views(data), tx.payload["samples"], update_hash)
         try:
+            update = Update(state_views(data), tx.payload["samples"], update_hash)
             self.strategy.validate(reference, update)
-        except InvalidUpdate as exc:
+        except (InvalidUpdate, ValueError) as exc:
             raise _Mismatch(round_number, sn, f"it accepted update {update_hash[:16]}…, which is invalid: {exc}") from None
         self.updates += 1
         return update

@@ -30,7 +30,7 @@ from node.roles.jobs import Job, read_orders
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, chunks, make_header
-from node.net.wire import WireError, tx_from_pb
+from node.net.wire import WireError, tx_from_pb, tx_to_pb
 
 if TYPE_CHECKING:
     from node.roles.supernode import Supernode
@@ -95,11 +95,11 @@ class RoundRunner:
             try:
                 result = future.result()
                 tx, update = self._check_update(result, job, round_number, reference, strategy)
+                if partial is not None:
+                    partial.add(update, checked=True)  # (refuses a sample total that would reach 2**35)
             except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
                 reply.excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
                 continue
-            if partial is not None:
-                partial.add(update, checked=True)
             txs.append(tx)
             reply.edges.append(result)
             node.models.spill(update.model_hash)  # checked (and summed): memory for the next, disk for audits
@@ -130,8 +130,9 @@ class RoundRunner:
     def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
                  reply: pb.SupernodeResult) -> pb.SupernodeResult:
         """Send the round's transactions to the entry node (in one batch): the edge nodes' signed
-        updates, the exclusions, and the AGGREGATE listing the updates this supernode checked. When
-        the job's rule decomposes, the AGGREGATE names the partial sum, kept for download."""
+        updates, the exclusions, and the AGGREGATE listing the MODEL_UPDATE transactions this
+        supernode checked (also in the reply, so the entry node knows what it combines). When the
+        job's rule decomposes, the AGGREGATE names the partial sum, kept for download."""
         node = self.node
         records = txs + [Transaction.create(TxKind.EXCLUDED, {
             "job_id": job.job_id, "round": round_number, "node": exclusion.node_id,
@@ -139,8 +140,8 @@ class RoundRunner:
         if txs:
             samples = sum(int(t.payload["samples"]) for t in txs)
             loss = sum(r.train_loss * int(t.payload["samples"]) for r, t in zip(reply.edges, txs)) / samples
-            aggregate = {"job_id": job.job_id, "round": round_number, "samples": samples,
-                         "updates": sorted(t.payload["hash"] for t in txs), "metrics": {"train_loss": fixed(loss)}}
+            aggregate = {"job_id": job.job_id, "round": round_number, "samples": samples,  # the MODEL_UPDATEs it checked
+                         "updates": sorted(t.hash for t in txs), "metrics": {"train_loss": fixed(loss)}}
             if partial is not None:
                 data = state_to_bytes(partial.to_state())
                 with self._scratch_lock:
@@ -150,6 +151,7 @@ class RoundRunner:
                 aggregate["hash"] = reply.partial_hash = header.model_hash
             reply.num_samples = samples
             records.append(Transaction.create(TxKind.AGGREGATE, aggregate, node.identity))
+            reply.aggregate.CopyFrom(tx_to_pb(records[-1]))
         node.submit_all(records)
         return reply
 

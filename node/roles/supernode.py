@@ -31,7 +31,7 @@ from node.chain.identity import Identity, verify_signature
 from node.chain.ledger import Ledger
 from node.roles.membership import Member, Members, check_registration, heartbeat_fields, register_transaction, signed_heartbeat
 from node.net.channels import Channels
-from node.net.errors import refuse
+from node.net.errors import ServiceError, refuse
 from node.roles.block_producer import BlockProducer
 from node.roles.replica import Replica
 from node.roles.rounds import RoundRunner
@@ -192,11 +192,12 @@ class Supernode:
         return [m.node_id for m in self.members.of_role("EN", alive_only=True) if m.supernode == self.node_id]
 
     # --- models held elsewhere -------------------------------------------------------------------------
-    def download(self, address: str, model_hash: str) -> ReceivedModel:
-        """The model ``model_hash`` from the node at ``address``, checked against its hash."""
+    def download(self, address: str, model_hash: str, max_bytes: int | None = None) -> ReceivedModel:
+        """The model ``model_hash`` from the node at ``address``, checked against its hash (at most
+        ``max_bytes``, by default ``max_model_mb``: a partial sum is larger than its model)."""
         stub = rpc_pb.TrainingStub(self.channels.get(address))
         model = receive(stub.DownloadModel(pb.ModelRequest(model_hash=model_hash), timeout=60),
-                        self.settings.max_model_bytes)
+                        max_bytes or self.settings.max_model_bytes)
         if model.header.model_hash != model_hash:
             raise refuse(grpc.StatusCode.DATA_LOSS, f"{address} sent another model than {model_hash[:16]}…")
         return model
@@ -214,7 +215,7 @@ class Supernode:
             return None
         try:
             return self.download(address, model_hash).data
-        except grpc.RpcError:
+        except (grpc.RpcError, ServiceError):  # unreachable, or it sent something else: not found here
             return None
 
     # --- transactions and blocks --------------------------------------------------------------
