@@ -16,19 +16,16 @@ model, local epoch, batch size and lr, over 2 single-threaded worker processes) 
 (``vs yardstick``); ``--no-yardstick`` skips it.
 
 ``--pfllib DIR`` takes the clients from a split PFLlib prepared (fl/pfllib.py) instead of our
-own partition. Our engine cannot train on a given split yet (see ``run_engine``), so for now
-only the yardstick runs on it.
+own partition, for our engine and the yardstick alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,24 +35,11 @@ from rich.table import Table  # noqa: E402
 
 from bench.yardstick import YardstickResult, run_yardstick  # noqa: E402
 from config import load_config  # noqa: E402
-from fl.datasets import Dataset, canonical_name, load_dataset  # noqa: E402
+from fl.datasets import canonical_name, load_dataset  # noqa: E402
 from fl.federation import JobSpec, client_indices  # noqa: E402
 from fl.partition import ClientIndices  # noqa: E402
 from fl.pfllib import dataset_family, load_pfllib, read_config  # noqa: E402
 from fl.simulation import SimulationResult, run_simulation  # noqa: E402
-
-
-def run_engine(conf: dict[str, Any], dataset: Dataset,
-               splits: list[ClientIndices] | None) -> SimulationResult | None:
-    """Our engine on ``conf``: on the job's own partition (``splits`` None), or on the given
-    ``splits`` (a PFLlib split). The engine cannot consume a given split yet; once
-    ``run_simulation`` takes one (a ``splits=`` parameter), this is the one call that turns
-    ``--pfllib`` on for the engine too. Returns None while it cannot."""
-    if splits is None:
-        return run_simulation(conf, dataset=dataset)
-    if "splits" in inspect.signature(run_simulation).parameters:
-        return run_simulation(conf, dataset=dataset, splits=splits)
-    return None
 
 
 def yardstick_table(yardsticks: dict[str, YardstickResult], clients: int, rounds: int) -> Table:
@@ -133,14 +117,7 @@ def main() -> None:
                 rounds=args.yardstick_rounds, workers=args.yardstick_workers, model=conf["model"],
                 head_layers=conf["head_layers"], seed=args.seed)
         console.print(f"running {strategy} …")
-        result = run_engine(conf, dataset, splits)
-        if result is None:
-            console.print("[yellow]note:[/] our engine cannot train on a PFLlib split yet: it derives its "
-                          "partition from the job's seed; once fl/simulation.py takes a given split, "
-                          "bench/accuracy.py's run_engine passes it on. Only the yardstick ran on it.")
-            yardsticks = {"PFLlib split (no engine run)": y for y in yardsticks.values()}
-            break
-        results[strategy] = result
+        results[strategy] = run_simulation(conf, dataset=dataset, splits=splits)
 
     if yardsticks:
         console.print(yardstick_table(yardsticks, args.clients, args.yardstick_rounds))

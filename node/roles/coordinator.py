@@ -33,13 +33,13 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from config import ConfigError, load_config
-from fl.federation import ClientWorker, JobSpec, split_state
+from fl.federation import JobSpec
 from fl.serialize import state_to_bytes, state_views
-from fl.names import CLIENT_OPTIONS, OPTION_DEFAULTS
+from fl.names import CLIENT_OPTIONS
 from fl.strategy import ExactSum, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
-from node.roles.jobs import Job, job_payload
+from node.roles.jobs import Job, check_model_update, initial_model, job_payload
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, make_header
@@ -108,10 +108,9 @@ class Coordinator:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job cannot start: {exc}") from None
             job_id = f"job-{now_ms()}"
             try:  # the job's initial model, the same on every node: built before anything is recorded
-                worker = ClientWorker(spec, 10, _cpu())
+                initial = initial_model(spec)
             except ValueError as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
-            initial = state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
             tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf), self.node.identity)
             self.node.submit(tx)
             self.job, self.strategy = Job.from_tx(tx), strategy
@@ -127,7 +126,7 @@ class Coordinator:
         """The job's configuration: this node's own (jobs keys only) under the console's
         ``overrides``. The rule's options come from this node's configuration too, but only those
         of the rule the job uses (config refuses an option given for another rule)."""
-        base = {k: v for k, v in _job_defaults(self.base_conf).items() if k not in OPTION_DEFAULTS}
+        base = _job_defaults(self.base_conf)
         try:
             aggregation = load_config(env={}, overrides={**base, **overrides})["aggregation"]
             inherited = {k: self.base_conf[k] for k in options_of(aggregation) | set(CLIENT_OPTIONS)
@@ -291,12 +290,12 @@ class Coordinator:
         aggregate = self._check_partial(job, round_number, sn, result, strategy)
         if strategy.decomposable:
             limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
-            state = state_views(self._fetch(sn, result.partial_hash, limit).data)
+            state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit).data)
             return aggregate, ExactSum.from_state(state, result.num_samples, reference)
         updates = []
         for edge in result.edges:
             tx = tx_from_pb(edge.update)
-            update = Update(state_views(self._fetch(sn, tx.payload["hash"]).data), tx.payload["samples"],
+            update = Update(state_views(self.node.fetch_model(tx.payload["hash"], sn.address).data), tx.payload["samples"],
                             tx.payload["hash"])
             strategy.validate(reference, update)
             updates.append(update)
@@ -318,14 +317,11 @@ class Coordinator:
         senders, listed, total = set(), [], 0
         for edge in result.edges:
             tx = tx_from_pb(edge.update)
-            check_payload(tx)
             member = self.node.members.get(tx.sender)
-            if (tx.kind != TxKind.MODEL_UPDATE or tx.sender not in job.participants or member is None
-                    or member.supernode != sn.node_id or tx.payload["job_id"] != job.job_id
-                    or tx.payload["round"] != round_number or not tx.signed_by(member.public_key)):
+            if tx.sender not in job.participants or member is None or member.supernode != sn.node_id:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
-                             f"supernode {sn.node_id} reported an update that is not a signed update of round "
-                             f"{round_number} by its own edge node")
+                             f"supernode {sn.node_id} reported an update of {tx.sender}, not of its own edge node in the job")
+            check_model_update(tx, job.job_id, round_number, member.public_key)
             if tx.sender in senders:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} lists edge node {tx.sender} twice")
             senders.add(tx.sender)
@@ -398,10 +394,6 @@ class Coordinator:
             self.delivered.record(sn.node_id, model.header.model_hash)
         return stub.RunRound(request, timeout=timeout)
 
-    def _fetch(self, sn: Any, model_hash: str, max_bytes: int | None = None) -> ReceivedModel:
-        """A partial sum or an update a supernode holds, checked against its hash."""
-        local = self.node.models.get(model_hash)
-        return local if local is not None else self.node.download(sn.address, model_hash, max_bytes)
 
 
 def _samples(edge: pb.EdgeResult) -> int:
@@ -434,14 +426,9 @@ def _summary(report: pb.EvalReport) -> dict[str, float]:
 
 
 def _job_defaults(conf: dict[str, Any]) -> dict[str, Any]:
-    """The entry node's configuration as the job's defaults (only keys a job uses)."""
+    """The entry node's configuration as the job's defaults (only keys a job uses; the rule's
+    options are added by ``Coordinator._job_config``, for the rule the job uses)."""
     keys = ("client.amount", "local_epoch", "gobal_epoch", "openEval", "dataset", "learn_rate", "BATCH_SIZE",
             "strategy", "aggregation", "model", "head_layers", "momentum", "partition", "classes_per_client",
-            "dirichlet_alpha", "train_fraction", "seed", "round_timeout", *OPTION_DEFAULTS)
+            "dirichlet_alpha", "train_fraction", "seed", "round_timeout")
     return {k: conf[k] for k in keys}
-
-
-def _cpu() -> Any:
-    import torch
-
-    return torch.device("cpu")

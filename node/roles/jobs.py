@@ -19,9 +19,12 @@ import grpc
 
 from base_package import data_pb2 as pb
 
-from fl.federation import JobSpec
-from fl.strategy import Strategy, strategy_for_job
-from node.chain.rules import Transaction, TxKind
+import torch
+
+from fl.federation import ClientWorker, JobSpec, split_state
+from fl.serialize import state_to_bytes
+from fl.strategy import InvalidUpdate, Strategy, strategy_for_job
+from node.chain.rules import Transaction, TxKind, check_payload
 from node.net.errors import refuse
 from node.net.wire import tx_from_pb
 
@@ -66,6 +69,27 @@ class Job:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the JOB transaction lists no participants")
         return cls(p["job_id"], spec_from_payload(p["spec"]), tuple(participants),
                    bool(options.get("openEval", True)), float(options.get("round_timeout", "300")), tx)
+
+
+def initial_model(spec: JobSpec) -> bytes:
+    """The job's first global model (its shared layers as safetensors bytes), built from the job's
+    seed alone: the entry node starts the job with it and an auditor rebuilds it to recompute."""
+    worker = ClientWorker(spec, 10, torch.device("cpu"))
+    return state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
+
+
+def check_model_update(tx: Transaction, job_id: str, round_number: int, key: bytes) -> None:
+    """Raise :class:`InvalidUpdate` unless ``tx`` is a well-formed MODEL_UPDATE of this job and
+    round, signed with ``key`` (its sender's registered key): what a supernode checks of each edge
+    node's result, and the entry node again of each update a supernode reports."""
+    check_payload(tx)
+    if tx.kind != TxKind.MODEL_UPDATE:
+        raise InvalidUpdate(f"expected a MODEL_UPDATE transaction, got {tx.kind}")
+    if not tx.signed_by(key):
+        raise InvalidUpdate(f"the MODEL_UPDATE of {tx.sender} has a bad signature")
+    if tx.payload["job_id"] != job_id or tx.payload["round"] != round_number:
+        raise InvalidUpdate(f"the update is for {tx.payload['job_id']} round {tx.payload['round']}, "
+                            f"not {job_id} round {round_number}")
 
 
 def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[str, Any]) -> dict[str, Any]:

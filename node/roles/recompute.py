@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fl.federation import ClientWorker, split_state
 from fl.serialize import model_hash, state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
 from node.chain.rules import Transaction, TxKind
-from node.roles.jobs import Job
+from node.roles.jobs import Job, initial_model
 
 # (model hash, the node that should hold it) -> the model's bytes, checked against the hash; or None
 FetchModel = Callable[[str, str], "bytes | None"]
@@ -106,7 +105,7 @@ class _JobReplay:
         self.rounds = self.updates = 0
 
     def run(self) -> None:
-        current = self._initial_model()
+        current = initial_model(self.job.spec)
         for round_number in sorted(self.globals):  # rounds that finished; one under way is not judged yet
             recorded = self.globals[round_number]
             order = self.orders.get(round_number)
@@ -130,10 +129,6 @@ class _JobReplay:
                                 f"what the {self.strategy.name} rule makes of the recorded updates "
                                 f"({model_hash(current)[:16]}…)")
             self.rounds += 1
-
-    def _initial_model(self) -> bytes:
-        worker = ClientWorker(self.job.spec, 10, torch.device("cpu"))
-        return state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
 
     def _combine(self, round_number: int, recorded: Transaction,
                  reference: dict[str, torch.Tensor]) -> tuple[ExactSum | list[Update], int]:

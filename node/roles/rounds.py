@@ -25,8 +25,8 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
-from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
-from node.roles.jobs import Job, read_orders
+from node.chain.rules import Transaction, TxKind, fixed, now_ms
+from node.roles.jobs import Job, check_model_update, read_orders
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, chunks, make_header
@@ -88,7 +88,7 @@ class RoundRunner:
         if strategy.decomposable:
             with self._scratch_lock:  # a round running beside this one (rare) gets buffers of its own
                 scratch, self._scratch = self._scratch, None
-            partial = strategy.accumulator(reference) if scratch is None else ExactSum(reference, reuse=scratch)
+            partial = ExactSum(reference, reuse=scratch)
         txs: list[Transaction] = []
         for future in as_completed(futures):  # fold each update in as it arrives
             edge_id = futures[future]
@@ -158,14 +158,10 @@ class RoundRunner:
     def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int, reference: dict[str, Any],
                       strategy: Strategy) -> tuple[Transaction, Update]:
         tx = tx_from_pb(result.update)
-        check_payload(tx)
         member = self.node.members.get(result.node_id)
-        if tx.kind != TxKind.MODEL_UPDATE or tx.sender != result.node_id or member is None:
+        if tx.sender != result.node_id or member is None:
             raise InvalidUpdate("the result is not a MODEL_UPDATE of the edge node that sent it")
-        if not tx.signed_by(member.public_key):
-            raise InvalidUpdate("the MODEL_UPDATE transaction has a bad signature")
-        if tx.payload["job_id"] != job.job_id or tx.payload["round"] != round_number:
-            raise InvalidUpdate(f"the update is for {tx.payload['job_id']} round {tx.payload['round']}")
+        check_model_update(tx, job.job_id, round_number, member.public_key)
         received = self.node.models.get(tx.payload["hash"])
         if received is None or received.header.sender != result.node_id:
             raise InvalidUpdate("the update's bytes were never uploaded to this supernode")

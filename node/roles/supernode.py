@@ -202,19 +202,22 @@ class Supernode:
             raise refuse(grpc.StatusCode.DATA_LOSS, f"{address} sent another model than {model_hash[:16]}…")
         return model
 
+    def fetch_model(self, model_hash: str, address: str, max_bytes: int | None = None) -> ReceivedModel:
+        """A model from this node's store, else downloaded from ``address`` (checked either way)."""
+        local = self.models.get(model_hash)
+        return local if local is not None else self.download(address, model_hash, max_bytes)
+
     def find_model(self, model_hash: str, holder: str) -> bytes | None:
         """A recorded model's bytes (checked against its hash): from this node's store, else from
         ``holder``, the supernode that received it; None when neither has it."""
-        local = self.models.get(model_hash)
-        if local is not None:
-            return local.data
         known = self.members.get(holder)
         address = known.address if known is not None else next(
             (n.address for n in self.supernode_view.nodes if n.node_id == holder), None)
         if address is None:
-            return None
+            local = self.models.get(model_hash)
+            return None if local is None else local.data
         try:
-            return self.download(address, model_hash).data
+            return self.fetch_model(model_hash, address).data
         except (grpc.RpcError, ServiceError):  # unreachable, or it sent something else: not found here
             return None
 
