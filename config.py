@@ -74,6 +74,7 @@ my_conf: dict[str, Any] = {
     "torch_threads": 1,  # torch (OpenMP) threads per node process (several nodes often share a host's cores)
     "own_data": False,  # an EN trains on everything in its data_dir instead of its job shard
     "edge_parallelism": 0,  # edge nodes a supernode asks at once in a round (0: all of them)
+    "cert_days": 365,  # how long the certificates the entry node's CA issues at enrolment last
 }
 
 ENV_PREFIX = "FL_"
@@ -128,6 +129,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "round_timeout": lambda v: None if 0 < v <= 86_400 else "between 0 and 86400 seconds",
     "torch_threads": _at_least(1),
     "edge_parallelism": _at_least(0),
+    "cert_days": lambda v: None if 1 <= v <= 3650 else "between 1 and 3650 days",
 }
 
 _CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device"}

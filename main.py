@@ -1,12 +1,16 @@
 """Start a FedLedger node.
 
-    python main.py --port 8080 --nt SN --entry 127.0.0.1:8080 -z   # the entry supernode
-    python main.py --port 8081 --nt SN --entry 127.0.0.1:8080      # another supernode
-    python main.py --port 8082 --nt EN --entry 127.0.0.1:8080      # an edge node
-    python main.py init --home ~/.fedledger/sn-8080                 # keys and config only
+    python main.py --port 8080 --nt SN --entry 127.0.0.1:8080 -z             # the entry supernode
+    python main.py --port 8081 --nt SN --entry 127.0.0.1:8080 --token FL1-…  # another supernode
+    python main.py --port 8082 --nt EN --entry 127.0.0.1:8080 --token FL1-…  # an edge node
+    python main.py init --home ~/.fedledger/sn-8080                           # keys and config only
+    python main.py token --home ~/.fedledger/sn-8080 --port 8080 --role EN    # a token, offline
 
-A node keeps its key, its configuration (``config.toml``, optional) and, for supernodes, its
-SQLite ledger in its home directory. SIGINT or SIGTERM stops it cleanly: the entry node seals
+A node keeps its key, its configuration (``config.toml``, optional), its TLS certificate
+(``tls/``) and, for supernodes, its SQLite ledger in its home directory. The entry node also keeps
+the network's CA (``ca/``), the enrolment tokens and the console's certificate (``console/``).
+Every other node joins with an enrolment token once (``--token`` or ``FEDLEDGER_ENROL_TOKEN``);
+its certificate lets it in from then on. SIGINT or SIGTERM stops it cleanly: the entry node seals
 pending transactions into a last block, the ledger is closed, and the process exits 0.
 """
 
@@ -24,6 +28,7 @@ from config import ConfigError, load_config, my_conf, parse_assignments
 from fl.memory import keep_freed_memory
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"  # also node.roles.enrolment.TOKEN_ENV (not imported here: argparse runs first)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the address other nodes reach this one at (default: this machine's address on the "
                         "route to the entry node, with --port)")
     p.add_argument("--home", type=Path, help="key, config and SQLite ledger (default: ~/.fedledger/<sn|en>-<port>)")
+    p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
+                   help=f"enrolment token from the operator, needed on a node's first start only "
+                        f"(default: ${TOKEN_ENV}); console: enrol(role='EN')")
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="read the enrolment token from FILE")
+    p.add_argument("--enrol-port", type=int, metavar="PORT",
+                   help="entry node: the plaintext port nodes without a certificate enrol on (default: --port + 10000)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext gRPC instead of mutual TLS (every node and the console must agree); "
+                        "for a single trusted host only")
     p.add_argument("--db", metavar="URL",
                    help="ledger database: sqlite:///FILE or mysql+pymysql://USER:PW@HOST:3306[/DB] "
                         "(no DB: each supernode gets its own, fedledger_sn_<node id>); default <home>/ledger.db")
@@ -51,6 +65,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a TOML file of config keys (default: <home>/config.toml if present)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     return p
+
+
+def build_token_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main.py token", description=(
+        "Make an enrolment token in the entry node's home (creating its CA on first use), whether or "
+        "not the entry node is running; print it. The console's enrol() does the same remotely."))
+    p.add_argument("--home", type=Path, required=True, help="the entry node's home")
+    p.add_argument("--port", type=int, help="the entry node's --port (its enrolment port is this + 10000)")
+    p.add_argument("--enrol-port", type=int, help="the entry node's --enrol-port, when set")
+    p.add_argument("--role", choices=("SN", "EN"), default="EN", type=str.upper)
+    p.add_argument("--uses", type=int, default=1, help="how many nodes may enrol with it")
+    p.add_argument("--hours", type=float, default=24.0, help="how long it is valid")
+    return p
+
+
+def token(argv: list[str]) -> int:
+    from node.chain.identity import Identity
+    from node.net.tls import Authority
+    from node.roles.enrolment import EnrolmentError, TokenStore
+
+    args = build_token_parser().parse_args(argv)
+    if args.enrol_port is None and args.port is None:
+        raise ConfigError("give the entry node's --port (or its --enrol-port): the token tells nodes where to enrol")
+    identity = Identity.load_or_create(args.home)
+    authority = Authority.load_or_create(args.home, identity.node_id[:8])
+    try:
+        made, _ = TokenStore(args.home).create(args.role, args.uses, args.hours, authority.sha256,
+                                               args.enrol_port or enrol_port_for(args.port))
+    except EnrolmentError as exc:
+        raise ConfigError(str(exc)) from None
+    print(made)
+    return 0
+
+
+def enrol_port_for(port: int) -> int:
+    """The entry node's default enrolment port: ``port`` + 10000 (or − 10000 above 55535)."""
+    return port + 10000 if port + 10000 < 65536 else port - 10000
 
 
 def build_init_parser() -> argparse.ArgumentParser:
@@ -95,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from node.chain.identity import Identity
     from node.net.channels import route_ip, split_address
     from node.net.server import build_server, stop_event
+    from node.net.tls import TLS_DIR, Credentials
     from node.roles.settings import NodeSettings
 
     log = logging.getLogger("fedledger")
@@ -102,29 +154,40 @@ def run(args: argparse.Namespace) -> int:
     split_address(args.entry)  # a clear error now rather than a failed dial later
     if args.advertise:
         split_address(args.advertise)
+    if args.is_entry and args.nt != "SN":
+        raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
     identity = Identity.load_or_create(home)
     address = args.advertise or f"{_url_host(route_ip(args.entry))}:{args.port}"
     settings = NodeSettings.from_config(conf)
+    admission, pin = _admit(args, home, conf, identity, log)
+    credentials = None if args.insecure else Credentials.load(home / TLS_DIR)
+    enrol_bind = f"{_url_host(args.host)}:{admission.enrol_port}" if admission else None
 
     closers: list[Any] = []
     try:
         if args.nt == "SN":
-            node, servicers, rules, ledger_text = _supernode(args, home, conf, identity, address, settings, closers)
+            node, servicers, rules, ledger_text = _supernode(args, home, conf, identity, address, settings, closers,
+                                                             credentials, pin, admission)
+            revoked = node.ledger.is_revoked
         else:
-            if args.is_entry:
-                raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
             from node.roles.edgenode import EdgeNode, edge_rules, edge_servicers
             from node.roles.trainer import EdgeTrainer
 
-            node = EdgeNode(identity, address, args.entry, settings)
+            node = EdgeNode(identity, address, args.entry, settings, credentials=credentials,
+                            entry_id=pin.entry_id, genesis_hash=pin.genesis_hash)
             servicers, rules = edge_servicers(node, EdgeTrainer(node, home, conf)), edge_rules(node)
             ledger_text = "none (edge node)"
-        server = build_server(f"{_url_host(args.host)}:{args.port}", servicers, rules)
+            revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does
+        server = build_server(f"{_url_host(args.host)}:{args.port}", servicers, rules, credentials,
+                              revoked=revoked, enrol_bind=enrol_bind)
         try:
             node.start()
             role = "SN, entry" if args.is_entry else args.nt
-            log.info("node %s (%s) serving on %s:%d, reachable at %s; home %s; ledger %s",
-                     identity.node_id, role, args.host, args.port, address, home, ledger_text)
+            log.info("node %s (%s) serving on %s:%d (%s), reachable at %s; home %s; ledger %s",
+                     identity.node_id, role, args.host, args.port, "plaintext" if args.insecure else "mutual TLS",
+                     address, home, ledger_text)
+            if enrol_bind:
+                log.info("enrolment port %s (plaintext; tokens pin the CA)", enrol_bind)
             while not stopping.wait(0.5):
                 pass
             log.info("signal received: shutting down")
@@ -148,8 +211,48 @@ def prepare_process(torch_threads: int) -> None:
     keep_freed_memory()
 
 
+def _admit(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity: Any,
+           log: logging.Logger) -> tuple[Any, Any]:
+    """(admission, pin): the entry node makes its CA, its own certificate and the console's on
+    first start; any other node enrols with its token unless it holds a certificate already."""
+    from node.net.tls import (TLS_DIR, Authority, issue_console_credentials, load_or_create_key,
+                              save_node_credentials, signing_request)
+    from node.roles.enrolment import Admission, EnrolmentError, NetworkPin, TokenStore, enrol
+
+    tls = home / TLS_DIR
+    if args.is_entry:
+        authority = Authority.load_or_create(home, identity.node_id[:8])
+        if not (tls / "node.crt").exists():
+            key = load_or_create_key(tls / "node.key")
+            cert = authority.issue(signing_request(key, identity.node_id), identity.node_id, "SN", conf["cert_days"])
+            save_node_credentials(tls, cert, authority.cert)
+        console = issue_console_credentials(authority, home, conf["cert_days"])
+        log.info("network CA %s; console credentials in %s", authority.sha256[:16], console)
+        pin = NetworkPin(identity.node_id, "", authority.sha256, "SN")
+        port = args.enrol_port or enrol_port_for(args.port)
+        return Admission(authority, TokenStore(home), port, conf["cert_days"]), pin
+    pin = NetworkPin.load(home)
+    if pin is None or not (tls / "node.crt").exists():
+        if args.token_file and not args.token:
+            args.token = args.token_file.read_text(encoding="utf-8").strip()
+        if not args.token:
+            raise ConfigError(
+                f"this node is not enrolled yet and has no enrolment token: ask the network's operator for one "
+                f"(console on the entry node: enrol(role='{args.nt}'), or `python main.py token --home ENTRY_HOME "
+                f"--port ENTRY_PORT --role {args.nt}`) and pass it with --token or {TOKEN_ENV}")
+        try:
+            pin = enrol(home, identity, args.token, args.entry)
+        except EnrolmentError as exc:
+            raise ConfigError(str(exc)) from None
+        log.info("enrolled as %s with entry node %s; certificate in %s", pin.role, pin.entry_id, tls)
+    if pin.role != args.nt:
+        raise ConfigError(f"this node ({home}) is enrolled as {pin.role}, not {args.nt}; use another --home")
+    return None, pin
+
+
 def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity: Any, address: str,
-               settings: Any, closers: list[Any]) -> tuple[Any, list[Any], dict[str, Any], str]:
+               settings: Any, closers: list[Any], credentials: Any, pin: Any,
+               admission: Any) -> tuple[Any, list[Any], dict[str, Any], str]:
     from node.net.admin import load_or_create_token, token_hash
     from node.chain.ledger import Ledger
     from node.roles.services import supernode_rules, supernode_servicers
@@ -158,7 +261,8 @@ def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], ident
 
     store = LedgerStore(ledger_url(args.db, home, f"sn_{identity.node_id[:16]}"))
     closers.append(store.close)
-    node = Supernode(identity, address, Ledger(store), args.entry, args.is_entry, settings, home / "models", conf)
+    node = Supernode(identity, address, Ledger(store), args.entry, args.is_entry, settings, home / "models", conf,
+                     credentials=credentials, entry_id=pin.entry_id, admission=admission)
     if args.is_entry:
         token, created = load_or_create_token(home)
         node.admin_token_hash = token_hash(token)
@@ -176,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["init"]:
         return init(argv[1:])
+    if argv[:1] == ["token"]:
+        try:
+            return token(argv[1:])
+        except (ConfigError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

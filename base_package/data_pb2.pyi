@@ -276,6 +276,96 @@ class SupernodeResult(_message.Message):
     aggregate: Transaction
     def __init__(self, node_id: _Optional[str] = ..., partial_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeResult, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., aggregate: _Optional[_Union[Transaction, _Mapping]] = ...) -> None: ...
 
+class NetworkInfo(_message.Message):
+    __slots__ = ("ca_certificate", "entry_id", "genesis_hash")
+    CA_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    GENESIS_HASH_FIELD_NUMBER: _ClassVar[int]
+    ca_certificate: bytes
+    entry_id: str
+    genesis_hash: str
+    def __init__(self, ca_certificate: _Optional[bytes] = ..., entry_id: _Optional[str] = ..., genesis_hash: _Optional[str] = ...) -> None: ...
+
+class EnrolRequest(_message.Message):
+    __slots__ = ("token_id", "public_key", "csr", "proof", "signature")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    public_key: bytes
+    csr: bytes
+    proof: bytes
+    signature: bytes
+    def __init__(self, token_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., csr: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class EnrolReply(_message.Message):
+    __slots__ = ("certificate", "role", "network")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    role: str
+    network: NetworkInfo
+    def __init__(self, certificate: _Optional[bytes] = ..., role: _Optional[str] = ..., network: _Optional[_Union[NetworkInfo, _Mapping]] = ...) -> None: ...
+
+class EnrolmentRequest(_message.Message):
+    __slots__ = ("role", "uses", "hours")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    HOURS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    uses: int
+    hours: float
+    def __init__(self, role: _Optional[str] = ..., uses: _Optional[int] = ..., hours: _Optional[float] = ...) -> None: ...
+
+class EnrolmentToken(_message.Message):
+    __slots__ = ("token", "token_id", "role", "uses", "expires_ms")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    token_id: str
+    role: str
+    uses: int
+    expires_ms: int
+    def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., role: _Optional[str] = ..., uses: _Optional[int] = ..., expires_ms: _Optional[int] = ...) -> None: ...
+
+class EnrolledNode(_message.Message):
+    __slots__ = ("node_id", "role", "token_id", "enrolled_height", "revoked", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    role: str
+    token_id: str
+    enrolled_height: int
+    revoked: bool
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., token_id: _Optional[str] = ..., enrolled_height: _Optional[int] = ..., revoked: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EnrolmentList(_message.Message):
+    __slots__ = ("tokens", "nodes")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[EnrolmentToken]
+    nodes: _containers.RepeatedCompositeFieldContainer[EnrolledNode]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[EnrolmentToken, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[EnrolledNode, _Mapping]]] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class StatusReply(_message.Message):
     __slots__ = ("node_id", "role", "entry", "address", "head", "final_height", "pending_transactions", "supernodes", "edge_nodes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

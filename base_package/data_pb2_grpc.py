@@ -427,6 +427,127 @@ class Ledger:
             _registered_method=True)
 
 
+class EnrolmentStub:
+    """Served by the entry node only, on its enrolment port (plaintext: the caller has no certificate
+    yet) as well as its main port. Everything else needs a certificate of the network.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetNetwork = channel.unary_unary(
+                '/fedledger.Enrolment/GetNetwork',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.NetworkInfo.FromString,
+                _registered_method=True)
+        self.Enrol = channel.unary_unary(
+                '/fedledger.Enrolment/Enrol',
+                request_serializer=base__package_dot_data__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.EnrolReply.FromString,
+                _registered_method=True)
+
+
+class EnrolmentServicer:
+    """Served by the entry node only, on its enrolment port (plaintext: the caller has no certificate
+    yet) as well as its main port. Everything else needs a certificate of the network.
+    """
+
+    def GetNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enrol(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EnrolmentServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetwork,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.NetworkInfo.SerializeToString,
+            ),
+            'Enrol': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enrol,
+                    request_deserializer=base__package_dot_data__pb2.EnrolRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.EnrolReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedledger.Enrolment', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedledger.Enrolment', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Enrolment:
+    """Served by the entry node only, on its enrolment port (plaintext: the caller has no certificate
+    yet) as well as its main port. Everything else needs a certificate of the network.
+    """
+
+    @staticmethod
+    def GetNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Enrolment/GetNetwork',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.NetworkInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enrol(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Enrolment/Enrol',
+            base__package_dot_data__pb2.EnrolRequest.SerializeToString,
+            base__package_dot_data__pb2.EnrolReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class TrainingStub:
     """Missing associated documentation comment in .proto file."""
 
@@ -677,7 +798,8 @@ class Training:
 
 
 class ConsoleStub:
-    """Every call needs the admin token as metadata `authorization: Bearer <token>`. Job commands
+    """Every call needs the console's certificate (mutual TLS) and the admin token as metadata
+    `authorization: Bearer <token>`. Job and enrolment commands
     are for the entry node; the others work on any supernode. Edge nodes refuse all of them.
     """
 
@@ -737,10 +859,26 @@ class ConsoleStub:
                 request_serializer=base__package_dot_data__pb2.SaveRequest.SerializeToString,
                 response_deserializer=base__package_dot_data__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.CreateEnrolment = channel.unary_unary(
+                '/fedledger.Console/CreateEnrolment',
+                request_serializer=base__package_dot_data__pb2.EnrolmentRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.EnrolmentToken.FromString,
+                _registered_method=True)
+        self.ListEnrolments = channel.unary_unary(
+                '/fedledger.Console/ListEnrolments',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.EnrolmentList.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/fedledger.Console/Revoke',
+                request_serializer=base__package_dot_data__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.SubmitReply.FromString,
+                _registered_method=True)
 
 
 class ConsoleServicer:
-    """Every call needs the admin token as metadata `authorization: Bearer <token>`. Job commands
+    """Every call needs the console's certificate (mutual TLS) and the admin token as metadata
+    `authorization: Bearer <token>`. Job and enrolment commands
     are for the entry node; the others work on any supernode. Edge nodes refuse all of them.
     """
 
@@ -809,6 +947,27 @@ class ConsoleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrolment(self, request, context):
+        """enrol(): entry node only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrolments(self, request, context):
+        """enrolled()
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """revoke(): entry node only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsoleServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -862,6 +1021,21 @@ def add_ConsoleServicer_to_server(servicer, server):
                     request_deserializer=base__package_dot_data__pb2.SaveRequest.FromString,
                     response_serializer=base__package_dot_data__pb2.SubmitReply.SerializeToString,
             ),
+            'CreateEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrolment,
+                    request_deserializer=base__package_dot_data__pb2.EnrolmentRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.EnrolmentToken.SerializeToString,
+            ),
+            'ListEnrolments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrolments,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.EnrolmentList.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=base__package_dot_data__pb2.RevokeRequest.FromString,
+                    response_serializer=base__package_dot_data__pb2.SubmitReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'fedledger.Console', rpc_method_handlers)
@@ -871,7 +1045,8 @@ def add_ConsoleServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Console:
-    """Every call needs the admin token as metadata `authorization: Bearer <token>`. Job commands
+    """Every call needs the console's certificate (mutual TLS) and the admin token as metadata
+    `authorization: Bearer <token>`. Job and enrolment commands
     are for the entry node; the others work on any supernode. Edge nodes refuse all of them.
     """
 
@@ -1134,6 +1309,87 @@ class Console:
             target,
             '/fedledger.Console/RecordSave',
             base__package_dot_data__pb2.SaveRequest.SerializeToString,
+            base__package_dot_data__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/CreateEnrolment',
+            base__package_dot_data__pb2.EnrolmentRequest.SerializeToString,
+            base__package_dot_data__pb2.EnrolmentToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrolments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/ListEnrolments',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.EnrolmentList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/Revoke',
+            base__package_dot_data__pb2.RevokeRequest.SerializeToString,
             base__package_dot_data__pb2.SubmitReply.FromString,
             options,
             channel_credentials,

@@ -63,7 +63,7 @@ def networked(args: argparse.Namespace, console: Console) -> tuple[float, float,
             for i in range(1, args.supernodes):
                 nodes.append(NodeProcess(Path(tmp), f"sn{i}", "SN", entry=entry.address, env=env, token_source=entry))
             for i in range(args.edge_nodes):
-                nodes.append(NodeProcess(Path(tmp), f"en{i}", "EN", entry=entry.address, env=env))
+                nodes.append(NodeProcess(Path(tmp), f"en{i}", "EN", entry=entry.address, env=env, token_source=entry))
             wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == args.edge_nodes, 120,
                        "the edge nodes to join")
             settings = {k: v for k, v in job_settings(args).items() if k != "client.amount"}

@@ -103,7 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"FL_MAX_MODEL_MB": str(4 * args.mb)}
         sn = NodeProcess(Path(tmp), "entry", "SN", is_entry=True, env=env)
-        en = NodeProcess(Path(tmp), "en", "EN", entry=sn.address, env=env)
+        en = NodeProcess(Path(tmp), "en", "EN", entry=sn.address, env=env, token_source=sn)
         try:
             sn.wait_ready()
             en.wait_ready()

@@ -3,7 +3,9 @@
 Interactive: a prompt with history (``~/.fedledger/console_history``) and completion of command
 names. Scripting: ``-c "trainFL(rounds=3); eval()"`` runs the commands in order and exits 1 at
 the first failure, 0 otherwise. The admin token comes from ``--token``, ``--token-file`` or the
-``FEDLEDGER_TOKEN`` environment variable.
+``FEDLEDGER_TOKEN`` environment variable; the console's certificate from ``--tls DIR`` or
+``FEDLEDGER_TLS`` (the entry node makes it in ``<entry home>/console/``; copy that folder to
+wherever the console runs), found next to ``--token-file`` when neither is given.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from console.commands import COMMANDS, Session, run_command
 from console.parser import CommandError, parse
 from node.net.admin import TOKEN_ENV
 from node.net.errors import ServiceError
+from node.net.tls import CONSOLE_CERT, CONSOLE_DIR, CONSOLE_KEY, Credentials, TlsError
+
+TLS_ENV = "FEDLEDGER_TLS"
 
 HISTORY = Path.home() / ".fedledger" / "console_history"
 
@@ -30,8 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--token", help=f"the admin token (default: ${TOKEN_ENV})")
     p.add_argument("--token-file", type=Path, help="read the admin token from this file (e.g. <entry home>/admin.token)")
+    p.add_argument("--tls", type=Path, default=os.environ.get(TLS_ENV) or None, metavar="DIR",
+                   help=f"the console's certificate folder, <entry home>/{CONSOLE_DIR} (default: ${TLS_ENV}, or "
+                        f"the {CONSOLE_DIR}/ folder next to --token-file)")
+    p.add_argument("--insecure", action="store_true", help="plaintext, for nodes started with --insecure")
     p.add_argument("-c", "--command", help='run these commands and exit, e.g. -c "trainFL(rounds=3); eval()"')
     return p
+
+
+def console_credentials(args: argparse.Namespace) -> Credentials | None:
+    """The console's TLS credentials from ``--tls``, ``$FEDLEDGER_TLS`` or beside ``--token-file``."""
+    if args.insecure:
+        return None
+    folder = args.tls or (args.token_file.parent / CONSOLE_DIR if args.token_file else None)
+    if folder is None:
+        raise SystemExit(f"the console needs its certificate: pass --tls <entry home>/{CONSOLE_DIR} (or set "
+                         f"{TLS_ENV}); the entry node made it on its first start. --insecure for plaintext nodes.")
+    try:
+        return Credentials.load(folder, CONSOLE_KEY, CONSOLE_CERT)
+    except TlsError as exc:
+        raise SystemExit(f"{exc}; pass --tls <entry home>/{CONSOLE_DIR}") from None
 
 
 def execute(session: Session, line: str) -> bool:
@@ -82,7 +105,7 @@ def repl(session: Session) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     token = args.token or (args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV, ""))
-    client = NodeClient(f"{args.ip}:{args.port}", token)
+    client = NodeClient(f"{args.ip}:{args.port}", token, console_credentials(args))
     session = Session(client, Console())
     try:
         if args.command is not None:

@@ -1,4 +1,5 @@
-"""The console's connection to a supernode: every call carries the admin token.
+"""The console's connection to a supernode: mutual TLS with the console's certificate (made by
+the entry node's CA, ``<entry home>/console/``), and every call carries the admin token.
 
 Models fetched here are checked end to end: the GLOBAL_MODEL transaction must be signed by the
 entry node (whose key comes from the genesis block), and the downloaded bytes must hash to the
@@ -15,6 +16,7 @@ from base_package import data_pb2_grpc as rpc_pb
 from node.chain.rules import TxKind, genesis_proposer
 from node.net.channels import channel
 from node.net.streams import receive
+from node.net.tls import Credentials
 from node.net.wire import block_from_pb, tx_from_pb
 
 
@@ -23,9 +25,10 @@ class ModelCheckFailed(RuntimeError):
 
 
 class NodeClient:
-    def __init__(self, address: str, token: str) -> None:
+    def __init__(self, address: str, token: str, credentials: Credentials | None = None) -> None:
+        """``credentials``: the console's certificate (None: plaintext, for ``--insecure`` nodes)."""
         self.address = address
-        self._channel = channel(address)
+        self._channel = channel(address, credentials)
         self._console = rpc_pb.ConsoleStub(self._channel)
         self._training = rpc_pb.TrainingStub(self._channel)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
@@ -56,7 +59,8 @@ class NodeClient:
                 not tx.signed_by(entry_key):
             raise ModelCheckFailed("the GLOBAL_MODEL transaction is not signed by the entry node")
         expected = tx.payload["hash"]
-        model = receive(self._training.DownloadModel(pb.ModelRequest(model_hash=expected), timeout=300), 4 << 30)
+        model = receive(self._training.DownloadModel(pb.ModelRequest(model_hash=expected), metadata=self._metadata,
+                                                     timeout=300), 4 << 30)
         data = model.data
         if hashlib.sha256(data).hexdigest() != expected:
             raise ModelCheckFailed(f"the downloaded model does not hash to {expected[:16]}… as the chain says")

@@ -284,6 +284,47 @@ def verify(session: Session, recompute: bool = False) -> bool:
     return r.ok and c.ok
 
 
+@command("enrol(role='EN', uses=1, hours=24)",
+         "make an enrolment token for new supernodes (SN) or edge nodes (EN); entry node only")
+def enrol(session: Session, role: str = "EN", uses: int = 1, hours: float = 24.0) -> bool:
+    t = session.client.call("CreateEnrolment", pb.EnrolmentRequest(role=str(role).upper(), uses=int(uses),
+                                                                     hours=float(hours)))
+    expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_ms / 1000))
+    session.out.print(f"token {t.token_id}: enrols {t.uses} {t.role} node(s) until {expires} UTC; start each with\n"
+                      f"  --token {t.token}\n(or FEDLEDGER_ENROL_TOKEN); it is shown only now", soft_wrap=True)
+    return True
+
+
+@command("enrolled()", "live enrolment tokens, and every node the chain enrolled (revoked ones marked)")
+def enrolled(session: Session) -> bool:
+    listing = session.client.call("ListEnrolments")
+    tokens = Table(title="live enrolment tokens")
+    for name in ("token id", "role", "uses left", "expires (UTC)"):
+        tokens.add_column(name)
+    for t in listing.tokens:
+        tokens.add_row(t.token_id, t.role, str(t.uses), time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_ms / 1000)))
+    nodes = Table(title="enrolled nodes")
+    for name in ("node id", "role", "token", "height", "state"):
+        nodes.add_column(name)
+    for n in listing.nodes:
+        nodes.add_row(n.node_id, n.role, n.token_id, str(n.enrolled_height),
+                      f"[red]revoked: {n.reason}[/red]" if n.revoked else "enrolled")
+    session.out.print(tokens)
+    session.out.print(nodes)
+    return True
+
+
+@command("revoke(id, reason='')", "revoke an enrolled node (REVOKE on the chain; refused everywhere) or withdraw "
+         "a token; entry node only")
+def revoke(session: Session, id: str, reason: str = "") -> bool:  # noqa: A002 - the command's word
+    reply = session.client.call("Revoke", pb.RevokeRequest(id=str(id), reason=str(reason)))
+    if reply.tx_hash:
+        session.out.print(f"revoked node {id}: REVOKE {reply.tx_hash[:16]}…; every supernode refuses it from its block on")
+    else:
+        session.out.print(f"withdrew token {id}")
+    return True
+
+
 @command("quit()", "leave the console (also exit())")
 def quit_(session: Session) -> bool:
     session.leaving = True

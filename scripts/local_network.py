@@ -44,7 +44,7 @@ def main() -> int:
         sn = NodeProcess(args.work, "sn1", "SN", entry=entry.address, token_source=entry)
         nodes.append(sn)
         sn.wait_ready()
-        edges = [NodeProcess(args.work, f"en{i}", "EN", entry=entry.address) for i in range(args.edge_nodes)]
+        edges = [NodeProcess(args.work, f"en{i}", "EN", entry=entry.address, token_source=entry) for i in range(args.edge_nodes)]
         nodes.extend(edges)
         wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == args.edge_nodes, 120,
                    "the edge nodes to join")

@@ -13,6 +13,18 @@ CREATE TABLE blocks (
 	UNIQUE (hash)
 );
 
+CREATE TABLE enrolments (
+	node_id VARCHAR(32) NOT NULL, 
+	public_key VARCHAR(64) NOT NULL, 
+	`role` VARCHAR(8) NOT NULL, 
+	token VARCHAR(64) NOT NULL, 
+	certificate VARCHAR(64) NOT NULL, 
+	enrolled_height BIGINT NOT NULL, 
+	revoked_height BIGINT, 
+	reason VARCHAR(1000), 
+	PRIMARY KEY (node_id)
+);
+
 CREATE TABLE nodes (
 	node_id VARCHAR(32) NOT NULL, 
 	public_key VARCHAR(64) NOT NULL, 

@@ -26,9 +26,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from node.chain.rules import Block, Head, Registration, Transaction, TxKind, canonical_bytes
+from node.chain.rules import Block, Enrolment, Head, Registration, Transaction, TxKind, canonical_bytes
 from node.chain.store import BlockConflict, LedgerUnavailable, StoreError, StoredBlock  # noqa: F401 (re-exported)
-from sql.tables import blocks, jobs, metadata, model_records, nodes, rounds, transactions
+from sql.tables import blocks, enrolments, jobs, metadata, model_records, nodes, rounds, transactions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -233,6 +233,26 @@ class LedgerStore:
             "read node registrations")
         return {r.node_id: Registration(bytes.fromhex(r.public_key), r.role) for r in rows}
 
+    def enrolments(self, node_ids: Iterable[str]) -> dict[str, Enrolment]:
+        """Enrolled key, role and revocation of each of ``node_ids`` the chain knows (one query)."""
+        ids = sorted(set(node_ids))
+        if not ids:
+            return {}
+        rows = self._read(lambda c: c.execute(
+            select(enrolments.c.node_id, enrolments.c.public_key, enrolments.c.role, enrolments.c.revoked_height)
+            .where(enrolments.c.node_id.in_(ids))).all(), "read enrolments")
+        return {r.node_id: Enrolment(bytes.fromhex(r.public_key), r.role, r.revoked_height is not None) for r in rows}
+
+    def enrolment_records(self) -> list[dict[str, Any]]:
+        """Every enrolled node (id, role, token, heights, revocation reason), by enrolment height."""
+        return self._read(lambda c: [dict(r._mapping) for r in c.execute(
+            select(enrolments).order_by(enrolments.c.enrolled_height))], "list enrolments")
+
+    def revoked(self) -> set[str]:
+        return set(self._read(lambda c: c.execute(
+            select(enrolments.c.node_id).where(enrolments.c.revoked_height.is_not(None))).scalars().all(),
+            "read revocations"))
+
     def public_key(self, node_id: str) -> bytes | None:
         found = self.registrations([node_id]).get(node_id)
         return None if found is None else found.public_key
@@ -363,6 +383,14 @@ def _index(conn: Connection, height: int, tx: Transaction) -> None:
             conn.execute(insert(nodes).values(
                 node_id=tx.sender, public_key=p["public_key"], role=p["role"], address=p["address"],
                 registered_height=height, updated_height=height))
+    elif tx.kind == TxKind.ENROLL:
+        values = {"public_key": p["public_key"], "role": p["role"], "token": p["token"],
+                  "certificate": p["certificate"]}
+        if not conn.execute(update(enrolments).where(enrolments.c.node_id == p["node"]).values(**values)).rowcount:
+            conn.execute(insert(enrolments).values(node_id=p["node"], enrolled_height=height, **values))
+    elif tx.kind == TxKind.REVOKE:
+        conn.execute(update(enrolments).where(enrolments.c.node_id == p["node"]).values(
+            revoked_height=height, reason=p["reason"]))
     elif tx.kind == TxKind.JOB:
         conn.execute(insert(jobs).values(job_id=p["job_id"], creator=tx.sender,
                                          spec=canonical_bytes(p["spec"]).decode(), tx_hash=tx.hash, height=height))

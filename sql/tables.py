@@ -2,7 +2,7 @@
 
 ``blocks`` and ``transactions`` *are* the chain: every column needed to recompute every hash
 and check every signature is stored, so ``verify`` can audit the database on its own.
-``nodes``, ``jobs``, ``rounds`` and ``model_records`` are indexes over the chain's transactions,
+``nodes``, ``enrolments``, ``jobs``, ``rounds`` and ``model_records`` are indexes over the chain's transactions,
 written in the same database transaction as the block, for fast lookups (a model by hash, a
 round's updates) without replaying the chain.
 
@@ -73,6 +73,19 @@ nodes = Table(
     Column("address", String(255), nullable=False),
     Column("registered_height", BigInteger, nullable=False),
     Column("updated_height", BigInteger, nullable=False),
+)
+
+enrolments = Table(
+    "enrolments",
+    metadata,
+    Column("node_id", NODE_ID, primary_key=True),
+    Column("public_key", HASH, nullable=False),
+    Column("role", String(8), nullable=False),
+    Column("token", String(64), nullable=False),  # the enrolment token's id (never its secret)
+    Column("certificate", HASH, nullable=False),  # SHA-256 of the latest certificate issued to it
+    Column("enrolled_height", BigInteger, nullable=False),
+    Column("revoked_height", BigInteger),  # set by REVOKE: nothing from the node is valid after it
+    Column("reason", String(1000)),
 )
 
 jobs = Table(

@@ -97,6 +97,14 @@ def nodes():
     stop_all(started, timeout=5)
 
 
+def node_channel(node, target):
+    """A channel to ``target`` (a NodeProcess) presenting ``node``'s own certificate: calls as that node."""
+    from node.net.channels import channel
+    from node.net.tls import Credentials
+
+    return channel(target.address, Credentials.load(node.home / "tls"))
+
+
 def start_supernodes(tmp_path, db_for, nodes: list, **second: Any) -> tuple:
     """An entry supernode and a second supernode, each with its own ledger database, serving and
     registered. ``second``: more NodeProcess arguments for the second one (a faulty script …)."""
@@ -118,7 +126,7 @@ def start_network(tmp_path, db_for, nodes: list, edge_nodes: int, edge_args: lis
     from node.dev.launcher import NodeProcess, wait_until
 
     entry, sn = start_supernodes(tmp_path, db_for, nodes, **second)
-    edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, extra=list(edge_args)) for i in range(edge_nodes)]
+    edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, extra=list(edge_args), token_source=entry) for i in range(edge_nodes)]
     nodes.extend(edges)
     wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == edge_nodes, 60, "the edge nodes")
     homes = {n.supernode for n in entry.status().edge_nodes.nodes}

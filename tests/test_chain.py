@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from chain_helpers import model_update, register
-from node.chain.rules import Block, ChainError, Head, InvalidBlock, InvalidTransaction, Registration, Transaction, TxKind, ZERO_HASH, canonical_bytes, genesis_block, merkle_root, validate_block
+from chain_helpers import admit, enroll, model_update, register
+from node.chain.rules import Block, ChainError, Head, InvalidBlock, InvalidTransaction, Membership, Registration, Transaction, TxKind, ZERO_HASH, canonical_bytes, genesis_block, merkle_root, validate_block
 from node.chain.identity import Identity
 
 
@@ -26,6 +26,13 @@ class MemoryView:
     def registrations(self, ids):
         return {i: Registration(self.keys[i], self.role[i]) for i in ids if i in self.keys}
 
+    def enrolments(self, ids):
+        members = Membership()
+        for block in self.chain:
+            for tx in block.transactions:
+                members.admit(tx, self.proposer())
+        return {i: e for i, e in members.enrolled.items() if i in set(ids)}
+
     def existing_transactions(self, hashes):
         on_chain = {t.hash for b in self.chain for t in b.transactions}
         return set(hashes) & on_chain
@@ -43,7 +50,7 @@ class MemoryView:
 def setup():
     view, proposer, edge = MemoryView(), Identity.generate(), Identity.generate()
     view.add(genesis_block(proposer, "127.0.0.1:8080"))
-    view.add(Block.create(1, view.head().hash, [register(edge)], proposer))
+    view.add(Block.create(1, view.head().hash, admit(proposer, edge), proposer))
     return view, proposer, edge
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_services_and_wiring(services):
         assert "healthcheck" in services[name]
     assert services["sn"]["depends_on"]["entry"]["condition"] == "service_healthy"
     assert services["en"]["depends_on"]["entry"]["condition"] == "service_healthy"
-    assert services["entry"]["ports"] == ["${ENTRY_PORT:-8080}:8080"]
+    assert services["entry"]["ports"] == ["${ENTRY_PORT:-8080}:8080", "${ENROL_PORT:-18080}:18080"]
     assert "ports" not in services["en"] and "container_name" not in services["en"]  # scalable
     assert services["console"]["profiles"] == ["console"]
 
@@ -85,6 +86,30 @@ def test_settings_come_from_the_environment_and_no_secret_is_in_the_file(service
         assert "--token" not in argv and "FEDLEDGER_TOKEN" not in service.get("environment", {})
     assert "/entry-home/admin.token" in services["console"]["entrypoint"]
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_nodes_enrol_once_with_tokens_the_enrol_service_makes(services):
+    from main import build_token_parser
+    from node.health import build_parser as health_parser
+
+    made = {}
+    for step in services["enrol"]["command"][0].split(";"):
+        once, _, command = step.partition("||")
+        argv, _, target = command.strip().partition(" > ")
+        args = shlex.split(argv)
+        assert args[:3] == ["python", "main.py", "token"] and f"[ -s {target} ]" in once  # made once
+        made[target] = build_token_parser().parse_args(args[3:])
+    assert sorted(t.role for t in made.values()) == ["EN", "SN"]
+    assert all(str(t.home) == "/entry-home" and t.port == 8080 for t in made.values())
+    assert "entry-home:/entry-home" in services["enrol"]["volumes"]
+    assert services["entry"]["depends_on"]["enrol"]["condition"] == "service_completed_successfully"
+    for name, role in (("sn", "SN"), ("en", "EN")):
+        args = node_parser().parse_args(services[name]["command"][2:])
+        assert made[str(args.token_file)].role == role and "tokens:/tokens:ro" in services[name]["volumes"]
+    for name in ("entry", "sn"):  # health checks present the node's own certificate
+        check = health_parser().parse_args(services[name]["healthcheck"]["test"][4:])
+        assert str(check.tls) == "/home/node/tls" and not check.insecure
+    assert "tokens" in yaml.safe_load(COMPOSE.read_text())["volumes"]
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None,

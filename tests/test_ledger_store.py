@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from chain_helpers import build_chain, model_update, register
+from chain_helpers import admit, build_chain, model_update, register
 from node.chain.audit import verify_chain
 from node.chain.rules import Block, InvalidBlock, TxKind
 from node.chain.identity import Identity
@@ -43,7 +43,7 @@ def test_append_and_read_back_1000_blocks(store):
     assert record.round == 10 and record.samples == 100 and record.metrics["acc"] == "0.900000"
     assert {n.node_id for n in store.nodes(role="EN")} == {s.node_id for s in senders}
     report = verify_chain(store)
-    assert report.ok and report.head == head and report.transactions == 1 + 2 + 2000
+    assert report.ok and report.head == head and report.transactions == 1 + 2 * 2 + 2000  # genesis, 2 × (ENROLL, REGISTER), updates
 
 
 def test_reappending_a_block_is_a_no_op(store):
@@ -52,7 +52,7 @@ def test_reappending_a_block_is_a_no_op(store):
     block = store.block(3)
     assert ledger.add_block(block) is False
     assert store.append(block) is False
-    assert store.count_blocks() == 5 and len(store.transactions()) == 1 + 2 + 9
+    assert store.count_blocks() == 5 and len(store.transactions()) == 1 + 2 * 2 + 9
 
 
 def test_a_different_block_at_a_taken_height_is_refused(store):
@@ -159,7 +159,7 @@ def _propose_many(url: str, home: str, count: int, worker: int) -> None:
 def _seed_chain(url: str, home) -> None:
     ledger, proposer = Ledger(LedgerStore(url)), Identity.load_or_create(home)
     ledger.create_genesis(proposer, "127.0.0.1:8080")
-    ledger.propose([register(Identity.load_or_create(f"{home}-sender"))], proposer)
+    ledger.propose(admit(proposer, Identity.load_or_create(f"{home}-sender")), proposer)
 
 
 def _check_single_chain(url: str, expected_blocks: int) -> None:
@@ -263,7 +263,7 @@ def test_verify_command_line(tmp_path, capsys):
     build_chain(Ledger(store), Identity.generate(), blocks=3)
     store.close()
     assert main([url]) == 0
-    assert capsys.readouterr().out.startswith("OK: 5 blocks, 12 transactions, head 4 ")
+    assert capsys.readouterr().out.startswith("OK: 5 blocks, 14 transactions, head 4 ")
     _tamper(url, "UPDATE blocks SET prev_hash = '" + "ef" * 32 + "' WHERE height = 3")
     assert main([url]) == 1
     assert capsys.readouterr().out.startswith("BAD at height 3: broken link")

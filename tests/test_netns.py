@@ -75,7 +75,7 @@ def test_five_hosts_train_and_survive_a_cut_link(hosts):
     entry.wait_ready()
     sn = start("sn1", "SN", entry=entry.address, token_source=entry)
     sn.wait_ready()
-    edges = [start(f"en{i}", "EN", entry=entry.address) for i in range(3)]
+    edges = [start(f"en{i}", "EN", entry=entry.address, token_source=entry) for i in range(3)]
     wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 3, 90, "3 edge nodes")
     assert {n.address.split(":")[0] for n in entry.status().edge_nodes.nodes} == {e.address.split(":")[0] for e in edges}
 

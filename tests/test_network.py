@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes
-from conftest import start_supernodes
+from conftest import node_channel, start_supernodes
 from node.dev.launcher import NodeProcess, wait_until
 from node.chain.rules import Block, Transaction, TxKind
 from node.chain.identity import Identity
@@ -42,7 +42,7 @@ def _same_head(*sns: NodeProcess) -> pb.Head | None:
 def test_network_scenario(tmp_path, db_for, nodes):
     entry, sn = start_supernodes(tmp_path, db_for, nodes)
     wait_until(lambda: len([n for n in entry.status().supernodes.nodes if n.alive]) == 2, 20, "SN registration")
-    ens = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address) for i in range(4)]
+    ens = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, token_source=entry) for i in range(4)]
     nodes.extend(ens)
 
     # --- edge nodes spread over both supernodes -------------------------------------------------
@@ -73,13 +73,17 @@ def test_network_scenario(tmp_path, db_for, nodes):
     assert entry.status().final_height == entry.head().height
 
     # --- bad input is refused with a status; nothing is stored ------------------------------------
+    # each call is made with the certificate of the node it claims to be, so it reaches the check it tests
     head_before = entry.head()
-    membership, ledger = entry.stub(rpc_pb.MembershipStub), entry.stub(rpc_pb.LedgerStub)
+    en_identity = Identity.load_or_create(ens[0].home)
+    target = entry if en_identity.node_id in by_sn[entry_id] else sn  # en0's supernode
+    as_edge, as_sn, as_entry = node_channel(ens[0], target), node_channel(sn, entry), node_channel(entry, sn)
     victim, forger = Identity.generate(), Identity.generate()
-    forged = replace(register_transaction(victim, "SN", "127.0.0.1:1"),
+    forged = replace(register_transaction(en_identity, "EN", ens[0].address, supernode=target.status().node_id),
                      signature=forger.sign(b"x" * 32))
-    assert _code(lambda: membership.Register(pb.RegisterRequest(registration=tx_to_pb(forged)))) \
+    assert _code(lambda: rpc_pb.MembershipStub(as_edge).Register(pb.RegisterRequest(registration=tx_to_pb(forged)))) \
         == grpc.StatusCode.UNAUTHENTICATED
+    ledger = rpc_pb.LedgerStub(as_sn)  # supernodes forward transactions to the entry node
     malformed = pb.Transaction(kind="MODEL_UPDATE", sender=victim.node_id, payload=b"{not json", timestamp=1)
     assert _code(lambda: ledger.SubmitTransaction(malformed)) == grpc.StatusCode.INVALID_ARGUMENT
     floats = pb.Transaction(kind="SCORE", sender=victim.node_id, payload=b'{"score":0.5}', timestamp=1)
@@ -88,29 +92,28 @@ def test_network_scenario(tmp_path, db_for, nodes):
     assert _code(lambda: ledger.SubmitTransaction(tx_to_pb(stranger))) == grpc.StatusCode.PERMISSION_DENIED
     oversized = pb.Transaction(kind="SCORE", sender=victim.node_id, payload=b"0" * (9 << 20))
     assert _code(lambda: ledger.SubmitTransaction(oversized)) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert not membership.Heartbeat(signed_heartbeat(victim)).known  # unknown node: register first
-    en_identity = Identity.load_or_create(ens[0].home)
     bad_beat = signed_heartbeat(en_identity)
     bad_beat.signature = forger.sign(b"beat")
-    assert _code(lambda: membership.Heartbeat(bad_beat)) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(lambda: rpc_pb.MembershipStub(as_edge).Heartbeat(bad_beat)) == grpc.StatusCode.UNAUTHENTICATED
     # wrong node types
     assert _code(lambda: ens[0].stub(rpc_pb.ConsoleStub).Status(pb.Empty())) == grpc.StatusCode.PERMISSION_DENIED
     assert _code(lambda: entry.stub(rpc_pb.ConsoleStub).Status(pb.Empty())) == grpc.StatusCode.UNAUTHENTICATED
     assert _code(lambda: entry.stub(rpc_pb.ConsoleStub).Status(
         pb.Empty(), metadata=[("authorization", "Bearer wrong")])) == grpc.StatusCode.UNAUTHENTICATED
-    sn_register = register_transaction(Identity.generate(), "SN", "127.0.0.1:2")
-    assert _code(lambda: sn.stub(rpc_pb.MembershipStub).Register(
-        pb.RegisterRequest(registration=tx_to_pb(sn_register)))) == grpc.StatusCode.FAILED_PRECONDITION
-    assert _code(lambda: sn.stub(rpc_pb.MembershipStub).FindSupernode(
-        pb.FindSupernodeRequest(node_id=victim.node_id))) == grpc.StatusCode.FAILED_PRECONDITION
-    # a block not made by the entry node
+    sn_identity = Identity.load_or_create(sn.home)
+    with node_channel(sn, sn) as to_itself:  # supernodes register with the entry node, not with each other
+        assert _code(lambda: rpc_pb.MembershipStub(to_itself).Register(pb.RegisterRequest(
+            registration=tx_to_pb(register_transaction(sn_identity, "SN", sn.address))))) == grpc.StatusCode.FAILED_PRECONDITION
+    with node_channel(ens[0], sn) as edge_to_sn:
+        assert _code(lambda: rpc_pb.MembershipStub(edge_to_sn).FindSupernode(
+            pb.FindSupernodeRequest(node_id=en_identity.node_id))) == grpc.StatusCode.FAILED_PRECONDITION
+    # a block not made by the entry node, even over the entry node's own connection
     sn_head = sn.head()
     rogue = Block.create(sn_head.height + 1, sn_head.hash, [], forger)
-    assert _code(lambda: sn.stub(rpc_pb.LedgerStub).PushBlock(block_to_pb(rogue))) == grpc.StatusCode.INVALID_ARGUMENT
-    # models: an unregistered sender, a wrong hash, an oversized header, bytes that are not safetensors
+    assert _code(lambda: rpc_pb.LedgerStub(as_entry).PushBlock(block_to_pb(rogue))) == grpc.StatusCode.INVALID_ARGUMENT
+    # models: another sender than the caller, a wrong hash, an oversized header, bytes that are not safetensors
     model = state_to_bytes({"w": torch.ones(4, 4)})
-    target = entry if en_identity.node_id in by_sn[entry_id] else sn  # en0's supernode
-    training = target.stub(rpc_pb.TrainingStub)
+    training = rpc_pb.TrainingStub(as_edge)
     assert _code(lambda: training.UploadUpdate(chunks(make_header(victim, model), model))) \
         == grpc.StatusCode.PERMISSION_DENIED
     assert _code(lambda: training.UploadUpdate(chunks(make_header(en_identity, model, model_hash="ab" * 32), model))) \
@@ -126,6 +129,8 @@ def test_network_scenario(tmp_path, db_for, nodes):
     assert receipt.model_hash == hashlib.sha256(model).hexdigest()
     downloaded = b"".join(c.data for c in training.DownloadModel(pb.ModelRequest(model_hash=receipt.model_hash)))
     assert downloaded == model
+    for ch in (as_edge, as_sn, as_entry):
+        ch.close()
     # ... and the network kept working, its chains untouched by any of it
     assert block_from_pb(entry.console("GetBlock", pb.BlockRequest(height=head_before.height))).hash \
         == head_before.hash

@@ -18,6 +18,8 @@ from node.chain.rules import Transaction, TxKind
 from node.chain.identity import Identity
 from node.roles.membership import Member, Members
 from node.net.errors import ServiceError
+from node.net.guard import calls_from
+from node.net.tls import Peer
 from node.net.channels import split_address
 from node.net.model_store import ModelCache
 from node.net.streams import ReceivedModel, chunks, make_header, receive
@@ -229,7 +231,15 @@ def test_an_upload_counts_as_a_heartbeat_and_an_edge_node_heartbeat_reads_no_led
         assert not sn.members.alive(sn.members.get(en.node_id))
         sn.upload_seen(make_header(en, b"update"))
         assert sn.members.alive(sn.members.get(en.node_id))
-        reply = sn.heartbeat(signed_heartbeat(en))
+        with calls_from(Peer(en.node_id, "EN")):  # as over its own TLS connection
+            beat = signed_heartbeat(en)
+            reply = sn.heartbeat(beat)
+            with pytest.raises(ServiceError, match="not in sequence"):  # the same heartbeat again
+                sn.heartbeat(beat)
+            with pytest.raises(ServiceError, match="clock"):  # a heartbeat from 10 s ago
+                sn.heartbeat(signed_heartbeat(en, timestamp=beat.timestamp - 10_000))
+        with pytest.raises(ServiceError, match="must come from that node"):  # anyone else's connection
+            sn.heartbeat(signed_heartbeat(en))
         assert reply.known and not reply.HasField("head") and not reply.supernodes.nodes
     finally:
         sn.stop()

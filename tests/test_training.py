@@ -27,7 +27,8 @@ BASE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}  # DigitsMLP wi
 
 
 def console(node: NodeProcess, script: str, token: str | None) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(ROOT / "Console.py"), "--port", str(node.port), "-c", script]
+    args = [sys.executable, str(ROOT / "Console.py"), "--port", str(node.port), "--tls", str(node.console_dir),
+            "-c", script]
     if token:
         args += ["--token", token]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(node.home.parent), "COLUMNS": "200"}

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 
-from node.chain.rules import ZERO_HASH, Head, InvalidTransaction, check_payload, check_sender_role, merkle_root, register_key
+from node.chain.rules import ZERO_HASH, Head, InvalidTransaction, Membership, check_payload, merkle_root
 from node.chain.identity import verify_signature
 from node.chain.store import BlockStore, StoredBlock
 
@@ -63,10 +63,9 @@ class _SignatureCheck:
 
 @dataclass
 class _Walk:
-    """What the audit has learnt so far: the registered keys and the last good block."""
+    """What the audit has learnt so far: the chain's membership and the last good block."""
 
-    keys: dict[str, bytes] = field(default_factory=dict)
-    roles: dict[str, str] = field(default_factory=dict)
+    members: Membership = field(default_factory=Membership)
     proposer: str | None = None
     previous: StoredBlock | None = None
     transactions: int = 0
@@ -153,22 +152,14 @@ def _audit_block(stored: StoredBlock, walk: _Walk) -> Iterator[_SignatureCheck]:
         raise _Bad(height, f"proposer {block.proposer} is not the genesis proposer {walk.proposer}")
     checks = []
     for index, tx in enumerate(block.transactions):
-        new_key = register_key(tx)
-        if new_key is not None:
-            if walk.keys.setdefault(tx.sender, new_key) != new_key:
-                raise _Bad(height, f"transaction {index}: node {tx.sender} re-registers with another key")
-            if walk.roles.setdefault(tx.sender, tx.payload["role"]) != tx.payload["role"]:
-                raise _Bad(height, f"transaction {index}: node {tx.sender} re-registers with another role")
-        if tx.sender not in walk.keys:
-            raise _Bad(height, f"transaction {index}: sender {tx.sender} was never registered")
         try:
-            check_sender_role(tx, walk.roles.get(tx.sender), walk.proposer)
+            key = walk.members.admit(tx, walk.proposer)
         except InvalidTransaction as exc:
             raise _Bad(height, f"transaction {index}: {exc}") from None
-        checks.append(_SignatureCheck(height, f"transaction {index} ({tx.kind}): bad signature", walk.keys[tx.sender],
+        checks.append(_SignatureCheck(height, f"transaction {index} ({tx.kind}): bad signature", key,
                                       tx.signature, bytes.fromhex(tx.hash)))
-    if walk.proposer not in walk.keys:
+    if walk.proposer not in walk.members.keys:
         raise _Bad(height, f"proposer {walk.proposer} was never registered")
-    checks.append(_SignatureCheck(height, "bad proposer signature", walk.keys[walk.proposer], block.signature,
+    checks.append(_SignatureCheck(height, "bad proposer signature", walk.members.keys[walk.proposer], block.signature,
                                   bytes.fromhex(block.hash)))
     return iter(checks)

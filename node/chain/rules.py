@@ -41,6 +41,8 @@ class TxKind(StrEnum):
     SCORE = "SCORE"  # a node's contribution score in a round
     SAVE = "SAVE"  # a saved model file's hash
     EXCLUDED = "EXCLUDED"  # a node left out of a round, and why
+    ENROLL = "ENROLL"  # the operator admitted a node (its key and role) and certified its TLS key
+    REVOKE = "REVOKE"  # the operator expelled a node: nothing of it is valid from here on
 
 
 # Required payload fields and their types, per kind; other fields may be added freely.
@@ -55,6 +57,8 @@ PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
     TxKind.SCORE: {"job_id": _STR, "round": _INT, "node": _STR, "score": _STR},
     TxKind.SAVE: {"job_id": _STR, "hash": _HASH, "path": _STR},
     TxKind.EXCLUDED: {"job_id": _STR, "round": _INT, "node": _STR, "reason": _STR},
+    TxKind.ENROLL: {"node": _STR, "public_key": _HASH, "role": _STR, "token": _STR, "certificate": _HASH},
+    TxKind.REVOKE: {"node": _STR, "reason": _STR},
 }
 # Optional fields, checked when present. An AGGREGATE has a partial (its hash) only when the job's
 # rule decomposes (a mean); for a median or Krum it lists the updates it checked.
@@ -64,15 +68,15 @@ OPTIONAL_FIELDS: dict[TxKind, dict[str, str]] = {TxKind.AGGREGATE: {"hash": _HAS
                                                  TxKind.GLOBAL_MODEL: {"aggregates": _LIST}}
 HASH_LISTS = {(TxKind.AGGREGATE, "updates"), (TxKind.GLOBAL_MODEL, "aggregates")}
 ROLES = ("SN", "EN")
-# Who may send what: the entry node (the proposer) runs jobs, supernodes aggregate and report,
-# edge nodes send updates; anyone may register itself.
-PROPOSER_KINDS = {TxKind.JOB, TxKind.ROUND, TxKind.GLOBAL_MODEL, TxKind.SAVE}
+# Who may send what: the entry node (the proposer) runs jobs and admits or expels nodes,
+# supernodes aggregate and report, edge nodes send updates; an enrolled node registers itself.
+PROPOSER_KINDS = {TxKind.JOB, TxKind.ROUND, TxKind.GLOBAL_MODEL, TxKind.SAVE, TxKind.ENROLL, TxKind.REVOKE}
 KIND_ROLES: dict[TxKind, str] = {TxKind.AGGREGATE: "SN", TxKind.EXCLUDED: "SN", TxKind.SCORE: "SN",
                                  TxKind.MODEL_UPDATE: "EN"}
 MAX_INT = 2**53  # exact in every JSON reader
 MAX_ROUND = 2**31 - 1
 _JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # lower case: MySQL compares case-insensitively
-_MAX_TEXT = {"address": 255, "reason": 1000, "path": 1024, "score": 64}
+_MAX_TEXT = {"address": 255, "reason": 1000, "path": 1024, "score": 64, "token": 64}
 
 
 class ChainError(ValueError):
@@ -225,6 +229,11 @@ def check_payload(tx: Transaction) -> None:
         supernode = tx.payload.get("supernode", "")
         if not isinstance(supernode, str) or (supernode and not _NODE_ID.fullmatch(supernode)):
             raise InvalidTransaction(f"REGISTER supernode {supernode!r} is not a node id")
+    elif kind is TxKind.ENROLL:
+        if tx.payload["role"] not in ROLES:
+            raise InvalidTransaction(f"ENROLL role {tx.payload['role']!r} must be one of {ROLES}")
+        if node_id_for(bytes.fromhex(tx.payload["public_key"])) != tx.payload["node"]:
+            raise InvalidTransaction("ENROLL public key does not belong to the enrolled node id")
 
 
 def _check_limits(kind: TxKind, payload: Mapping[str, Any]) -> None:
@@ -320,6 +329,62 @@ class Registration:
     role: str
 
 
+@dataclass(frozen=True)
+class Enrolment:
+    """What the chain says about a node's admission: the key and role the operator enrolled, and
+    whether the operator has revoked it since."""
+
+    public_key: bytes
+    role: str
+    revoked: bool = False
+
+
+@dataclass
+class Membership:
+    """The chain's membership as far as a walk over it has got: registered keys and roles,
+    enrolments. Block validation fills it from its view for the nodes a block names; the audit
+    carries it from genesis."""
+
+    keys: dict[str, bytes] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    enrolled: dict[str, Enrolment] = field(default_factory=dict)
+
+    def admit(self, tx: Transaction, proposer: str | None) -> bytes:
+        """Apply the membership rules to ``tx`` (the next transaction in chain order), learn what
+        it changes, and return the key its signature must verify with. Raises
+        :class:`InvalidTransaction` with the reason."""
+        kind, sender, p = TxKind(tx.kind), tx.sender, tx.payload
+        standing = self.enrolled.get(sender)
+        if standing is not None and standing.revoked:
+            raise InvalidTransaction(f"node {sender} was revoked; nothing it sends is valid")
+        if kind is TxKind.REGISTER:
+            key, role = bytes.fromhex(p["public_key"]), p["role"]
+            if self.keys.setdefault(sender, key) != key:
+                raise InvalidTransaction(f"node {sender} is registered with another key")
+            if self.roles.setdefault(sender, role) != role:
+                raise InvalidTransaction(f"node {sender} cannot change its role")
+            if sender != proposer and (standing is None or standing.public_key != key or standing.role != role):
+                raise InvalidTransaction(f"node {sender} registers as {role} without an ENROLL of that key and role")
+        elif sender not in self.keys:
+            raise InvalidTransaction(f"sender {sender} is not a registered node")
+        check_sender_role(tx, self.roles.get(sender), proposer)
+        if kind is TxKind.ENROLL:
+            node, key, role = p["node"], bytes.fromhex(p["public_key"]), p["role"]
+            before = self.enrolled.get(node)
+            if node == proposer:
+                raise InvalidTransaction("the entry node is admitted by the genesis block, not by ENROLL")
+            if before is not None and (before.revoked or before.role != role):
+                raise InvalidTransaction(f"node {node} is {'revoked' if before.revoked else f'enrolled as {before.role}'}; "
+                                         f"it cannot be enrolled as {role}")
+            self.enrolled[node] = Enrolment(key, role)
+        elif kind is TxKind.REVOKE:
+            node = p["node"]
+            if node not in self.enrolled:
+                raise InvalidTransaction(f"REVOKE names node {node}, which was never enrolled")
+            self.enrolled[node] = Enrolment(self.enrolled[node].public_key, self.enrolled[node].role, True)
+        return self.keys[sender]
+
+
 class ChainView(Protocol):
     """What validation needs to know about the chain a block would extend."""
 
@@ -328,6 +393,8 @@ class ChainView(Protocol):
     def proposer(self) -> str | None: ...
 
     def registrations(self, node_ids: Iterable[str]) -> dict[str, Registration]: ...
+
+    def enrolments(self, node_ids: Iterable[str]) -> dict[str, Enrolment]: ...
 
     def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]: ...
 
@@ -362,32 +429,21 @@ def validate_block(block: Block, view: ChainView) -> None:
         raise InvalidBlock(f"block {block.height} repeats transaction {sorted(existing)[0][:16]}… already on the chain")
 
     senders = {t.sender for t in block.transactions} | {block.proposer}
+    named = {t.payload["node"] for t in block.transactions if t.kind in (TxKind.ENROLL, TxKind.REVOKE)}
     known = view.registrations(senders)
-    keys = {n: r.public_key for n, r in known.items()}
-    roles = {n: r.role for n, r in known.items()}
+    members = Membership({n: r.public_key for n, r in known.items()}, {n: r.role for n, r in known.items()},
+                         view.enrolments(senders | named))
     for index, tx in enumerate(block.transactions):
-        new_key = register_key(tx)
-        if new_key is not None:
-            if tx.sender in keys and keys[tx.sender] != new_key:
-                raise InvalidBlock(f"block {block.height} transaction {index}: node {tx.sender} is registered with another key")
-            if roles.get(tx.sender, tx.payload["role"]) != tx.payload["role"]:
-                raise InvalidBlock(f"block {block.height} transaction {index}: node {tx.sender} cannot change its role")
-            key = new_key
-            roles[tx.sender] = tx.payload["role"]
-        elif tx.sender in keys:
-            key = keys[tx.sender]
-        else:
-            raise InvalidBlock(f"block {block.height} transaction {index}: sender {tx.sender} is not a registered node")
         try:
-            check_sender_role(tx, roles.get(tx.sender), proposer)
+            key = members.admit(tx, proposer)
         except InvalidTransaction as exc:
             raise InvalidBlock(f"block {block.height} transaction {index}: {exc}") from None
         if not tx.signed_by(key):
             raise InvalidBlock(f"block {block.height} transaction {index} ({tx.kind}): bad signature")
-        keys[tx.sender] = key
     if head is None and not any(t.kind == TxKind.REGISTER and t.sender == proposer for t in block.transactions):
         raise InvalidBlock("the genesis block must register its proposer")
-    if block.proposer not in keys or not verify_signature(keys[block.proposer], block.signature, bytes.fromhex(block.hash)):
+    proposer_key = members.keys.get(block.proposer)
+    if proposer_key is None or not verify_signature(proposer_key, block.signature, bytes.fromhex(block.hash)):
         raise InvalidBlock(f"block {block.height}: bad proposer signature")
 
 

@@ -1,7 +1,11 @@
 """Start node processes on this machine and wait for conditions on them.
 
 Used by the demo (``scripts/local_network.py``), the tests and the benchmarks: each node is a
-real ``main.py`` process with its own home, port and log file.
+real ``main.py`` process with its own home, port and log file. Nodes are enrolled automatically:
+the entry node gets a free enrolment port, every other node a one-time token made in the entry
+node's home (as ``python main.py token`` makes one); this process talks to the nodes with the
+console's certificate from the entry node's home, over mutual TLS unless ``--insecure`` is among
+the node's arguments.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
+from node.net.channels import channel
+from node.net.tls import CONSOLE_CERT, CONSOLE_DIR, CONSOLE_KEY, Credentials
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: where main.py lives
 # quick membership for local networks: heartbeats every 0.3 s, dead after 1.5 s, blocks every 0.2 s
@@ -51,10 +57,14 @@ class NodeProcess:
                  db: str | None = None, env: dict[str, str] | None = None, extra: list[str] = (),
                  token_source: "NodeProcess | None" = None, host: str = "127.0.0.1",
                  port: int | None = None, prefix: list[str] = (), script: Path | None = None) -> None:
-        """``host``/``port``: where it listens (and is reached); ``prefix`` wraps the command, e.g.
-        ``ip netns exec NS`` to start it on another (namespaced) host; ``script`` runs instead of
-        main.py with the same arguments (a test's deliberately faulty node)."""
+        """``token_source``: the entry node (its home holds the admin token, the console's
+        certificate and the CA that enrols this node); without one a node other than the entry
+        node starts unenrolled. ``host``/``port``: where it listens (and is reached); ``prefix``
+        wraps the command, e.g. ``ip netns exec NS`` to start it on another (namespaced) host;
+        ``script`` runs instead of main.py with the same arguments (a test's deliberately faulty node)."""
         self.name, self.port = name, port or free_port()
+        self.insecure = "--insecure" in extra
+        self.enrol_port = free_port() if is_entry and port is None else None
         self.address = f"{host}:{self.port}"
         self.home = tmp / name
         self.log = tmp / f"{name}.log"
@@ -63,18 +73,44 @@ class NodeProcess:
                 *extra]
         if is_entry:
             args.append("-z")
+            if self.enrol_port is not None:
+                args += ["--enrol-port", str(self.enrol_port)]
         if db:
             args += ["--db", db]
         environment = {**os.environ, **FAST, **(env or {})}
+        if not is_entry and token_source is not None:
+            environment["FEDLEDGER_ENROL_TOKEN"] = token_source.enrolment_token(nt)
         self.proc = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(self.address)
         self.token_source = token_source
+        self._channel: grpc.Channel | None = None
+
+    def enrolment_token(self, role: str, uses: int = 1) -> str:
+        """A token (valid for an hour) that enrols ``uses`` nodes of ``role`` with this entry node."""
+        from node.chain.identity import Identity
+        from node.net.tls import Authority
+        from node.roles.enrolment import TokenStore
+
+        identity = Identity.load_or_create(self.home)  # the entry process makes the same files: creation is race-safe
+        authority = Authority.load_or_create(self.home, identity.node_id[:8])
+        port = self.enrol_port if self.enrol_port is not None else self.port + 10000
+        token, _ = TokenStore(self.home).create(role, uses, 1.0, authority.sha256, port)
+        return str(token)
+
+    @property
+    def console_dir(self) -> Path:
+        return (self.token_source or self).home / CONSOLE_DIR
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """A channel to this node with the console's certificate (made once it exists)."""
+        if self._channel is None:
+            creds = None if self.insecure else Credentials.load(self.console_dir, CONSOLE_KEY, CONSOLE_CERT)
+            self._channel = channel(self.address, creds)
+        return self._channel
 
     def stub(self, kind: type) -> Any:
         return kind(self.channel)
-
-    token_source: "NodeProcess | None" = None  # the entry node, whose home holds the admin token
 
     @property
     def token(self) -> str:
@@ -100,14 +136,21 @@ class NodeProcess:
         def serving() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if not self.insecure and not (self.console_dir / CONSOLE_CERT).exists():
+                return False  # the entry node makes it on its first start
             reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
 
         wait_until(serving, timeout, f"{self.name} to serve")
 
+    def close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
     def stop(self, timeout: float = 20) -> int:
         """SIGTERM and wait: the exit status."""
-        self.channel.close()
+        self.close_channel()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -119,12 +162,12 @@ class NodeProcess:
 
     def terminate(self) -> None:
         """SIGTERM without waiting (``stop_all`` stops many nodes at once)."""
-        self.channel.close()
+        self.close_channel()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        self.channel.close()
+        self.close_channel()
         self.proc.kill()
         self.proc.wait()
 

@@ -1,4 +1,9 @@
-"""Channels between nodes: one set of options for every link, opened once per peer and reused."""
+"""Channels between nodes: one set of options for every link, opened once per peer and reused.
+
+With credentials every channel is mutual TLS against the network CA; a caller that knows which
+node it calls names it, and the server's certificate must then carry that node id (any node of
+the network otherwise). Without credentials (``--insecure``) channels are plaintext.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import socket
 import threading
 
 import grpc
+
+from node.net.tls import NETWORK_NAME, Credentials
 
 CHUNK_BYTES = 1 << 20  # model streams: 1 MiB per message
 MAX_MESSAGE_BYTES = 8 << 20  # anything larger is refused by gRPC itself (RESOURCE_EXHAUSTED)
@@ -20,23 +27,30 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, credentials: Credentials | None = None, node_id: str = "") -> grpc.Channel:
+    """A channel to ``address``: mutual TLS with ``credentials`` (the server must be ``node_id``
+    when given, else any node of the network), plaintext without."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node_id or NETWORK_NAME)]
+    return grpc.secure_channel(address, credentials.channel(), options=options)
 
 
 class Channels:
-    """Open channels by address, reused across calls: a round talks to the same peers again and
-    again, and a fresh connection (TCP + HTTP/2 handshake) per call costs milliseconds each."""
+    """Open channels by address (and the node expected there), reused across calls: a round talks
+    to the same peers again and again, and a fresh connection (TCP, TLS and HTTP/2 handshakes)
+    per call costs milliseconds each."""
 
-    def __init__(self) -> None:
-        self._open: dict[str, grpc.Channel] = {}
+    def __init__(self, credentials: Credentials | None = None) -> None:
+        self.credentials = credentials
+        self._open: dict[tuple[str, str], grpc.Channel] = {}
         self._lock = threading.Lock()
 
-    def get(self, address: str) -> grpc.Channel:
+    def get(self, address: str, node_id: str = "") -> grpc.Channel:
         with self._lock:
-            ch = self._open.get(address)
+            ch = self._open.get((address, node_id))
             if ch is None:
-                ch = self._open[address] = channel(address)
+                ch = self._open[(address, node_id)] = channel(address, self.credentials, node_id)
             return ch
 
     def close(self) -> None:

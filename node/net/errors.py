@@ -33,8 +33,16 @@ _CODES: dict[str, grpc.StatusCode] = {
     "node.chain.rules.ChainError": grpc.StatusCode.INVALID_ARGUMENT,
     "node.chain.identity.IdentityError": grpc.StatusCode.INVALID_ARGUMENT,
     "fl.layout.SerializationError": grpc.StatusCode.INVALID_ARGUMENT,
+    "node.net.tls.TlsError": grpc.StatusCode.INVALID_ARGUMENT,
+    "node.roles.enrolment.EnrolmentError": grpc.StatusCode.INVALID_ARGUMENT,
     "fl.strategy.base.InvalidUpdate": grpc.StatusCode.INVALID_ARGUMENT,
 }
+
+
+# refusals another node gave to a call made on a caller's behalf keep their code when passed on
+_FORWARDED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+              grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -44,6 +52,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, grpc.RpcError):
         if not callable(getattr(exc, "code", None)):  # a request stream the caller cancelled (or its deadline)
             return grpc.StatusCode.CANCELLED, "the caller cancelled the call or its deadline passed"
+        if exc.code() in _FORWARDED:  # another node's refusal stays a refusal (clients do not retry it)
+            return exc.code(), exc.details() or exc.code().name
         return grpc.StatusCode.UNAVAILABLE, f"another node did not answer: {exc.code().name} {exc.details()}"
     for kind in type(exc).__mro__:
         code = _CODES.get(f"{kind.__module__}.{kind.__qualname__}")

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from base_package import data_pb2 as pb
 from node.net.channels import CHANNEL_OPTIONS
 from node.net.guard import Guard, Rule
+from node.net.tls import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,18 @@ SERVICES = [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]
 
 
 def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None], Any]],
-                 rules: Mapping[str, Rule], workers: int = 32) -> grpc.Server:
+                 rules: Mapping[str, Rule], credentials: Credentials | None = None, *,
+                 revoked: Callable[[str], bool] = lambda node_id: False, enrol_bind: str | None = None,
+                 workers: int = 32) -> grpc.Server:
     """A started server on ``bind`` (HOST:PORT) with every servicer, health and reflection, and
-    ``rules`` (one per RPC) applied by the :class:`Guard` interceptor."""
+    ``rules`` (one per RPC) applied by the :class:`Guard` interceptor.
+
+    With ``credentials`` the port is mutual TLS (plaintext without: ``--insecure``);
+    ``enrol_bind`` adds a plaintext port for nodes that have no certificate yet: the guard lets
+    such callers reach only the methods whose rule admits anyone (enrolment)."""
+    guard = Guard(rules, tls=credentials is not None, revoked=revoked)
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-                         interceptors=[Guard(rules)], options=CHANNEL_OPTIONS)
+                         interceptors=[guard], options=CHANNEL_OPTIONS)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.HealthServicer()
@@ -35,14 +43,21 @@ def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None]
     for name in ["", *SERVICES]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    _listen(server, bind, credentials)
+    if enrol_bind is not None:
+        _listen(server, enrol_bind, None)
+    server.start()
+    return server
+
+
+def _listen(server: grpc.Server, bind: str, credentials: Credentials | None) -> None:
     try:
-        port = server.add_insecure_port(bind)
+        port = (server.add_secure_port(bind, credentials.server()) if credentials is not None
+                else server.add_insecure_port(bind))
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {bind}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {bind}: the address is taken or not local")
-    server.start()
-    return server
 
 
 def stop_event() -> threading.Event:

@@ -104,21 +104,41 @@ class BlockProducer:
             if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
                 self.members.add(Member(tx.sender, "EN", tx.payload["address"], key,
                                         supernode=tx.payload.get("supernode", "")))
+            if tx.kind == TxKind.REVOKE:
+                self.ledger.mark_revoked(tx.payload["node"])
+                self.members.remove(tx.payload["node"])
             self._pool.append(tx)
             self._pool_hashes.add(tx.hash)
             self._pool_cond.notify_all()
 
     def _pending_identity(self, tx: Transaction, stored: Registration | None) -> tuple[bytes | None, str | None]:
-        """The sender's key and role: from the chain, or from a registration still in the pool."""
+        """The sender's key and role: from the chain, or from a registration still in the pool.
+        A revoked sender, or a registration without an enrolment, is refused here, before the
+        pool, rather than by block validation later."""
+        if self.ledger.is_revoked(tx.sender):
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} was revoked by the operator")
         key, role = (stored.public_key, stored.role) if stored else (None, None)
         if tx.kind == TxKind.REGISTER:
             if role is not None and role != tx.payload["role"]:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as {role}")
+            if tx.sender != self.node_id and not self._enrolled(tx):
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                             f"node {tx.sender} is not enrolled as {tx.payload['role']}: ask the operator for an "
+                             f"enrolment token (console: enrol(role='{tx.payload['role']}')) and start the node with it")
             return bytes.fromhex(tx.payload["public_key"]), tx.payload["role"]
         for pending in self._pool:
             if pending.kind == TxKind.REGISTER and pending.sender == tx.sender:
                 return bytes.fromhex(pending.payload["public_key"]), pending.payload["role"]
         return key, role
+
+    def _enrolled(self, register: Transaction) -> bool:
+        """An ENROLL of the registering key and role is on the chain or in the pool."""
+        key, role = register.payload["public_key"], register.payload["role"]
+        for pending in self._pool:
+            if pending.kind == TxKind.ENROLL and pending.payload["node"] == register.sender:
+                return pending.payload["public_key"] == key and pending.payload["role"] == role
+        on_chain = self.ledger.enrolment(register.sender)
+        return on_chain is not None and on_chain.public_key.hex() == key and on_chain.role == role
 
     def pending_count(self) -> int:
         with self._pool_cond:
@@ -194,7 +214,7 @@ class BlockProducer:
 
     def _push_to(self, sn: Member, message: pb.Block) -> None:
         try:
-            reply = rpc_pb.LedgerStub(self.channels.get(sn.address)).PushBlock(message, timeout=10)
+            reply = rpc_pb.LedgerStub(self.channels.get(sn.address, sn.node_id)).PushBlock(message, timeout=10)
             self._peer_heads[sn.node_id] = max(self._peer_heads.get(sn.node_id, -1), reply.head.height)
         except grpc.RpcError as exc:
             log.info("push of block %d to %s failed: %s", message.height, sn.address, exc.code().name)

@@ -290,12 +290,12 @@ class Coordinator:
         aggregate = self._check_partial(job, round_number, sn, result, strategy)
         if strategy.decomposable:
             limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
-            state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit).data)
+            state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit, sn.node_id).data)
             return aggregate, ExactSum.from_state(state, result.num_samples, reference)
         updates = []
         for edge in result.edges:
             tx = tx_from_pb(edge.update)
-            update = Update(state_views(self.node.fetch_model(tx.payload["hash"], sn.address).data), tx.payload["samples"],
+            update = Update(state_views(self.node.fetch_model(tx.payload["hash"], sn.address, node_id=sn.node_id).data), tx.payload["samples"],
                             tx.payload["hash"])
             strategy.validate(reference, update)
             updates.append(update)
@@ -388,7 +388,7 @@ class Coordinator:
         if sn.node_id == node.node_id:
             return node.rounds.run(request)
         timeout = (request.deadline_ms - now_ms()) / 1000 + 30
-        stub = rpc_pb.TrainingStub(node.channels.get(sn.address))
+        stub = rpc_pb.TrainingStub(node.channels.get(sn.address, sn.node_id))
         if not self.delivered.has(sn.node_id, model.header.model_hash):
             stub.DistributeModel(model.stream(), timeout=timeout)
             self.delivered.record(sn.node_id, model.header.model_hash)

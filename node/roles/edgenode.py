@@ -29,7 +29,8 @@ from node.chain.rules import genesis_proposer
 from node.chain.identity import Identity, node_id_for
 from node.net.channels import Channels
 from node.net.errors import refuse
-from node.net.guard import Rule, method_path, refused
+from node.net.guard import Rule, certified, method_path, refused, require_caller
+from node.net.tls import Credentials, Peer
 from node.roles.membership import register_transaction, signed_heartbeat
 from node.roles.settings import NodeSettings
 from node.net.model_store import ModelCache
@@ -47,17 +48,22 @@ FAILURES_BEFORE_REHOMING = 2
 class EdgeNode:
     role = "EN"
 
-    def __init__(self, identity: Identity, address: str, entry_address: str, settings: NodeSettings) -> None:
+    def __init__(self, identity: Identity, address: str, entry_address: str, settings: NodeSettings, *,
+                 credentials: Credentials | None = None, entry_id: str | None = None,
+                 genesis_hash: str = "") -> None:
+        """``credentials``: this node's TLS certificate (None: plaintext, ``--insecure``);
+        ``entry_id`` and ``genesis_hash``: the network as pinned at enrolment."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
         self.entry_address = entry_address
         self.settings = settings
         self.supernode: pb.NodeInfo | None = None
-        self.entry_id: str | None = None  # pinned from the entry node's genesis block at join
+        self.entry_id: str | None = entry_id  # pinned at enrolment; its key comes from the genesis block
         self.entry_key: bytes | None = None
+        self.genesis_hash = genesis_hash
         self.models = ModelCache(2 * settings.max_model_bytes)
-        self.channels = Channels()  # to the entry node and its supernode, reused
+        self.channels = Channels(credentials)  # to the entry node and its supernode, reused
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_upload = -float("inf")  # time.monotonic() of the last upload its supernode took
@@ -77,15 +83,15 @@ class EdgeNode:
 
     def join(self, exclude: set[str]) -> pb.NodeInfo:
         """Ask the entry node for a supernode and register there; raises ``grpc.RpcError``."""
-        entry = self.channels.get(self.entry_address)
+        entry = self.channels.get(self.entry_address, self.entry_id or "")
         if self.entry_key is None:
-            self.entry_id, self.entry_key = _entry_identity(entry)
+            self.entry_id, self.entry_key = _entry_identity(entry, self.entry_id, self.genesis_hash)
         chosen = rpc_pb.MembershipStub(entry).FindSupernode(
             pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
         if node_id_for(chosen.public_key) != chosen.node_id:
             raise RuntimeError(f"the entry node named supernode {chosen.node_id} with a key that is not its own")
         tx = register_transaction(self.identity, "EN", self.address, supernode=chosen.node_id)
-        rpc_pb.MembershipStub(self.channels.get(chosen.address)).Register(
+        rpc_pb.MembershipStub(self.channels.get(chosen.address, chosen.node_id)).Register(
             pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
         log.info("registered with supernode %s at %s", chosen.node_id, chosen.address)
         return chosen
@@ -102,7 +108,7 @@ class EdgeNode:
                     failures = 0  # the upload said it already
                     self._stop.wait(self.settings.heartbeat_interval)
                     continue
-                reply = rpc_pb.MembershipStub(self.channels.get(self.supernode.address)).Heartbeat(
+                reply = rpc_pb.MembershipStub(self.channels.get(self.supernode.address, self.supernode.node_id)).Heartbeat(
                     signed_heartbeat(self.identity), timeout=max(1.0, self.settings.heartbeat_interval))
                 failures = 0
                 if not reply.known:
@@ -129,12 +135,20 @@ class EdgeNode:
         self.channels.close()
 
 
-def _entry_identity(ch: grpc.Channel) -> tuple[str, bytes]:
-    """The entry node's id and key from its genesis block: the trust anchor for its orders."""
-    genesis = next(iter(rpc_pb.LedgerStub(ch).GetBlocks(pb.GetBlocksRequest(from_height=0, limit=1), timeout=5)), None)
-    if genesis is None:
+def _entry_identity(ch: grpc.Channel, entry_id: str | None, genesis_hash: str) -> tuple[str, bytes]:
+    """The entry node's id and key from its genesis block (the one pinned at enrolment): the
+    trust anchor for its orders."""
+    message = next(iter(rpc_pb.LedgerStub(ch).GetBlocks(pb.GetBlocksRequest(from_height=0, limit=1), timeout=5)), None)
+    if message is None:
         raise RuntimeError("the entry node has no genesis block yet")
-    return genesis_proposer(block_from_pb(genesis))
+    genesis = block_from_pb(message)
+    if genesis_hash and genesis.hash != genesis_hash:
+        raise RuntimeError(f"the entry node's genesis block {genesis.hash[:16]}… is not the one pinned at enrolment "
+                           f"({genesis_hash[:16]}…): another network")
+    found_id, key = genesis_proposer(genesis)
+    if entry_id and found_id != entry_id:
+        raise RuntimeError(f"the genesis block names entry node {found_id}, not {entry_id} (pinned at enrolment)")
+    return found_id, key
 
 
 class EdgeTrainingService(rpc_pb.TrainingServicer):
@@ -147,6 +161,7 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
     def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
             sn = self.node.supernode
+            require_caller(header.sender, "a model")
             if sn is None or header.sender != sn.node_id:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"node {header.sender} is not this edge node's supernode")
@@ -175,10 +190,17 @@ def edge_rules(node: EdgeNode) -> dict[str, Rule]:
                   f"this is an edge node: it keeps no membership; {where}"),
                  ("Ledger", grpc.StatusCode.FAILED_PRECONDITION, f"this is an edge node: it keeps no ledger; {where}"))
              for method in [m.name for m in pb.DESCRIPTOR.services_by_name[service].methods]}
+    def its_supernode(context: grpc.ServicerContext, peer: Peer) -> None:
+        sn = node.supernode
+        if sn is None or not peer.is_node(sn.node_id):
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"only this edge node's supernode sends it work, not {peer}")
+
     rules.update({
-        method_path("Training", "DistributeModel"): Rule("its supernode (signed model header)"),
-        method_path("Training", "TrainRound"): Rule("anyone relaying the entry node's signed JOB and ROUND orders (the model must have come "
-                                                  "from its supernode)"),
+        method_path("Enrolment", "GetNetwork"): refused(grpc.StatusCode.FAILED_PRECONDITION, f"nodes enrol at the entry node; {where}"),
+        method_path("Enrolment", "Enrol"): refused(grpc.StatusCode.FAILED_PRECONDITION, f"nodes enrol at the entry node; {where}"),
+        method_path("Training", "DistributeModel"): certified("its supernode (signed model header)", "SN", check=its_supernode),
+        method_path("Training", "TrainRound"): certified("its supernode, relaying the entry node's signed JOB and ROUND orders",
+                                                         "SN", check=its_supernode),
         method_path("Training", "RunRound"): refused(grpc.StatusCode.FAILED_PRECONDITION,
                                                      "edge nodes do not run supernode rounds"),
         method_path("Training", "UploadUpdate"): refused(grpc.StatusCode.FAILED_PRECONDITION,

@@ -34,6 +34,7 @@ class Member:
     last_seen: float = field(default_factory=time.monotonic)
     edge_nodes: frozenset[str] = frozenset()  # for supernodes: what they last reported
     head_height: int = -1
+    last_beat_ms: int = 0  # the newest heartbeat's timestamp: the next must be newer (no replays)
 
 
 class Members:
@@ -140,9 +141,10 @@ def heartbeat_fields(req: pb.HeartbeatRequest) -> bytes:
                           "edge_nodes": sorted(req.edge_nodes), "head_height": req.head_height})
 
 
-def signed_heartbeat(identity: Identity, edge_nodes: list[str] = (), head_height: int = -1) -> pb.HeartbeatRequest:
-    req = pb.HeartbeatRequest(node_id=identity.node_id, timestamp=now_ms(), edge_nodes=sorted(edge_nodes),
-                              head_height=head_height)
+def signed_heartbeat(identity: Identity, edge_nodes: list[str] = (), head_height: int = -1,
+                     timestamp: int | None = None) -> pb.HeartbeatRequest:
+    req = pb.HeartbeatRequest(node_id=identity.node_id, timestamp=now_ms() if timestamp is None else timestamp,
+                              edge_nodes=sorted(edge_nodes), head_height=head_height)
     req.signature = identity.sign(heartbeat_fields(req))
     return req
 

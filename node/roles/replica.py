@@ -17,10 +17,11 @@ SYNC_BATCH = 500
 
 
 class Replica:
-    def __init__(self, ledger: Ledger, channels: Channels, entry_address: str) -> None:
+    def __init__(self, ledger: Ledger, channels: Channels, entry_address: str, entry_id: str = "") -> None:
         self.ledger = ledger
         self.channels = channels
         self.entry_address = entry_address
+        self.entry_id = entry_id
         self._sync_lock = threading.Lock()
 
     def receive_block(self, block: Block) -> tuple[bool, Head | None]:
@@ -35,7 +36,7 @@ class Replica:
         """Fetch and validate every block the entry node has beyond our head. Returns blocks added."""
         added = 0
         with self._sync_lock:
-            stub = rpc_pb.LedgerStub(self.channels.get(self.entry_address))
+            stub = rpc_pb.LedgerStub(self.channels.get(self.entry_address, self.entry_id))
             while True:
                 head = self.ledger.head()
                 start = 0 if head is None else head.height + 1

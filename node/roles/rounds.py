@@ -118,14 +118,14 @@ class RoundRunner:
             return
         header = make_header(self.node.identity, model.data, model.header.job_id, model.header.round,
                              model.header.num_samples, model_hash=model.header.model_hash)
-        stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address))
+        stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id))
         stub.DistributeModel(chunks(header, model.data), timeout=max(0.5, (request.deadline_ms - now_ms()) / 1000))
         self.delivered.record(edge.node_id, model.header.model_hash)
 
     def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest) -> pb.EdgeResult:
         sent.result()  # the model must be there first (raises what sending it raised)
         timeout = max(0.5, (request.deadline_ms - now_ms()) / 1000)
-        return rpc_pb.TrainingStub(self.node.channels.get(edge.address)).TrainRound(request, timeout=timeout)
+        return rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id)).TrainRound(request, timeout=timeout)
 
     def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
                  reply: pb.SupernodeResult) -> pb.SupernodeResult:

@@ -13,18 +13,38 @@ import grpc
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from node.net.admin import require_admin
 from node.chain.audit import verify_chain
-from node.roles.recompute import recompute_chain
 from node.chain.rules import Transaction, TxKind
-from node.roles.coordinator import Coordinator
+from node.net.admin import require_admin
 from node.net.errors import refuse
-from node.net.guard import Rule, method_path, refused
+from node.net.guard import Rule, anyone, certified, method_path, refused, require_caller
+from node.net.tls import CONSOLE_ROLE, Peer
+from node.roles.coordinator import Coordinator
+from node.roles.enrolment import Enroller
+from node.roles.recompute import recompute_chain
 from node.roles.supernode import Supernode
 from node.net.streams import ReceivedModel, check_header_signature, receive
 from node.net.wire import block_from_pb, block_to_pb, head_to_pb, tx_from_pb
 
 MAX_GET_BLOCKS = 500
+
+
+class EnrolmentService(rpc_pb.EnrolmentServicer):
+    """Admission (the entry node): the network's CA certificate, and a certificate for a token."""
+
+    def __init__(self, node: Supernode) -> None:
+        self.node = node
+
+    def _enroller(self) -> Enroller:
+        if self.node.enroller is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"nodes enrol at the entry node ({self.node.entry_address})")
+        return self.node.enroller
+
+    def GetNetwork(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NetworkInfo:
+        return self._enroller().network()
+
+    def Enrol(self, request: pb.EnrolRequest, context: grpc.ServicerContext) -> pb.EnrolReply:
+        return self._enroller().enrol(request)
 
 
 class MembershipService(rpc_pb.MembershipServicer):
@@ -76,6 +96,7 @@ class TrainingService(rpc_pb.TrainingServicer):
 
     def UploadUpdate(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
+            require_caller(header.sender, "an upload")
             member = self.node.members.get(header.sender)
             if member is None or member.role != "EN" or member.supernode != self.node.node_id:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
@@ -172,6 +193,28 @@ class ConsoleService(rpc_pb.ConsoleServicer):
     def Evaluate(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.EvalReport:
         return self._coordinator().evaluate()
 
+    def CreateEnrolment(self, request: pb.EnrolmentRequest, context: grpc.ServicerContext) -> pb.EnrolmentToken:
+        return self._enroller().create_token(request.role, request.uses, request.hours)
+
+    def ListEnrolments(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.EnrolmentList:
+        tokens = [] if self.node.enroller is None else [
+            pb.EnrolmentToken(token_id=t.token_id, role=t.role, uses=t.uses, expires_ms=t.expires_ms)
+            for t in self.node.enroller.tokens.list()]
+        nodes = [pb.EnrolledNode(node_id=r["node_id"], role=r["role"], token_id=r["token"],
+                                 enrolled_height=r["enrolled_height"], revoked=r["revoked_height"] is not None,
+                                 reason=r["reason"] or "")
+                 for r in self.node.ledger.store.enrolment_records()]
+        return pb.EnrolmentList(tokens=tokens, nodes=nodes)
+
+    def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
+        return pb.SubmitReply(tx_hash=self._enroller().revoke(request.id, request.reason))
+
+    def _enroller(self) -> Enroller:
+        if self.node.enroller is None:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"enrolment is the entry node's; connect the console to {self.node.entry_address}")
+        return self.node.enroller
+
     def RecordSave(self, request: pb.SaveRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
         coordinator = self._coordinator()
         if self.node.models.get(request.model_hash) is None:
@@ -182,36 +225,53 @@ class ConsoleService(rpc_pb.ConsoleServicer):
         return pb.SubmitReply(tx_hash=self.node.submit(tx))
 
 
-SIGNED_BY_SENDER = "any node; the node checks the signed payload against the sender's registered key"
-
-
 def supernode_rules(node: Supernode) -> dict[str, Rule]:
-    """Who may call each RPC of a supernode."""
-    admin = Rule("the operator (admin token)", check=lambda context: require_admin(context, node.admin_token_hash))
-    public = Rule("anyone (the chain and the membership list are public)")
+    """Who may call each RPC of a supernode (the README's table "Who may call what")."""
+
+    def operator(context: grpc.ServicerContext, peer: Peer) -> None:
+        require_admin(context, node.admin_token_hash)
+
+    def entry_node(context: grpc.ServicerContext, peer: Peer) -> None:
+        if node.is_entry or not peer.is_node(node.entry_id or ""):
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"only the entry node sends this to a supernode, not {peer}")
+
+    def operator_if_console(context: grpc.ServicerContext, peer: Peer) -> None:
+        if peer.role == CONSOLE_ROLE:
+            require_admin(context, node.admin_token_hash)
+
+    enrolment = (anyone("anyone: the entry node admits holders of an enrolment token (the token pins its CA)")
+                 if node.is_entry else refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                               f"nodes enrol at the entry node ({node.entry_address}), not here"))
+    nodes = ("SN", "EN")
+    readers = (*nodes, CONSOLE_ROLE)  # the chain and the membership list: any enrolled node, and the operator
     rules = {
-        method_path("Membership", "Register"): Rule("anyone; the REGISTER transaction must be signed by the key it carries"),
-        method_path("Membership", "Heartbeat"): Rule("a registered node, signed with its key"),
-        method_path("Membership", "ListNodes"): public,
-        method_path("Membership", "FindSupernode"): public,
-        method_path("Ledger", "SubmitTransaction"): Rule(SIGNED_BY_SENDER + " and role"),
-        method_path("Ledger", "PushBlock"): Rule("the entry node (the block must be signed by the chain's proposer)"),
-        method_path("Ledger", "GetBlocks"): public,
-        method_path("Ledger", "GetHead"): public,
-        method_path("Training", "UploadUpdate"): Rule("an edge node of this supernode (signed model header)"),
-        method_path("Training", "DistributeModel"): Rule("the entry node (signed model header)"),
-        method_path("Training", "DownloadModel"): Rule("anyone holding a model's hash (models are checked against the chain)"),
-        method_path("Training", "RunRound"): Rule("anyone relaying the entry node's signed JOB and ROUND orders"),
+        method_path("Enrolment", "GetNetwork"): enrolment,
+        method_path("Enrolment", "Enrol"): enrolment,
+        method_path("Membership", "Register"): certified("an enrolled node, registering itself with its own certificate", *nodes),
+        method_path("Membership", "Heartbeat"): certified("a registered node, for itself, fresh and in sequence", *nodes),
+        method_path("Membership", "ListNodes"): certified("enrolled nodes and the operator", *readers),
+        method_path("Membership", "FindSupernode"): certified("enrolled edge nodes", "EN"),
+        method_path("Ledger", "SubmitTransaction"): certified("supernodes, forwarding signed transactions", "SN"),
+        method_path("Ledger", "PushBlock"): certified("the entry node", "SN", check=entry_node),
+        method_path("Ledger", "GetBlocks"): certified("enrolled nodes and the operator", *readers),
+        method_path("Ledger", "GetHead"): certified("enrolled nodes and the operator", *readers),
+        method_path("Training", "UploadUpdate"): certified("this supernode's own edge nodes, for the round in progress", "EN"),
+        method_path("Training", "DistributeModel"): certified("the entry node", "SN", check=entry_node),
+        method_path("Training", "DownloadModel"): certified("enrolled nodes, and the operator (console certificate and admin token)",
+                                                            *nodes, CONSOLE_ROLE, check=operator_if_console),
+        method_path("Training", "RunRound"): certified("the entry node", "SN", check=entry_node),
         method_path("Training", "TrainRound"): refused(grpc.StatusCode.FAILED_PRECONDITION,
                                                        "supernodes do not train; edge nodes do"),
     }
+    admin = certified("the operator: the console's certificate and the admin token", CONSOLE_ROLE, check=operator)
     for method in pb.DESCRIPTOR.services_by_name["Console"].methods:
         rules[method_path("Console", method.name)] = admin
     return rules
 
 
 def supernode_servicers(node: Supernode) -> list[tuple[Callable[[Any, Any], None], Any]]:
-    return [(rpc_pb.add_MembershipServicer_to_server, MembershipService(node)),
+    return [(rpc_pb.add_EnrolmentServicer_to_server, EnrolmentService(node)),
+            (rpc_pb.add_MembershipServicer_to_server, MembershipService(node)),
             (rpc_pb.add_LedgerServicer_to_server, LedgerService(node)),
             (rpc_pb.add_TrainingServicer_to_server, TrainingService(node)),
             (rpc_pb.add_ConsoleServicer_to_server, ConsoleService(node))]

@@ -32,7 +32,10 @@ from node.chain.ledger import Ledger
 from node.roles.membership import Member, Members, check_registration, heartbeat_fields, register_transaction, signed_heartbeat
 from node.net.channels import Channels
 from node.net.errors import ServiceError, refuse
+from node.net.guard import caller, require_caller
+from node.net.tls import Credentials
 from node.roles.block_producer import BlockProducer
+from node.roles.enrolment import Admission, Enroller
 from node.roles.replica import Replica
 from node.roles.rounds import RoundRunner
 from node.roles.settings import NodeSettings
@@ -42,7 +45,7 @@ from node.net.wire import head_to_pb, tx_to_pb
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_MAX_SKEW_MS = 60_000
+HEARTBEAT_WINDOW_MS = 5_000  # a heartbeat (or upload header) must be this fresh: clocks must agree that well
 
 
 class Supernode:
@@ -50,9 +53,12 @@ class Supernode:
 
     def __init__(self, identity: Identity, address: str, ledger: Ledger, entry_address: str,
                  is_entry: bool, settings: NodeSettings, model_dir: Path | None = None,
-                 job_defaults: dict[str, Any] | None = None) -> None:
+                 job_defaults: dict[str, Any] | None = None, *, credentials: Credentials | None = None,
+                 entry_id: str | None = None, admission: Admission | None = None) -> None:
         """``model_dir``: where received models are kept once out of memory (else they are dropped);
-        ``job_defaults``: the configuration the entry node's jobs start from."""
+        ``job_defaults``: the configuration the entry node's jobs start from; ``credentials``: this
+        node's TLS certificate (None: plaintext, ``--insecure``); ``entry_id``: the entry node's id
+        as pinned at enrolment; ``admission``: the entry node's CA and enrolment tokens."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
@@ -60,17 +66,18 @@ class Supernode:
         self.entry_address = entry_address
         self.is_entry = is_entry
         self.settings = settings
-        self.entry_id: str | None = identity.node_id if is_entry else None
+        self.entry_id: str | None = identity.node_id if is_entry else entry_id
         self.members = Members(settings.dead_after, identity.node_id)
         self.models = ModelCache(2 * settings.max_model_bytes, model_dir, settings.model_store_bytes)
         self.supernode_view = pb.NodeList()  # the entry node's list, as last broadcast to us
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.admin_token_hash = ""  # the entry node sets it from its token; others learn it at registration
-        self.channels = Channels()  # to peers, reused
+        self.channels = Channels(credentials)  # to peers, reused
         # the entry node seals blocks; the others keep a replica of its chain
         self.producer = BlockProducer(identity, ledger, self.members, settings, self.channels) if is_entry else None
-        self.replica = None if is_entry else Replica(ledger, self.channels, entry_address)
+        self.replica = None if is_entry else Replica(ledger, self.channels, entry_address, entry_id or "")
+        self.enroller = Enroller(self, admission) if is_entry and admission is not None else None
         self.rounds = RoundRunner(self)
         # the entry node runs jobs (imported here: the coordinator needs this class to exist)
         from node.roles.coordinator import Coordinator
@@ -109,12 +116,16 @@ class Supernode:
         self._threads.append(thread)
 
     def _entry_stub(self, kind: type) -> Any:
-        return kind(self.channels.get(self.entry_address))
+        return kind(self.channels.get(self.entry_address, self.entry_id or ""))
 
     # --- membership -----------------------------------------------------------------------------------
     def register(self, tx: Transaction) -> pb.RegisterReply:
         key = check_registration(tx)
         role, address = tx.payload["role"], tx.payload["address"]
+        require_caller(tx.sender, "a registration")
+        if caller().authenticated and caller().role != role:
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                         f"node {tx.sender} is enrolled as {caller().role}; it cannot register as {role}")
         if role == "SN":
             if not self.is_entry:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
@@ -141,13 +152,21 @@ class Supernode:
                                 admin_token_sha256=self.admin_token_hash if role == "SN" else "")
 
     def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatReply:
+        require_caller(req.node_id, "a heartbeat")
         member = self.members.get(req.node_id)
         if member is None:
             return pb.HeartbeatReply(known=False, supernodes=self.supernodes_pb(), head=head_to_pb(self.ledger.head()))
         if not verify_signature(member.public_key, req.signature, heartbeat_fields(req)):
             raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"heartbeat for {req.node_id} has a bad signature")
-        if abs(now_ms() - req.timestamp) > HEARTBEAT_MAX_SKEW_MS:
-            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "heartbeat timestamp is off by more than 60 s: check the clock")
+        skew = now_ms() - req.timestamp
+        if abs(skew) > HEARTBEAT_WINDOW_MS:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"heartbeat of {req.node_id} is {skew / 1000:+.1f} s off this node's clock (at most "
+                         f"±{HEARTBEAT_WINDOW_MS / 1000:.0f} s): check both clocks (NTP)")
+        if req.timestamp <= member.last_beat_ms:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"heartbeat of {req.node_id} is not in sequence (replayed, or older than the last one)")
+        member.last_beat_ms = req.timestamp
         if member.role == "EN" and member.supernode != self.node_id:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                          f"edge node {req.node_id} is registered with supernode {member.supernode}; heartbeat there")
@@ -163,7 +182,7 @@ class Supernode:
     def upload_seen(self, header: pb.ModelHeader) -> None:
         """A signed, fresh upload from one of this supernode's edge nodes proves it alive as a
         heartbeat does; its edge node skips the heartbeat it would have sent meanwhile."""
-        if abs(now_ms() - header.timestamp) <= HEARTBEAT_MAX_SKEW_MS:
+        if abs(now_ms() - header.timestamp) <= HEARTBEAT_WINDOW_MS:
             self.members.touch(header.sender)
 
     def find_supernode(self, req: pb.FindSupernodeRequest) -> pb.NodeInfo:
@@ -192,20 +211,21 @@ class Supernode:
         return [m.node_id for m in self.members.of_role("EN", alive_only=True) if m.supernode == self.node_id]
 
     # --- models held elsewhere -------------------------------------------------------------------------
-    def download(self, address: str, model_hash: str, max_bytes: int | None = None) -> ReceivedModel:
-        """The model ``model_hash`` from the node at ``address``, checked against its hash (at most
-        ``max_bytes``, by default ``max_model_mb``: a partial sum is larger than its model)."""
-        stub = rpc_pb.TrainingStub(self.channels.get(address))
+    def download(self, address: str, model_hash: str, max_bytes: int | None = None, node_id: str = "") -> ReceivedModel:
+        """The model ``model_hash`` from the node at ``address`` (``node_id`` when known), checked
+        against its hash (at most ``max_bytes``, by default ``max_model_mb``: a partial sum is
+        larger than its model)."""
+        stub = rpc_pb.TrainingStub(self.channels.get(address, node_id))
         model = receive(stub.DownloadModel(pb.ModelRequest(model_hash=model_hash), timeout=60),
                         max_bytes or self.settings.max_model_bytes)
         if model.header.model_hash != model_hash:
             raise refuse(grpc.StatusCode.DATA_LOSS, f"{address} sent another model than {model_hash[:16]}…")
         return model
 
-    def fetch_model(self, model_hash: str, address: str, max_bytes: int | None = None) -> ReceivedModel:
+    def fetch_model(self, model_hash: str, address: str, max_bytes: int | None = None, node_id: str = "") -> ReceivedModel:
         """A model from this node's store, else downloaded from ``address`` (checked either way)."""
         local = self.models.get(model_hash)
-        return local if local is not None else self.download(address, model_hash, max_bytes)
+        return local if local is not None else self.download(address, model_hash, max_bytes, node_id)
 
     def find_model(self, model_hash: str, holder: str) -> bytes | None:
         """A recorded model's bytes (checked against its hash): from this node's store, else from
@@ -217,7 +237,7 @@ class Supernode:
             local = self.models.get(model_hash)
             return None if local is None else local.data
         try:
-            return self.fetch_model(model_hash, address).data
+            return self.fetch_model(model_hash, address, node_id=holder).data
         except (grpc.RpcError, ServiceError):  # unreachable, or it sent something else: not found here
             return None
 

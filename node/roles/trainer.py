@@ -110,7 +110,7 @@ class EdgeTrainer:
         sn = node.supernode
         if sn is None:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node lost its supernode during the round")
-        rpc_pb.TrainingStub(node.channels.get(sn.address)).UploadUpdate(
+        rpc_pb.TrainingStub(node.channels.get(sn.address, sn.node_id)).UploadUpdate(
             chunks(header, update), timeout=max(1.0, _seconds_left(request)))
         node.upload_done()
         tx = Transaction.create(TxKind.MODEL_UPDATE, {
