@@ -20,6 +20,8 @@ An aggregation option set explicitly for another rule than ``aggregation`` (``kr
 
 from __future__ import annotations
 
+import math
+
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -72,9 +74,12 @@ my_conf: dict[str, Any] = {
     "model_store_mb": 10240,  # disk a supernode keeps received models on (<home>/models), newest first
     "round_timeout": 300.0,  # seconds an edge node has for one round before it is left out
     "torch_threads": 1,  # torch (OpenMP) threads per node process (several nodes often share a host's cores)
-    "own_data": False,  # an EN trains on everything in its data_dir instead of its job shard
+    "own_data": False,  # jobs: edge nodes train on everything in their data_dir instead of their job shard
+    "max_samples": 100_000,  # own-data jobs: the most training samples an edge node may claim
     "edge_parallelism": 0,  # edge nodes a supernode asks at once in a round (0: all of them)
     "cert_days": 365,  # how long the certificates the entry node's CA issues at enrolment last
+    "streams_per_peer": 4,  # model and block streams one caller may hold with a node at once
+    "stream_idle_s": 30.0,  # a stream that moves nothing for this long is cancelled
 }
 
 ENV_PREFIX = "FL_"
@@ -130,6 +135,9 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "torch_threads": _at_least(1),
     "edge_parallelism": _at_least(0),
     "cert_days": lambda v: None if 1 <= v <= 3650 else "between 1 and 3650 days",
+    "streams_per_peer": _at_least(1),
+    "max_samples": lambda v: None if 1 <= v < 2**31 else "between 1 and 2**31 - 1",
+    "stream_idle_s": _positive,
 }
 
 _CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device"}
@@ -153,12 +161,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if expected in (int, float):
         if isinstance(value, str):
             try:
-                return expected(value.strip())
+                number = expected(value.strip())
             except ValueError:
                 raise ConfigError(problem) from None
-        if isinstance(value, int) or (expected is float and isinstance(value, float)):
-            return expected(value)
-        raise ConfigError(problem)
+        elif isinstance(value, int) or (expected is float and isinstance(value, float)):
+            number = expected(value)
+        else:
+            raise ConfigError(problem)
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} from {source}: {value!r} is not a finite number")
+        return number
     if not isinstance(value, str):
         raise ConfigError(problem)
     return value

@@ -179,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
             ledger_text = "none (edge node)"
             revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does
         server = build_server(f"{_url_host(args.host)}:{args.port}", servicers, rules, credentials,
-                              revoked=revoked, enrol_bind=enrol_bind)
+                              revoked=revoked, enrol_bind=enrol_bind, streams_per_peer=conf["streams_per_peer"],
+                              stream_idle_s=conf["stream_idle_s"])
         try:
             node.start()
             role = "SN, entry" if args.is_entry else args.nt

@@ -1,6 +1,7 @@
 """Model transfer over gRPC on loopback, next to raw TCP and the codec, in one table.
 
-Starts an entry supernode and an edge node as real processes, then streams a 100 MB model
+Starts an entry supernode and an edge node as real processes (twice: over mutual TLS, as deployed,
+and plaintext with ``--insecure``), then streams a 100 MB model
 (safetensors bytes, 1 MiB chunks, signed header) EN → SN (``UploadUpdate``: the supernode checks
 the signature, the SHA-256 and the safetensors layout) and SN → EN (``DistributeModel``: the edge
 node checks the signature and the SHA-256), each timed from the first byte sent to the receipt.
@@ -32,7 +33,39 @@ from base_package import data_pb2_grpc as rpc_pb  # noqa: E402
 from fl.serialize import state_from_bytes, state_to_bytes  # noqa: E402
 from node.dev.launcher import NodeProcess, wait_until  # noqa: E402
 from node.chain.identity import Identity  # noqa: E402
+from node.net.channels import channel  # noqa: E402
 from node.net.streams import chunks, make_header  # noqa: E402
+from node.net.tls import TLS_DIR, Credentials  # noqa: E402
+
+
+def grpc_rows(data: bytes, args: argparse.Namespace, secure: bool) -> list[tuple[str, float]]:
+    """Both directions between a real supernode and edge node, over mutual TLS (as deployed) or
+    plaintext (``--insecure``); each side calls with its own certificate, as in a round."""
+    size_mb, link = len(data) / 1e6, "mutual TLS" if secure else "plaintext"
+    with tempfile.TemporaryDirectory() as tmp:
+        env, extra = {"FL_MAX_MODEL_MB": str(4 * args.mb)}, [] if secure else ["--insecure"]
+        sn = NodeProcess(Path(tmp), "entry", "SN", is_entry=True, env=env, extra=extra)
+        en = NodeProcess(Path(tmp), "en", "EN", entry=sn.address, env=env, token_source=sn, extra=extra)
+        try:
+            sn.wait_ready()
+            en.wait_ready()
+            wait_until(lambda: any(n.alive for n in sn.status().edge_nodes.nodes), 60, "the edge node to join")
+            en_id, sn_id = Identity.load_or_create(en.home), Identity.load_or_create(sn.home)
+            as_en = channel(sn.address, Credentials.load(en.home / TLS_DIR) if secure else None, sn_id.node_id)
+            as_sn = channel(en.address, Credentials.load(sn.home / TLS_DIR) if secure else None, en_id.node_id)
+            upload, distribute = rpc_pb.TrainingStub(as_en).UploadUpdate, rpc_pb.TrainingStub(as_sn).DistributeModel
+            # the sender hashes its model once, when it makes it (the hash goes on the chain too)
+            en_header, sn_header = make_header(en_id, data), make_header(sn_id, data)
+            rows = [(f"gRPC EN → SN, {link} (UploadUpdate: signature, SHA-256, layout)", size_mb / best_seconds(
+                        lambda: upload(chunks(en_header, data), timeout=120), args.repeats)),
+                    (f"gRPC SN → EN, {link} (DistributeModel: signature, SHA-256)", size_mb / best_seconds(
+                        lambda: distribute(chunks(sn_header, data), timeout=120), args.repeats))]
+            as_en.close()
+            as_sn.close()
+            return rows
+        finally:
+            en.stop()
+            sn.stop()
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -100,27 +133,8 @@ def main() -> None:
     raw = size_mb / raw_tcp_seconds(data, args.repeats)
     rows.append(("raw loopback TCP (process → process)", raw))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"FL_MAX_MODEL_MB": str(4 * args.mb)}
-        sn = NodeProcess(Path(tmp), "entry", "SN", is_entry=True, env=env)
-        en = NodeProcess(Path(tmp), "en", "EN", entry=sn.address, env=env, token_source=sn)
-        try:
-            sn.wait_ready()
-            en.wait_ready()
-            wait_until(lambda: any(n.alive for n in sn.status().edge_nodes.nodes), 60, "the edge node to join")
-            en_id, sn_id = Identity.load_or_create(en.home), Identity.load_or_create(sn.home)
-            upload = sn.stub(rpc_pb.TrainingStub).UploadUpdate
-            distribute = en.stub(rpc_pb.TrainingStub).DistributeModel
-            # the sender hashes its model once, when it makes it (the hash goes on the chain too)
-            en_header, sn_header = make_header(en_id, data), make_header(sn_id, data)
-            rows.append(("gRPC EN → SN (UploadUpdate: signature, SHA-256, layout)", size_mb / best_seconds(
-                lambda: upload(chunks(en_header, data), timeout=120), args.repeats)))
-            rows.append(("gRPC SN → EN (DistributeModel: signature, SHA-256)", size_mb / best_seconds(
-                lambda: distribute(chunks(sn_header, data), timeout=120), args.repeats)))
-        finally:
-            en.stop()
-            sn.stop()
-
+    for secure in (True, False):
+        rows += grpc_rows(data, args, secure)
     table = Table(title=f"Moving a {size_mb:.0f} MB model (best of {args.repeats})")
     table.add_column("path")
     table.add_column("MB/s", justify="right")

@@ -20,7 +20,7 @@ import torch
 from fl.datasets import Dataset, load_dataset
 from fl.models import SplitModel, StateDict, build_model
 from fl.partition import ClientIndices, client_split, partition
-from fl.names import OPTION_DEFAULTS
+from fl.names import INPUT_SHAPES, OPTION_DEFAULTS
 from fl.strategy import Strategy, TrainHook, strategy_for_job
 from fl.train import ClientData, EvalResult, TrainStats, evaluate, train_local
 
@@ -86,6 +86,21 @@ class JobSpec:
         """The job's model, initialised from the job's seed (identical on every node)."""
         torch.manual_seed(self.seed)
         return build_model(self.model, self.dataset, num_classes, self.head_layers)
+
+    def check_model_fits(self) -> None:
+        """Raise ValueError unless the job's model accepts its dataset's samples (one zero sample
+        of the dataset's input shape, so no data is needed): checked before a job starts."""
+        shape = INPUT_SHAPES.get(self.dataset)
+        if shape is None:
+            return
+        model = self.build_model()
+        try:
+            with torch.no_grad():
+                model.eval()
+                model(torch.zeros(1, *shape))
+        except RuntimeError as exc:
+            raise ValueError(f"model {self.model!r} does not accept {self.dataset} samples of shape {shape}: "
+                             f"{str(exc).splitlines()[0]}") from None
 
     def get_strategy(self) -> Strategy:
         """The job's strategy (sharing, aggregation rule and its options)."""

@@ -2,6 +2,7 @@
 at once (``--help`` and config errors answer before torch is imported)."""
 
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
+INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashionmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 DATASET_ALIASES = {"cifar": "cifar10", "fashion_mnist": "fashionmnist", "fmnist": "fashionmnist"}
 MODELS = ("auto", "mlp", "cnn_mnist", "cnn_cifar")
 STRATEGIES = ("fedper", "fedavg", "local")  # what is shared (config key ``strategy``)

@@ -105,12 +105,12 @@ def node_channel(node, target):
     return channel(target.address, Credentials.load(node.home / "tls"))
 
 
-def start_supernodes(tmp_path, db_for, nodes: list, **second: Any) -> tuple:
+def start_supernodes(tmp_path, db_for, nodes: list, entry_args: list[str] = (), **second: Any) -> tuple:
     """An entry supernode and a second supernode, each with its own ledger database, serving and
     registered. ``second``: more NodeProcess arguments for the second one (a faulty script …)."""
     from node.dev.launcher import NodeProcess, wait_until
 
-    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"))
+    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"), extra=list(entry_args))
     nodes.append(entry)
     entry.wait_ready()
     sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry, **second)
@@ -120,12 +120,13 @@ def start_supernodes(tmp_path, db_for, nodes: list, **second: Any) -> tuple:
     return entry, sn
 
 
-def start_network(tmp_path, db_for, nodes: list, edge_nodes: int, edge_args: list[str] = (), **second: Any) -> tuple:
+def start_network(tmp_path, db_for, nodes: list, edge_nodes: int, edge_args: list[str] = (),
+                  entry_args: list[str] = (), **second: Any) -> tuple:
     """The network most tests use: ``start_supernodes`` and ``edge_nodes`` edge nodes, spread over
     both supernodes (the entry node sends each to the least loaded), all alive."""
     from node.dev.launcher import NodeProcess, wait_until
 
-    entry, sn = start_supernodes(tmp_path, db_for, nodes, **second)
+    entry, sn = start_supernodes(tmp_path, db_for, nodes, entry_args, **second)
     edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, extra=list(edge_args), token_source=entry) for i in range(edge_nodes)]
     nodes.extend(edges)
     wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == edge_nodes, 60, "the edge nodes")

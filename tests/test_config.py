@@ -44,6 +44,8 @@ def test_dotted_key_in_file(tmp_path):
         ({"strategy": "fedsgd"}, "one of fedper, fedavg, local"),
         ({"train_fraction": 1.0}, "between 0 and 1"),
         ({"seed": -1}, "seed from command line: -1 is out of range"),
+        ({"learn_rate": "inf"}, "learn_rate from command line: 'inf' is not a finite number"),
+        ({"momentum": float("nan")}, "not a finite number"),
     ],
 )
 def test_bad_values_are_clear_errors(overrides, message):
@@ -98,7 +100,7 @@ def test_aggregation_keys_and_their_defaults():
     ({"aggregation": "krum", "krum_m": 0}, "krum_m .* expected >= 1"),
     ({"aggregation": "krum", "krum_f": "1.5"}, "krum_f from command line: expected int"),
     ({"proximal_mu": -0.01}, "proximal_mu .* expected >= 0"),
-    ({"proximal_mu": "nan"}, "proximal_mu .* out of range"),
+    ({"proximal_mu": "nan"}, "proximal_mu .* not a finite number"),
     ({"aggregation": "fedavgm", "server_lr": 0}, "server_lr .* expected > 0"),
     ({"aggregation": "fedavgm", "server_momentum": 1.0}, r"server_momentum .* expected in \[0, 1\)"),
     ({"aggregation": "fedadam", "adam_lr": -1}, "adam_lr .* expected > 0"),

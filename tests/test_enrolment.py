@@ -228,3 +228,16 @@ def test_enrolment_mutual_tls_and_revocation_over_the_network(tmp_path, db_for, 
     assert _code(lambda: sn.console("CreateEnrolment", pb.EnrolmentRequest(role="EN"))) == \
         grpc.StatusCode.FAILED_PRECONDITION  # tokens come from the entry node
     assert entry.console("Verify").ok and sn.console("Verify").ok
+
+
+def test_insecure_nodes_enrol_and_talk_plaintext(tmp_path, nodes):
+    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, extra=["--insecure"])
+    nodes.append(entry)
+    entry.wait_ready()
+    en = NodeProcess(tmp_path, "en0", "EN", entry=entry.address, token_source=entry, extra=["--insecure"])
+    nodes.append(en)
+    wait_until(lambda: any(n.alive for n in entry.status().edge_nodes.nodes), 30, "the edge node")
+    assert (en.home / "tls" / "node.crt").exists()  # enrolled all the same: ENROLL is on the chain
+    with channel(entry.address) as plain:  # nobody is authenticated: the rules fall back to signed payloads
+        assert rpc_pb.LedgerStub(plain).GetHead(pb.Empty(), timeout=5).height >= 1
+        assert _code(lambda: rpc_pb.ConsoleStub(plain).Status(pb.Empty(), timeout=5)) == grpc.StatusCode.UNAUTHENTICATED

@@ -129,6 +129,8 @@ def test_network_scenario(tmp_path, db_for, nodes):
     assert receipt.model_hash == hashlib.sha256(model).hexdigest()
     downloaded = b"".join(c.data for c in training.DownloadModel(pb.ModelRequest(model_hash=receipt.model_hash)))
     assert downloaded == model
+    undecodable = as_edge.unary_unary("/fedledger.Ledger/GetHead")  # raw bytes, no serializer
+    assert _code(lambda: undecodable(b"\xff\xff\xff", timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
     for ch in (as_edge, as_sn, as_entry):
         ch.close()
     # ... and the network kept working, its chains untouched by any of it

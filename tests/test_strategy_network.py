@@ -40,7 +40,8 @@ def network(tmp_path_factory, pfllib_folder):
     started: list[NodeProcess] = []
     try:
         entry, sn, _ = start_network(tmp_path_factory.mktemp("strategies"), lambda name: None, started, EDGE_NODES,
-                                     edge_args=["--data-dir", str(pfllib_folder)])
+                                     edge_args=["--data-dir", str(pfllib_folder)],
+                                     entry_args=["--data-dir", str(pfllib_folder)])  # it derives the shard sizes
         yield entry, sn
     finally:
         stop_all(started, timeout=5)
@@ -112,6 +113,8 @@ def test_a_pfllib_split_trains_alike_over_the_network_and_in_the_simulation(netw
     ({"aggregation": "median", "trim_beta": "0.1"}, ["trim_beta", "trimmed_mean"]),
     ({"aggregation": "averaging"}, ["aggregation", "averaging"]),
     ({"krum_q": "1"}, ["krum_q"]),
+    ({"lr": "inf"}, ["learn_rate", "finite"]),  # settings that cannot run are refused before the JOB is signed
+    ({"model": "cnn_cifar"}, ["cnn_cifar", "does not accept"]),
 ])
 def test_a_strategy_that_cannot_serve_the_job_is_refused_before_it_starts(network, settings, words):
     entry, _ = network

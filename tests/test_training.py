@@ -82,7 +82,7 @@ def test_fedper_over_the_network(network):
         for holder in (entry, sn):
             try:
                 model = receive(holder.stub(rpc_pb.TrainingStub).DownloadModel(
-                    pb.ModelRequest(model_hash=tx.payload["hash"])), 1 << 30)
+                    pb.ModelRequest(model_hash=tx.payload["hash"]), metadata=holder.admin()), 1 << 30)
                 break
             except Exception:  # noqa: BLE001 - held by the other supernode
                 continue

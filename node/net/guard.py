@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 
 from base_package import data_pb2 as pb
 from node.net.errors import ServiceError, refuse, status_for
+from node.net.limits import StreamLimits, peer_key
 from node.net.tls import ANONYMOUS, INSECURE, Peer, peer_of
 
 log = logging.getLogger(__name__)
@@ -105,16 +106,18 @@ class Guard(grpc.ServerInterceptor):
     Health checking and reflection are public and pass untouched.
 
     ``tls``: callers are known by their certificates (else every caller is :data:`INSECURE`);
-    ``revoked(node_id)``: whether the chain revoked a node."""
+    ``revoked(node_id)``: whether the chain revoked a node; ``limits``: how many streams a caller
+    (and everyone) may hold at once, and for how long without moving."""
 
     def __init__(self, rules: Mapping[str, Rule], tls: bool = True,
-                 revoked: Callable[[str], bool] = lambda node_id: False) -> None:
+                 revoked: Callable[[str], bool] = lambda node_id: False, limits: StreamLimits | None = None) -> None:
         missing = [method_path(s, m) for s, m in all_methods() if method_path(s, m) not in rules]
         if missing:
             raise ValueError(f"every RPC needs a rule; none for {', '.join(missing)}")
         self.rules = dict(rules)
         self.tls = tls
         self.revoked = revoked
+        self.limits = limits or StreamLimits(per_peer=4, total=24, idle_seconds=30.0)
         self._methods = {method_path(s.name, m.name): m for s in pb.DESCRIPTOR.services_by_name.values()
                          for m in s.methods}
 
@@ -160,6 +163,9 @@ class Guard(grpc.ServerInterceptor):
 
         enter = functools.partial(self.admit, rule=rule)
 
+        def hold(context: grpc.ServicerContext) -> contextlib.AbstractContextManager[Callable[[], None]]:
+            return self.limits.stream(peer_key(caller().node_id, context), context)
+
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -176,7 +182,10 @@ class Guard(grpc.ServerInterceptor):
             def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
                     enter(context)
-                    yield from inner_stream(parse(raw), context)
+                    with hold(context) as moved:
+                        for response in inner_stream(parse(raw), context):
+                            yield response
+                            moved()
                 except Exception as exc:  # noqa: BLE001
                     _fail(context, exc, method)
             return grpc.unary_stream_rpc_method_handler(unary_stream, **wrap)
@@ -186,7 +195,12 @@ class Guard(grpc.ServerInterceptor):
             def stream_unary(raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
                 try:
                     enter(context)
-                    return inner_upload((parse(raw) for raw in raws), context)
+                    with hold(context) as moved:
+                        def requests() -> Iterator[Any]:
+                            for raw in raws:
+                                moved()
+                                yield parse(raw)
+                        return inner_upload(requests(), context)
                 except Exception as exc:  # noqa: BLE001
                     _fail(context, exc, method)
             return grpc.stream_unary_rpc_method_handler(stream_unary, **wrap)

@@ -16,24 +16,30 @@ from grpc_reflection.v1alpha import reflection
 from base_package import data_pb2 as pb
 from node.net.channels import CHANNEL_OPTIONS
 from node.net.guard import Guard, Rule
+from node.net.limits import StreamLimits
 from node.net.tls import Credentials
 
 log = logging.getLogger(__name__)
 
+RESERVED_THREADS = 8  # server threads streams can never take
 SERVICES = [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]
 
 
 def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None], Any]],
                  rules: Mapping[str, Rule], credentials: Credentials | None = None, *,
                  revoked: Callable[[str], bool] = lambda node_id: False, enrol_bind: str | None = None,
-                 workers: int = 32) -> grpc.Server:
+                 workers: int = 32, streams_per_peer: int = 4, stream_idle_s: float = 30.0) -> grpc.Server:
     """A started server on ``bind`` (HOST:PORT) with every servicer, health and reflection, and
     ``rules`` (one per RPC) applied by the :class:`Guard` interceptor.
 
     With ``credentials`` the port is mutual TLS (plaintext without: ``--insecure``);
     ``enrol_bind`` adds a plaintext port for nodes that have no certificate yet: the guard lets
-    such callers reach only the methods whose rule admits anyone (enrolment)."""
-    guard = Guard(rules, tls=credentials is not None, revoked=revoked)
+    such callers reach only the methods whose rule admits anyone (enrolment). Streams are bounded
+    (``node.net.limits``): ``streams_per_peer`` at once per caller, ``workers`` − 8 in all (the
+    rest of the threads stay free for health checks, heartbeats and orders), cancelled after
+    ``stream_idle_s`` without a message."""
+    limits = StreamLimits(streams_per_peer, max(1, workers - RESERVED_THREADS), stream_idle_s)
+    guard = Guard(rules, tls=credentials is not None, revoked=revoked, limits=limits)
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
                          interceptors=[guard], options=CHANNEL_OPTIONS)
     for add, servicer in servicers:

@@ -33,7 +33,7 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from config import ConfigError, load_config
-from fl.federation import JobSpec
+from fl.federation import JobSpec, job_data
 from fl.serialize import state_to_bytes, state_views
 from fl.names import CLIENT_OPTIONS
 from fl.strategy import ExactSum, Strategy, Update, options_of, strategy_for_job
@@ -108,10 +108,13 @@ class Coordinator:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job cannot start: {exc}") from None
             job_id = f"job-{now_ms()}"
             try:  # the job's initial model, the same on every node: built before anything is recorded
+                spec.check_model_fits()
                 initial = initial_model(spec)
             except ValueError as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
-            tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf), self.node.identity)
+            samples = None if conf["own_data"] else self._shard_sizes(spec)
+            tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf, samples),
+                                    self.node.identity)
             self.node.submit(tx)
             self.job, self.strategy = Job.from_tx(tx), strategy
             self.global_model = ReceivedModel.of(make_header(self.node.identity, initial, job_id, 0), initial)
@@ -121,6 +124,18 @@ class Coordinator:
                      spec.rounds, len(participants))
             self._launch()
             return self.status()
+
+    def _shard_sizes(self, spec: JobSpec) -> list[int]:
+        """Each edge node's training samples in the job's partition (client i = the i-th
+        participant by id): recorded in the JOB, so no edge node can claim another count."""
+        try:
+            _, splits = job_data(spec, self.base_conf["data_dir"])
+        except (ValueError, OSError) as exc:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"the entry node derives every edge node's sample count from the job's partition, but "
+                         f"cannot load {spec.dataset} from its data_dir: {exc}; give it the dataset (--data-dir), "
+                         f"or start the job with own_data=True") from None
+        return [len(split.train) for split in splits]
 
     def _job_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """The job's configuration: this node's own (jobs keys only) under the console's
@@ -321,7 +336,7 @@ class Coordinator:
             if tx.sender not in job.participants or member is None or member.supernode != sn.node_id:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"supernode {sn.node_id} reported an update of {tx.sender}, not of its own edge node in the job")
-            check_model_update(tx, job.job_id, round_number, member.public_key)
+            check_model_update(tx, job, round_number, member.public_key)
             if tx.sender in senders:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} lists edge node {tx.sender} twice")
             senders.add(tx.sender)
@@ -430,5 +445,5 @@ def _job_defaults(conf: dict[str, Any]) -> dict[str, Any]:
     options are added by ``Coordinator._job_config``, for the rule the job uses)."""
     keys = ("client.amount", "local_epoch", "gobal_epoch", "openEval", "dataset", "learn_rate", "BATCH_SIZE",
             "strategy", "aggregation", "model", "head_layers", "momentum", "partition", "classes_per_client",
-            "dirichlet_alpha", "train_fraction", "seed", "round_timeout")
+            "dirichlet_alpha", "train_fraction", "seed", "round_timeout", "own_data", "max_samples")
     return {k: conf[k] for k in keys}

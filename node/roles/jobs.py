@@ -12,6 +12,7 @@ hash differs from the signed one is refused before it is loaded.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,9 @@ class Job:
     evaluate_every_round: bool
     round_timeout: float
     tx: Transaction
+    samples: Mapping[str, int] | None = None  # each edge node's training samples, from the job's partition
+    own_data: bool = False  # edge nodes train on their own data: their sample counts are only capped
+    max_samples: int = 0  # that cap (0: none; jobs recorded before it existed)
 
     def strategy(self) -> Strategy:
         """A fresh instance of the job's strategy (its rule, sharing and options from the JOB)."""
@@ -67,8 +71,23 @@ class Job:
         participants = p.get("participants")
         if not isinstance(participants, list) or not all(isinstance(x, str) for x in participants):
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the JOB transaction lists no participants")
+        samples = p.get("samples")
+        if samples is not None and (not isinstance(samples, Mapping) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in samples.values())):
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the JOB's sample counts are not positive integers")
         return cls(p["job_id"], spec_from_payload(p["spec"]), tuple(participants),
-                   bool(options.get("openEval", True)), float(options.get("round_timeout", "300")), tx)
+                   bool(options.get("openEval", True)), float(options.get("round_timeout", "300")), tx,
+                   samples, bool(options.get("own_data", False)), int(options.get("max_samples", 0)))
+
+    def check_samples(self, node_id: str, claimed: int) -> None:
+        """Refuse a sample count the job does not allow: in shard mode the count follows from the
+        job's partition (recorded in the JOB); with own data it is capped by ``max_samples``."""
+        expected = None if self.samples is None else self.samples.get(node_id)
+        if expected is not None and claimed != expected:
+            raise InvalidUpdate(f"{node_id} claims {claimed} training samples; its shard of the job holds {expected}")
+        if self.own_data and self.max_samples and claimed > self.max_samples:
+            raise InvalidUpdate(f"{node_id} claims {claimed} training samples; the job allows at most "
+                                f"{self.max_samples} per edge node (max_samples)")
 
 
 def initial_model(spec: JobSpec) -> bytes:
@@ -78,10 +97,12 @@ def initial_model(spec: JobSpec) -> bytes:
     return state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
 
 
-def check_model_update(tx: Transaction, job_id: str, round_number: int, key: bytes) -> None:
+def check_model_update(tx: Transaction, job: Job, round_number: int, key: bytes) -> None:
     """Raise :class:`InvalidUpdate` unless ``tx`` is a well-formed MODEL_UPDATE of this job and
-    round, signed with ``key`` (its sender's registered key): what a supernode checks of each edge
-    node's result, and the entry node again of each update a supernode reports."""
+    round, signed with ``key`` (its sender's registered key), claiming the samples the job allows:
+    what a supernode checks of each edge node's result, and the entry node again of each update a
+    supernode reports."""
+    job_id = job.job_id
     check_payload(tx)
     if tx.kind != TxKind.MODEL_UPDATE:
         raise InvalidUpdate(f"expected a MODEL_UPDATE transaction, got {tx.kind}")
@@ -90,11 +111,19 @@ def check_model_update(tx: Transaction, job_id: str, round_number: int, key: byt
     if tx.payload["job_id"] != job_id or tx.payload["round"] != round_number:
         raise InvalidUpdate(f"the update is for {tx.payload['job_id']} round {tx.payload['round']}, "
                             f"not {job_id} round {round_number}")
+    job.check_samples(tx.sender, tx.payload["samples"])
 
 
-def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[str, Any]) -> dict[str, Any]:
-    return {"job_id": job_id, "spec": spec_to_payload(spec), "participants": sorted(participants),
-            "options": {"openEval": conf["openEval"], "round_timeout": repr(float(conf["round_timeout"]))}}
+def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[str, Any],
+                samples: list[int] | None = None) -> dict[str, Any]:
+    """The JOB's payload. ``samples``: each participant's training samples (in the order of the
+    sorted participants) when edge nodes train on the job's partition."""
+    payload = {"job_id": job_id, "spec": spec_to_payload(spec), "participants": sorted(participants),
+               "options": {"openEval": conf["openEval"], "round_timeout": repr(float(conf["round_timeout"])),
+                           "own_data": bool(conf["own_data"]), "max_samples": int(conf["max_samples"])}}
+    if samples is not None:
+        payload["samples"] = dict(zip(sorted(participants), samples))
+    return payload
 
 
 def check_signed_by(tx: Transaction, kinds: tuple[TxKind, ...], entry_id: str, entry_key: bytes) -> None:

@@ -161,7 +161,7 @@ class RoundRunner:
         member = self.node.members.get(result.node_id)
         if tx.sender != result.node_id or member is None:
             raise InvalidUpdate("the result is not a MODEL_UPDATE of the edge node that sent it")
-        check_model_update(tx, job.job_id, round_number, member.public_key)
+        check_model_update(tx, job, round_number, member.public_key)
         received = self.node.models.get(tx.payload["hash"])
         if received is None or received.header.sender != result.node_id:
             raise InvalidUpdate("the update's bytes were never uploaded to this supernode")

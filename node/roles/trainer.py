@@ -8,7 +8,8 @@ a MODEL_UPDATE transaction it signed. Evaluation is the same minus training.
 
 The data shard follows from the job alone: the job's seed and partition, and this node's index
 in the job's participant list, so every edge node computes only its own part. With
-``own_data`` the node instead uses everything in its ``data_dir`` (its own dataset).
+``own_data`` (a setting of the job) the node instead uses everything in its ``data_dir`` (its own
+dataset).
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ class EdgeTrainer:
         self.node = node
         self.home = Path(home)
         self.data_dir = conf["data_dir"]
-        self.own_data = conf["own_data"]
         self.device = resolve_device(conf["device"])
         self.threads = conf["torch_threads"]
         self._jobs: dict[str, _JobState] = {}
@@ -142,7 +142,7 @@ class EdgeTrainer:
         return self._jobs[job.job_id]
 
     def _load_data(self, job: Job, index: int) -> tuple[ClientData, int]:
-        if self.own_data:
+        if job.own_data:
             dataset = load_dataset(job.spec.dataset, self.data_dir)
             split = client_split(np.arange(len(dataset)), job.spec.train_fraction, job.spec.seed, index)
         else:

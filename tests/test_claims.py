@@ -1,0 +1,69 @@
+"""Claims are checked, not trusted: sample counts follow from the job's partition (recorded in the
+JOB) or are capped, and an edge node that claims otherwise is left out with the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from base_package import data_pb2 as pb
+from conftest import start_supernodes
+from fl.federation import JobSpec, job_data
+from fl.strategy import InvalidUpdate
+from config import load_config
+from node.chain.identity import Identity
+from node.chain.rules import Transaction, TxKind
+from node.dev.launcher import NodeProcess, wait_until
+from node.net.wire import tx_from_pb
+from node.roles.jobs import Job, check_model_update, job_payload
+
+FAULTY = Path(__file__).resolve().parent / "faulty_edge_node.py"
+JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "1",
+       "strategy": "fedavg"}
+
+
+def _update(sender: Identity, samples: int) -> Transaction:
+    return Transaction.create(TxKind.MODEL_UPDATE, {"job_id": "job-1", "round": 1, "hash": "ab" * 32,
+                                                    "samples": samples, "size": 10}, sender)
+
+
+def test_the_job_records_each_shard_size_and_refuses_other_claims():
+    entry, edges = Identity.generate(), [Identity.generate() for _ in range(3)]
+    conf = load_config(env={}, overrides={"dataset": "digits", "client.amount": 3, "partition": "pathological"})
+    spec = JobSpec.from_config(conf)
+    sizes = [len(s.train) for s in job_data(spec, "data")[1]]
+    job = Job.from_tx(Transaction.create(TxKind.JOB, job_payload("job-1", spec, [e.node_id for e in edges], conf,
+                                                                 sizes), entry))
+    ordered = sorted(edges, key=lambda e: e.node_id)
+    check_model_update(_update(ordered[1], sizes[1]), job, 1, ordered[1].public_key)
+    with pytest.raises(InvalidUpdate, match=f"claims {10**9} training samples; its shard of the job holds {sizes[1]}"):
+        check_model_update(_update(ordered[1], 10**9), job, 1, ordered[1].public_key)
+    own = Job.from_tx(Transaction.create(TxKind.JOB, job_payload(
+        "job-1", spec, [e.node_id for e in edges], {**conf, "own_data": True, "max_samples": 500}), entry))
+    assert own.samples is None and own.own_data
+    check_model_update(_update(ordered[0], 500), own, 1, ordered[0].public_key)
+    with pytest.raises(InvalidUpdate, match="at most 500 per edge node"):
+        check_model_update(_update(ordered[0], 501), own, 1, ordered[0].public_key)
+
+
+def test_an_edge_node_claiming_a_billion_samples_is_left_out(tmp_path, nodes):
+    entry, sn = start_supernodes(tmp_path, lambda name: None, nodes)
+    edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, token_source=entry) for i in range(3)]
+    liar = NodeProcess(tmp_path, "liar", "EN", entry=entry.address, token_source=entry, script=FAULTY,
+                       env={"FEDLEDGER_TEST_FAULT": "samples"})
+    nodes.extend([*edges, liar])
+    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 4, 60, "the edge nodes")
+    entry.console("StartJob", pb.JobRequest(settings=JOB))
+    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
+    assert done.state == "done", done.error
+    liar_id = Identity.load_or_create(liar.home).node_id
+    [metrics] = done.metrics
+    assert metrics.participants == 3
+    [reason] = [x.reason for x in metrics.excluded if x.node_id == liar_id]
+    assert "claims 1000000000 training samples; its shard of the job holds" in reason
+    job = tx_from_pb(done.job).payload
+    assert set(job["samples"]) == set(job["participants"]) and all(n < 1000 for n in job["samples"].values())
+    assert tx_from_pb(done.global_model).payload["samples"] == sum(
+        n for node, n in job["samples"].items() if node != liar_id)
+    assert entry.console("Verify", pb.VerifyRequest(recompute=True)).recompute.ok
