@@ -81,27 +81,17 @@ def build_token_parser() -> argparse.ArgumentParser:
 
 
 def token(argv: list[str]) -> int:
-    from node.chain.identity import Identity
-    from node.net.tls import Authority
-    from node.roles.enrolment import EnrolmentError, TokenStore
+    from node.roles.enrolment import EnrolmentError, enrol_port_for, offline_token
 
     args = build_token_parser().parse_args(argv)
     if args.enrol_port is None and args.port is None:
         raise ConfigError("give the entry node's --port (or its --enrol-port): the token tells nodes where to enrol")
-    identity = Identity.load_or_create(args.home)
-    authority = Authority.load_or_create(args.home, identity.node_id[:8])
     try:
-        made, _ = TokenStore(args.home).create(args.role, args.uses, args.hours, authority.sha256,
-                                               args.enrol_port or enrol_port_for(args.port))
+        made = offline_token(args.home, args.role, args.uses, args.hours, args.enrol_port or enrol_port_for(args.port))
     except EnrolmentError as exc:
         raise ConfigError(str(exc)) from None
     print(made)
     return 0
-
-
-def enrol_port_for(port: int) -> int:
-    """The entry node's default enrolment port: ``port`` + 10000 (or − 10000 above 55535)."""
-    return port + 10000 if port + 10000 < 65536 else port - 10000
 
 
 def build_init_parser() -> argparse.ArgumentParser:
@@ -144,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_process(conf["torch_threads"])
 
     from node.chain.identity import Identity
-    from node.net.channels import route_ip, split_address
+    from node.net.channels import route_ip, split_address, url_host
     from node.net.server import build_server, stop_event
     from node.net.tls import TLS_DIR, Credentials
     from node.roles.settings import NodeSettings
@@ -157,11 +147,11 @@ def run(args: argparse.Namespace) -> int:
     if args.is_entry and args.nt != "SN":
         raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
     identity = Identity.load_or_create(home)
-    address = args.advertise or f"{_url_host(route_ip(args.entry))}:{args.port}"
+    address = args.advertise or f"{url_host(route_ip(args.entry))}:{args.port}"
     settings = NodeSettings.from_config(conf)
     admission, pin = _admit(args, home, conf, identity, log)
     credentials = None if args.insecure else Credentials.load(home / TLS_DIR)
-    enrol_bind = f"{_url_host(args.host)}:{admission.enrol_port}" if admission else None
+    enrol_bind = f"{url_host(args.host)}:{admission.enrol_port}" if admission else None
 
     closers: list[Any] = []
     try:
@@ -178,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             servicers, rules = edge_servicers(node, EdgeTrainer(node, home, conf)), edge_rules(node)
             ledger_text = "none (edge node)"
             revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does
-        server = build_server(f"{_url_host(args.host)}:{args.port}", servicers, rules, credentials,
+        server = build_server(f"{url_host(args.host)}:{args.port}", servicers, rules, credentials,
                               revoked=revoked, enrol_bind=enrol_bind, streams_per_peer=conf["streams_per_peer"],
                               stream_idle_s=conf["stream_idle_s"])
         try:
@@ -218,7 +208,7 @@ def _admit(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity:
     first start; any other node enrols with its token unless it holds a certificate already."""
     from node.net.tls import (TLS_DIR, Authority, issue_console_credentials, load_or_create_key,
                               save_node_credentials, signing_request)
-    from node.roles.enrolment import Admission, EnrolmentError, NetworkPin, TokenStore, enrol
+    from node.roles.enrolment import Admission, EnrolmentError, NetworkPin, TokenStore, enrol, enrol_port_for
 
     tls = home / TLS_DIR
     if args.is_entry:
@@ -270,11 +260,6 @@ def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], ident
         if created:  # shown once; it stays in the entry node's home
             print(f"admin token (also in {home / 'admin.token'}): {token}", flush=True)
     return node, supernode_servicers(node), supernode_rules(node), store.describe()
-
-
-def _url_host(host: str) -> str:
-    """IPv6 literals need brackets in HOST:PORT."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def main(argv: list[str] | None = None) -> int:

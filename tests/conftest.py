@@ -97,6 +97,15 @@ def nodes():
     stop_all(started, timeout=5)
 
 
+def refusal_code(call):
+    """The status code ``call`` fails with (the test fails when it succeeds)."""
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
 def node_channel(node, target):
     """A channel to ``target`` (a NodeProcess) presenting ``node``'s own certificate: calls as that node."""
     from node.net.channels import channel

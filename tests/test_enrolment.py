@@ -18,7 +18,7 @@ import pytest
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from chain_helpers import admit, enroll, model_update, register
-from conftest import node_channel, start_supernodes
+from conftest import node_channel, refusal_code as _code, start_supernodes
 from node.chain.audit import verify_chain
 from node.chain.identity import Identity
 from node.chain.ledger import Ledger
@@ -30,7 +30,6 @@ from node.net.tls import (Authority, Credentials, TlsError, check_issued, load_o
                           signing_request)
 from node.roles.enrolment import EnrolmentError, Token, TokenStore, enrol
 from node.roles.membership import signed_heartbeat
-from node.net.wire import tx_to_pb
 from sql.store import LedgerStore
 
 
@@ -153,12 +152,6 @@ def test_offline_token_command_makes_a_token_for_the_entry_home(tmp_path):
     [issued] = TokenStore(tmp_path / "entry").list()
     assert (issued.token_id, issued.role, issued.uses) == (token.token_id, "SN", 3)
     assert _main(tmp_path, "token", "--home", str(tmp_path / "entry")).returncode == 2  # no port: where to enrol?
-
-
-def _code(call) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code()
 
 
 def test_enrolment_mutual_tls_and_revocation_over_the_network(tmp_path, db_for, nodes):

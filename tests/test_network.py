@@ -12,26 +12,19 @@ import hashlib
 from dataclasses import replace
 
 import grpc
-import pytest
 import torch
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes
-from conftest import node_channel, start_supernodes
+from conftest import node_channel, refusal_code as _code, start_supernodes
 from node.dev.launcher import NodeProcess, wait_until
 from node.chain.rules import Block, Transaction, TxKind
 from node.chain.identity import Identity
 from node.roles.membership import register_transaction, signed_heartbeat
 from node.net.streams import chunks, make_header
 from node.net.wire import block_from_pb, block_to_pb, tx_to_pb
-
-
-def _code(call) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code()
 
 
 def _same_head(*sns: NodeProcess) -> pb.Head | None:

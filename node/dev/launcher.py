@@ -87,15 +87,10 @@ class NodeProcess:
 
     def enrolment_token(self, role: str, uses: int = 1) -> str:
         """A token (valid for an hour) that enrols ``uses`` nodes of ``role`` with this entry node."""
-        from node.chain.identity import Identity
-        from node.net.tls import Authority
-        from node.roles.enrolment import TokenStore
+        from node.roles.enrolment import enrol_port_for, offline_token
 
-        identity = Identity.load_or_create(self.home)  # the entry process makes the same files: creation is race-safe
-        authority = Authority.load_or_create(self.home, identity.node_id[:8])
-        port = self.enrol_port if self.enrol_port is not None else self.port + 10000
-        token, _ = TokenStore(self.home).create(role, uses, 1.0, authority.sha256, port)
-        return str(token)
+        port = self.enrol_port if self.enrol_port is not None else enrol_port_for(self.port)
+        return str(offline_token(self.home, role, uses, 1.0, port))
 
     @property
     def console_dir(self) -> Path:

@@ -68,6 +68,11 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def url_host(host: str) -> str:
+    """A host as it goes before ``:PORT``: IPv6 literals in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def route_ip(towards: str) -> str:
     """The local IP address that routes to ``towards`` (HOST:PORT): what peers can reach us at."""
     host, port = split_address(towards)

@@ -44,7 +44,7 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.chain.identity import Identity, node_id_for, verify_signature
 from node.chain.rules import ROLES, Enrolment, Transaction, TxKind, now_ms
-from node.net.channels import split_address
+from node.net.channels import split_address, url_host
 from node.net.errors import refuse
 from node.net.tls import (CA_DIR, NODE_KEY, TLS_DIR, Authority, TlsError, cert_pem, cert_sha256, check_issued,
                           load_cert, load_or_create_key, save_node_credentials, signing_request)
@@ -198,6 +198,19 @@ class TokenStore:
             return token
 
 
+def enrol_port_for(port: int) -> int:
+    """The entry node's default enrolment port: ``port`` + 10000 (or − 10000 above 55535)."""
+    return port + 10000 if port + 10000 < 65536 else port - 10000
+
+
+def offline_token(home: Path, role: str, uses: int, hours: float, enrol_port: int) -> Token:
+    """A token made in the entry node's home, whether or not the node runs (its key and CA are
+    made when missing, race-safe against the node making them): ``main.py token``, the launcher."""
+    identity = Identity.load_or_create(home)
+    authority = Authority.load_or_create(home, identity.node_id[:8])
+    return TokenStore(home).create(role, uses, hours, authority.sha256, enrol_port)[0]
+
+
 # --- the entry node's side ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Admission:
@@ -248,7 +261,7 @@ class Enroller:
             again = known is not None and not known.revoked  # its reply was lost, or its certificate expired
 
             def check(token: IssuedToken) -> None:
-                expected = hmac.new(bytes.fromhex(token.secret), message, hashlib.sha256).digest()
+                expected = proof(bytes.fromhex(token.secret), request.token_id, request.public_key, request.csr)
                 if not hmac.compare_digest(expected, request.proof):
                     raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                                  f"the proof does not match enrolment token {request.token_id}: the token was copied wrongly")
@@ -332,8 +345,7 @@ def enrol(home: Path, identity: Identity, token_text: str, entry_address: str, t
     ``<home>/tls/``. Raises :class:`EnrolmentError` with what went wrong."""
     token = Token.parse(token_text)
     host, _ = split_address(entry_address)
-    host = f"[{host}]" if ":" in host else host
-    target = f"{host}:{token.enrol_port}"
+    target = f"{url_host(host)}:{token.enrol_port}"
     with grpc.insecure_channel(target) as channel:
         stub = rpc_pb.EnrolmentStub(channel)
         try:

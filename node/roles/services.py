@@ -29,22 +29,25 @@ from node.net.wire import block_from_pb, block_to_pb, head_to_pb, tx_from_pb
 MAX_GET_BLOCKS = 500
 
 
+def _enroller(node: Supernode) -> Enroller:
+    """The entry node's enroller; elsewhere a refusal naming the entry node."""
+    if node.enroller is None:
+        raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                     f"enrolment is the entry node's: enrol at, and connect the console to, {node.entry_address}")
+    return node.enroller
+
+
 class EnrolmentService(rpc_pb.EnrolmentServicer):
     """Admission (the entry node): the network's CA certificate, and a certificate for a token."""
 
     def __init__(self, node: Supernode) -> None:
         self.node = node
 
-    def _enroller(self) -> Enroller:
-        if self.node.enroller is None:
-            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"nodes enrol at the entry node ({self.node.entry_address})")
-        return self.node.enroller
-
     def GetNetwork(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NetworkInfo:
-        return self._enroller().network()
+        return _enroller(self.node).network()
 
     def Enrol(self, request: pb.EnrolRequest, context: grpc.ServicerContext) -> pb.EnrolReply:
-        return self._enroller().enrol(request)
+        return _enroller(self.node).enrol(request)
 
 
 class MembershipService(rpc_pb.MembershipServicer):
@@ -194,7 +197,7 @@ class ConsoleService(rpc_pb.ConsoleServicer):
         return self._coordinator().evaluate()
 
     def CreateEnrolment(self, request: pb.EnrolmentRequest, context: grpc.ServicerContext) -> pb.EnrolmentToken:
-        return self._enroller().create_token(request.role, request.uses, request.hours)
+        return _enroller(self.node).create_token(request.role, request.uses, request.hours)
 
     def ListEnrolments(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.EnrolmentList:
         tokens = [] if self.node.enroller is None else [
@@ -207,13 +210,7 @@ class ConsoleService(rpc_pb.ConsoleServicer):
         return pb.EnrolmentList(tokens=tokens, nodes=nodes)
 
     def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
-        return pb.SubmitReply(tx_hash=self._enroller().revoke(request.id, request.reason))
-
-    def _enroller(self) -> Enroller:
-        if self.node.enroller is None:
-            raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
-                         f"enrolment is the entry node's; connect the console to {self.node.entry_address}")
-        return self.node.enroller
+        return pb.SubmitReply(tx_hash=_enroller(self.node).revoke(request.id, request.reason))
 
     def RecordSave(self, request: pb.SaveRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
         coordinator = self._coordinator()
