@@ -45,6 +45,8 @@ my_conf: dict[str, Any] = {
     "strategy": "fedper",  # what is shared: fedper (base layers) | fedavg (everything) | local (nothing)
     "aggregation": "mean",  # how updates combine: mean | fedavgm | fedadam | median | trimmed_mean | krum
     "proximal_mu": 0.0,  # FedProx: clients add mu/2*||w - w_global||^2 over the shared layers (0 = off)
+    "update_norm_bound": 0.0,  # any rule: ||update - global|| at most this times ||global|| (0 = no bound)
+    "update_norm_clip": 0,  # 0: refuse an update beyond the bound; 1: scale it back to the bound
     "server_lr": 1.0,  # fedavgm: server learning rate
     "server_momentum": 0.9,  # fedavgm: server momentum
     "adam_lr": 0.01,  # fedadam: server learning rate (eta)

@@ -28,7 +28,7 @@ from config import ConfigError, load_config, my_conf, parse_assignments
 from fl.memory import keep_freed_memory
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"  # also node.roles.enrolment.TOKEN_ENV (not imported here: argparse runs first)
+TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"  # where a node finds its enrolment token when --token is not given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,8 +163,11 @@ def run(args: argparse.Namespace) -> int:
             from node.roles.edgenode import EdgeNode, edge_rules, edge_servicers
             from node.roles.trainer import EdgeTrainer
 
+            from fl.datasets import available_datasets
+
             node = EdgeNode(identity, address, args.entry, settings, credentials=credentials,
-                            entry_id=pin.entry_id, genesis_hash=pin.genesis_hash)
+                            entry_id=pin.entry_id, genesis_hash=pin.genesis_hash,
+                            datasets=available_datasets(conf["data_dir"]))
             servicers, rules = edge_servicers(node, EdgeTrainer(node, home, conf)), edge_rules(node)
             ledger_text = "none (edge node)"
             revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does

@@ -215,18 +215,34 @@ class ModelRequest(_message.Message):
     def __init__(self, model_hash: _Optional[str] = ...) -> None: ...
 
 class RoundRequest(_message.Message):
-    __slots__ = ("job", "authority", "deadline_ms", "evaluate_only", "evaluate_first")
+    __slots__ = ("job", "authority", "order")
     JOB_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_FIELD_NUMBER: _ClassVar[int]
-    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
-    EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
-    EVALUATE_FIRST_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     job: Transaction
     authority: Transaction
-    deadline_ms: int
-    evaluate_only: bool
+    order: Order
+    def __init__(self, job: _Optional[_Union[Transaction, _Mapping]] = ..., authority: _Optional[_Union[Transaction, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...
+
+class Order(_message.Message):
+    __slots__ = ("action", "job_id", "round", "authority", "evaluate_first", "issued_ms", "deadline_ms", "signature")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIRST_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_MS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    job_id: str
+    round: int
+    authority: str
     evaluate_first: bool
-    def __init__(self, job: _Optional[_Union[Transaction, _Mapping]] = ..., authority: _Optional[_Union[Transaction, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., evaluate_only: _Optional[bool] = ..., evaluate_first: _Optional[bool] = ...) -> None: ...
+    issued_ms: int
+    deadline_ms: int
+    signature: bytes
+    def __init__(self, action: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., authority: _Optional[str] = ..., evaluate_first: _Optional[bool] = ..., issued_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class EvalMetrics(_message.Message):
     __slots__ = ("correct", "num_samples", "loss_sum")

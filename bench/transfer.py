@@ -1,10 +1,12 @@
 """Model transfer over gRPC on loopback, next to raw TCP and the codec, in one table.
 
-Starts an entry supernode and an edge node as real processes (twice: over mutual TLS, as deployed,
-and plaintext with ``--insecure``), then streams a 100 MB model
-(safetensors bytes, 1 MiB chunks, signed header) EN → SN (``UploadUpdate``: the supernode checks
-the signature, the SHA-256 and the safetensors layout) and SN → EN (``DistributeModel``: the edge
-node checks the signature and the SHA-256), each timed from the first byte sent to the receipt.
+Starts two supernodes and an edge node as real processes (twice: over mutual TLS, as deployed,
+and plaintext with ``--insecure``), then streams a 100 MB model (safetensors bytes, 1 MiB chunks,
+signed header) into a supernode (the entry node's ``DistributeModel``: the supernode checks the
+signature, the SHA-256 and the safetensors layout, the same receive path as an edge node's
+``UploadUpdate``, which is taken only during a round) and out of a supernode to its edge node
+(``DistributeModel``: the edge node checks the signature and the SHA-256), each timed from the
+first byte sent to the receipt.
 The receiver decodes a model when it uses it; that cost is the "safetensors decode" row. Beside them, in the same run: raw loopback TCP
 between two processes, safetensors encode and decode, and SHA-256 of the same bytes.
 
@@ -39,33 +41,48 @@ from node.net.tls import TLS_DIR, Credentials  # noqa: E402
 
 
 def grpc_rows(data: bytes, args: argparse.Namespace, secure: bool) -> list[tuple[str, float]]:
-    """Both directions between a real supernode and edge node, over mutual TLS (as deployed) or
-    plaintext (``--insecure``); each side calls with its own certificate, as in a round."""
+    """Into a supernode and out of one, between real node processes over mutual TLS (as deployed)
+    or plaintext (``--insecure``), each side calling with its own certificate as in a round. Into:
+    the entry node's ``DistributeModel`` to a second supernode, the receive path an edge node's
+    upload takes too (uploads themselves are taken only for a round in progress). Out: a
+    supernode's ``DistributeModel`` to one of its edge nodes."""
     size_mb, link = len(data) / 1e6, "mutual TLS" if secure else "plaintext"
     with tempfile.TemporaryDirectory() as tmp:
         env, extra = {"FL_MAX_MODEL_MB": str(4 * args.mb)}, [] if secure else ["--insecure"]
-        sn = NodeProcess(Path(tmp), "entry", "SN", is_entry=True, env=env, extra=extra)
-        en = NodeProcess(Path(tmp), "en", "EN", entry=sn.address, env=env, token_source=sn, extra=extra)
+        entry = NodeProcess(Path(tmp), "entry", "SN", is_entry=True, env=env, extra=extra)
+        sn = NodeProcess(Path(tmp), "sn", "SN", entry=entry.address, env=env, token_source=entry, extra=extra)
+        nodes = [entry, sn]
         try:
+            entry.wait_ready()
             sn.wait_ready()
+            wait_until(lambda: len(entry.status().supernodes.nodes) == 2, 60, "the second supernode to register")
+            en = NodeProcess(Path(tmp), "en", "EN", entry=entry.address, env=env, token_source=entry, extra=extra)
+            nodes.append(en)
             en.wait_ready()
-            wait_until(lambda: any(n.alive for n in sn.status().edge_nodes.nodes), 60, "the edge node to join")
-            en_id, sn_id = Identity.load_or_create(en.home), Identity.load_or_create(sn.home)
-            as_en = channel(sn.address, Credentials.load(en.home / TLS_DIR) if secure else None, sn_id.node_id)
-            as_sn = channel(en.address, Credentials.load(sn.home / TLS_DIR) if secure else None, en_id.node_id)
-            upload, distribute = rpc_pb.TrainingStub(as_en).UploadUpdate, rpc_pb.TrainingStub(as_sn).DistributeModel
+            home = wait_until(lambda: next((n.supernode for n in entry.status().edge_nodes.nodes if n.alive), None),
+                              60, "the edge node to join")
+            ids = {p: Identity.load_or_create(p.home) for p in nodes}
+            en_sn = next(p for p in (entry, sn) if ids[p].node_id == home)
+
+            def link_to(caller: NodeProcess, target: NodeProcess):
+                creds = Credentials.load(caller.home / TLS_DIR) if secure else None
+                return channel(target.address, creds, ids[target].node_id)
+
+            into_sn, out_of_sn = link_to(entry, sn), link_to(en_sn, en)
+            distribute_in = rpc_pb.TrainingStub(into_sn).DistributeModel
+            distribute_out = rpc_pb.TrainingStub(out_of_sn).DistributeModel
             # the sender hashes its model once, when it makes it (the hash goes on the chain too)
-            en_header, sn_header = make_header(en_id, data), make_header(sn_id, data)
-            rows = [(f"gRPC EN → SN, {link} (UploadUpdate: signature, SHA-256, layout)", size_mb / best_seconds(
-                        lambda: upload(chunks(en_header, data), timeout=120), args.repeats)),
-                    (f"gRPC SN → EN, {link} (DistributeModel: signature, SHA-256)", size_mb / best_seconds(
-                        lambda: distribute(chunks(sn_header, data), timeout=120), args.repeats))]
-            as_en.close()
-            as_sn.close()
+            entry_header, sn_header = make_header(ids[entry], data), make_header(ids[en_sn], data)
+            rows = [(f"gRPC into a supernode, {link} (signature, SHA-256, layout)", size_mb / best_seconds(
+                        lambda: distribute_in(chunks(entry_header, data), timeout=120), args.repeats)),
+                    (f"gRPC SN → EN, {link} (signature, SHA-256)", size_mb / best_seconds(
+                        lambda: distribute_out(chunks(sn_header, data), timeout=120), args.repeats))]
+            into_sn.close()
+            out_of_sn.close()
             return rows
         finally:
-            en.stop()
-            sn.stop()
+            for process in reversed(nodes):
+                process.stop()
 
 
 def best_seconds(fn, repeats: int) -> float:

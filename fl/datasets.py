@@ -178,9 +178,32 @@ def find_idx_pairs(directory: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _load_idx_dataset(key: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def available_datasets(data_dir: str | Path) -> list[str]:
+    """The datasets :func:`load_dataset` finds in ``data_dir``, by their files alone (nothing is
+    read): what an edge node tells its supernode when it registers, so a job is not started on
+    nodes that cannot load its data. ``pfllib`` stands for a PFLlib split (its ``config.json``)."""
+    data_dir = Path(data_dir)
+    found = ["digits"]  # scikit-learn's, always there
+    for key in ("mnist", "fashionmnist"):
+        try:
+            if any(directory.is_dir() and find_idx_pairs(directory) for directory in _idx_dirs(key, data_dir)):
+                found.append(key)
+        except (DatasetError, OSError):  # an images file without labels: not loadable
+            pass
+    if _cifar_batches(data_dir):
+        found.append("cifar10")
+    if (data_dir / "config.json").is_file():
+        found.append("pfllib")
+    return sorted(found)
+
+
+def _idx_dirs(key: str, data_dir: Path) -> list[Path]:
     folder = "MNIST" if key == "mnist" else "FashionMNIST"
-    candidates = [data_dir / folder / "raw", data_dir / folder, data_dir]
+    return [data_dir / folder / "raw", data_dir / folder, data_dir]
+
+
+def _load_idx_dataset(key: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    candidates = _idx_dirs(key, data_dir)
     for directory in candidates:
         pairs = find_idx_pairs(directory) if directory.is_dir() else []
         if pairs:
@@ -248,13 +271,17 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batches(data_dir: Path) -> list[Path]:
+    """The CIFAR-10 batch files present in ``data_dir``."""
     folder = data_dir / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    present = [folder / n for n in names if (folder / n).exists()]
+    return [folder / n for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if (folder / n).exists()]
+
+
+def load_cifar10_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    present = _cifar_batches(data_dir)
     if not present:
         raise DatasetError(
-            f"no CIFAR-10 batches in {folder}: expected data_batch_1..5 and test_batch. "
+            f"no CIFAR-10 batches in {data_dir / 'cifar-10-batches-py'}: expected data_batch_1..5 and test_batch. "
             f"Get them from {_SOURCES['cifar10']} and pass --data-dir."
         )
     arrays = [_read_cifar_batch(p) for p in present]

@@ -48,6 +48,8 @@ class JobSpec:
     # every field is plain (str, int, float) so that node/roles/jobs.py can record it as it is
     aggregation: str = "mean"
     proximal_mu: float = OPTION_DEFAULTS["proximal_mu"]
+    update_norm_bound: float = OPTION_DEFAULTS["update_norm_bound"]
+    update_norm_clip: int = OPTION_DEFAULTS["update_norm_clip"]
     server_lr: float = OPTION_DEFAULTS["server_lr"]
     server_momentum: float = OPTION_DEFAULTS["server_momentum"]
     adam_lr: float = OPTION_DEFAULTS["adam_lr"]

@@ -21,8 +21,11 @@ AGGREGATION_OPTIONS: dict[str, dict[str, float | int]] = {
     "trimmed_mean": {"trim_beta": 0.2},
     "krum": {"krum_f": 1, "krum_m": 1},
 }
-CLIENT_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0}
+# Options that go with every rule: FedProx's client-side term, and the bound on each update's
+# distance from the global model (update_norm_bound: at most that multiple of the global model's
+# norm, 0 = no bound; update_norm_clip: 0 refuses an update beyond it, 1 scales it back to it).
+COMMON_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0, "update_norm_bound": 0.0, "update_norm_clip": 0}
 OPTION_DEFAULTS: dict[str, float | int] = {
     **{k: v for options in AGGREGATION_OPTIONS.values() for k, v in options.items()},
-    **CLIENT_OPTIONS,
+    **COMMON_OPTIONS,
 }

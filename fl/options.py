@@ -9,7 +9,7 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from fl.names import AGGREGATION_OPTIONS, AGGREGATIONS, CLIENT_OPTIONS, OPTION_DEFAULTS
+from fl.names import AGGREGATION_OPTIONS, AGGREGATIONS, COMMON_OPTIONS, OPTION_DEFAULTS
 
 
 def _finite(check: Callable[[float], bool], text: str) -> Callable[[Any], str | None]:
@@ -19,6 +19,8 @@ def _finite(check: Callable[[float], bool], text: str) -> Callable[[Any], str | 
 # option -> a check that returns None when the value is allowed, else what is expected
 OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "proximal_mu": _finite(lambda v: v >= 0, ">= 0 (0 turns FedProx off)"),
+    "update_norm_bound": _finite(lambda v: v >= 0, ">= 0 (a multiple of the global model's norm; 0: no bound)"),
+    "update_norm_clip": lambda v: None if v in (0, 1) else "0 (refuse an update beyond the bound) or 1 (clip it)",
     "server_lr": _finite(lambda v: v > 0, "> 0"),
     "server_momentum": _finite(lambda v: 0 <= v < 1, "in [0, 1)"),
     "adam_lr": _finite(lambda v: v > 0, "> 0"),
@@ -32,8 +34,8 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
 
 
 def options_of(aggregation: str) -> set[str]:
-    """The config keys the aggregation rule ``aggregation`` uses (``proximal_mu``, the client
-    hook that goes with every rule, is not among them)."""
+    """The config keys the aggregation rule ``aggregation`` uses (the options that go with
+    every rule, ``COMMON_OPTIONS``, are not among them)."""
     try:
         return set(AGGREGATION_OPTIONS[aggregation])
     except KeyError:
@@ -41,14 +43,14 @@ def options_of(aggregation: str) -> set[str]:
 
 
 def rule_of(option: str) -> str | None:
-    """The aggregation rule an option belongs to (None for the client options)."""
+    """The aggregation rule an option belongs to (None for the options of every rule)."""
     return next((name for name, options in AGGREGATION_OPTIONS.items() if option in options), None)
 
 
 def check_options(aggregation: str, given: Iterable[str]) -> None:
     """Raise ValueError naming the first of ``given`` (option keys a user set explicitly) that
     does not apply to ``aggregation``, e.g. ``krum_f applies to aggregation='krum', not 'median'``."""
-    applies = options_of(aggregation) | set(CLIENT_OPTIONS)
+    applies = options_of(aggregation) | set(COMMON_OPTIONS)
     for key in sorted(given):
         if key in applies:
             continue

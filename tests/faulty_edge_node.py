@@ -2,7 +2,8 @@
 
 Run with main.py's arguments; ``FEDLEDGER_TEST_FAULT`` says how it lies in every round:
 ``samples`` claims 10⁹ training samples (its shard holds a few hundred), so that under a plain
-mean its update alone would become the global model.
+mean its update alone would become the global model; ``scale`` sends its trained shared layers
+multiplied by 50 (the poisoning a norm bound stops).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def _lying_round(self, *args, **kwargs):
     result = _honest_round(self, *args, **kwargs)
     if FAULT == "samples":
         result = dataclasses.replace(result, stats=dataclasses.replace(result.stats, num_samples=10**9))
+    elif FAULT == "scale":
+        result = dataclasses.replace(result, shared={k: v * 50 if v.is_floating_point() else v
+                                                     for k, v in result.shared.items()})
     return result
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from base_package import data_pb2 as pb
-from conftest import start_supernodes
+from conftest import refusal_code, start_supernodes
 from fl.federation import JobSpec, job_data
 from fl.strategy import InvalidUpdate
 from config import load_config
@@ -47,23 +48,27 @@ def test_the_job_records_each_shard_size_and_refuses_other_claims():
         check_model_update(_update(ordered[0], 501), own, 1, ordered[0].public_key)
 
 
-def test_an_edge_node_claiming_a_billion_samples_is_left_out(tmp_path, nodes):
+def test_edge_nodes_claiming_a_billion_samples_or_sending_a_scaled_update_are_left_out(tmp_path, nodes):
     entry, sn = start_supernodes(tmp_path, lambda name: None, nodes)
     edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, token_source=entry) for i in range(3)]
-    liar = NodeProcess(tmp_path, "liar", "EN", entry=entry.address, token_source=entry, script=FAULTY,
-                       env={"FEDLEDGER_TEST_FAULT": "samples"})
-    nodes.extend([*edges, liar])
-    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 4, 60, "the edge nodes")
-    entry.console("StartJob", pb.JobRequest(settings=JOB))
+    liars = {fault: NodeProcess(tmp_path, fault, "EN", entry=entry.address, token_source=entry, script=FAULTY,
+                                env={"FEDLEDGER_TEST_FAULT": fault}) for fault in ("samples", "scale")}
+    nodes.extend([*edges, *liars.values()])
+    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 5, 60, "the edge nodes")
+    # no edge node holds MNIST files: the job is refused before anything is signed
+    assert refusal_code(lambda: entry.console("StartJob", pb.JobRequest(settings={**JOB, "dataset": "mnist"}))) \
+        == grpc.StatusCode.FAILED_PRECONDITION
+    entry.console("StartJob", pb.JobRequest(settings={**JOB, "update_norm_bound": "2"}))
     done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
     assert done.state == "done", done.error
-    liar_id = Identity.load_or_create(liar.home).node_id
+    liar_ids = {fault: Identity.load_or_create(p.home).node_id for fault, p in liars.items()}
     [metrics] = done.metrics
     assert metrics.participants == 3
-    [reason] = [x.reason for x in metrics.excluded if x.node_id == liar_id]
-    assert "claims 1000000000 training samples; its shard of the job holds" in reason
+    reasons = {x.node_id: x.reason for x in metrics.excluded}
+    assert "claims 1000000000 training samples; its shard of the job holds" in reasons[liar_ids["samples"]]
+    assert "away from the global model; the job allows at most 2" in reasons[liar_ids["scale"]]
     job = tx_from_pb(done.job).payload
     assert set(job["samples"]) == set(job["participants"]) and all(n < 1000 for n in job["samples"].values())
     assert tx_from_pb(done.global_model).payload["samples"] == sum(
-        n for node, n in job["samples"].items() if node != liar_id)
+        n for node, n in job["samples"].items() if node not in liar_ids.values())
     assert entry.console("Verify", pb.VerifyRequest(recompute=True)).recompute.ok

@@ -154,3 +154,18 @@ def test_cifar_bad_labels_and_missing_entries(tmp_path):
     (folder / "data_batch_1").write_bytes(b"\x80\x02garbage")
     with pytest.raises(DatasetError, match="not a CIFAR-10 python batch"):
         load_dataset("cifar10", tmp_path)
+
+
+def test_available_datasets_are_found_by_their_files_alone(tmp_path):
+    from fl.datasets import available_datasets
+
+    assert available_datasets(tmp_path / "missing") == ["digits"]
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28), dtype=np.uint8))
+    assert available_datasets(tmp_path) == ["digits"]  # images without labels cannot be loaded
+    write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(2, dtype=np.uint8))
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"")
+    (tmp_path / "config.json").write_text("{}")
+    assert available_datasets(tmp_path) == ["cifar10", "digits", "fashionmnist", "pfllib"]

@@ -28,7 +28,7 @@ from node.net.channels import channel
 from node.net.errors import ServiceError
 from node.net.tls import (Authority, Credentials, TlsError, check_issued, load_or_create_key, save_node_credentials,
                           signing_request)
-from node.roles.enrolment import EnrolmentError, Token, TokenStore, enrol
+from node.roles.enrolment import EnrolmentError, Token, TokenStore, enrol, enrolment_message, proof
 from node.roles.membership import signed_heartbeat
 from sql.store import LedgerStore
 
@@ -192,6 +192,22 @@ def test_enrolment_mutual_tls_and_revocation_over_the_network(tmp_path, db_for, 
     enrol(tmp_path / "first", first, token, entry.address)
     with pytest.raises(EnrolmentError, match="PERMISSION_DENIED.*used up"):
         enrol(tmp_path / "second", Identity.generate(), token, entry.address)
+    # a request the CA cannot sign does not use the token up; the same node enrolling twice (a lost
+    # reply, a replayed request) gets a certificate, but is on the chain once
+    token = Token.parse(entry.enrolment_token("EN", uses=2))
+    again = Identity.generate()
+    bad_csr = b"not a certificate request"
+    with channel(f"127.0.0.1:{entry.enrol_port}") as plain:
+        assert _code(lambda: rpc_pb.EnrolmentStub(plain).Enrol(pb.EnrolRequest(
+            token_id=token.token_id, public_key=again.public_key, csr=bad_csr,
+            proof=proof(token.secret, token.token_id, again.public_key, bad_csr),
+            signature=again.sign(enrolment_message(token.token_id, again.public_key, bad_csr))), timeout=5)) \
+            == grpc.StatusCode.INVALID_ARGUMENT
+    for _ in range(3):
+        enrol(tmp_path / "again", again, str(token), entry.address)
+    enrol(tmp_path / "other", Identity.generate(), str(token), entry.address)  # the second use, still there
+    wait_until(lambda: entry.status().pending_transactions == 0, 10, "the ENROLLs to be sealed")
+    assert [n.node_id for n in entry.console("ListEnrolments").nodes].count(again.node_id) == 1
     parsed = Token.parse(entry.enrolment_token("EN"))
     with pytest.raises(EnrolmentError, match="another network's CA"):
         enrol(tmp_path / "third", Identity.generate(), str(replace(parsed, ca_sha256="00" * 32)), entry.address)

@@ -60,9 +60,9 @@ def test_48_idle_streams_from_one_node_do_not_starve_it(tmp_path, nodes):
     me = Identity.load_or_create(en.home)
     release = threading.Event()
 
-    def stalled():  # a header, then nothing: the stream stays open
-        yield pb.ModelChunk(header=make_header(me, b"x" * 1000))
+    def stalled():  # nothing: the stream stays open, the supernode waiting for a header
         release.wait(60)
+        yield pb.ModelChunk(header=make_header(me, b"x" * 1000))
 
     with node_channel(en, entry) as ch:
         upload = rpc_pb.TrainingStub(ch).UploadUpdate

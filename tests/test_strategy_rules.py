@@ -348,3 +348,35 @@ def test_updates_without_a_hash_get_one_from_their_bytes():
     ups = [Update({"w": torch.tensor([float(i)])}, 1) for i in range(3)]
     ordered = Median("fedavg").update_list(ups)
     assert [u.model_hash for u in ordered] == sorted(model_hash(state_to_bytes(u.state)) for u in ups)
+
+
+# --- the bound on each update's distance from the global model --------------------------------------
+def test_an_update_beyond_the_norm_bound_is_refused_with_the_numbers():
+    reference = _global([3.0, 4.0])  # norm 5
+    strategy = Mean(update_norm_bound=0.5)  # at most 2.5 away
+    [near, far] = _updates([[4.5, 5.0], [3.0, 7.0]])  # 1.8 and 3.0 away
+    assert strategy.validate(reference, near) is near
+    with pytest.raises(InvalidUpdate, match="3 away from the global model; the job allows at most 0.5 × its norm = 2.5"):
+        strategy.validate(reference, far)
+
+
+def test_clipping_scales_the_update_back_to_the_bound_along_its_direction():
+    reference = _global([3.0, 4.0])
+    strategy = Mean(update_norm_bound=0.5, update_norm_clip=1)
+    [far] = _updates([[3.0, 104.0]])  # 100 away, straight up
+    clipped = strategy.validate(reference, far)
+    moved = clipped.state["w"].double() - reference["w"].double()
+    assert moved[0] == 0 and 2.5 * (1 - 2**-20) <= float(moved.norm()) <= 2.5
+    assert clipped.num_samples == far.num_samples and clipped.model_hash == far.model_hash
+    assert torch.equal(strategy.validate(reference, clipped).state["w"], clipped.state["w"])  # idempotent
+    honest = _updates([[3.5, 4.5]], hashes=[_hash(9)])[0]
+    assert torch.equal(strategy.aggregate(reference, [far, honest])["w"],
+                       Mean().aggregate(reference, [clipped, honest])["w"])
+
+
+def test_the_norm_bound_options_are_checked():
+    with pytest.raises(ValueError, match="update_norm_clip: 2 is out of range"):
+        Mean(update_norm_clip=2)
+    with pytest.raises(ValueError, match="update_norm_bound: -1.0 is out of range"):
+        build_strategy("fedper", "median", update_norm_bound=-1.0)
+    assert build_strategy("fedper", "krum", update_norm_bound=3.0).update_norm_bound == 3.0

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fl.names import AGGREGATION_OPTIONS, CLIENT_OPTIONS
+from fl.names import AGGREGATION_OPTIONS, COMMON_OPTIONS
 from fl.options import check_options, fit_problem, options_of
 from fl.strategy.base import (MAX_ABS, MAX_SAMPLES, MAX_TOTAL, InvalidUpdate, StateDict, Strategy, Update,
                               check_update, sort_updates)
@@ -54,7 +54,7 @@ def build_strategy(sharing: str = "fedper", aggregation: str = "mean", **options
 def strategy_for_job(job: Any) -> Strategy:
     """The strategy of a ``fl.federation.JobSpec`` (its fields hold every option; only those of
     its rule and the client options are used)."""
-    keys = options_of(job.aggregation) | set(CLIENT_OPTIONS)
+    keys = options_of(job.aggregation) | set(COMMON_OPTIONS)
     return build_strategy(job.strategy, job.aggregation, **{k: getattr(job, k) for k in sorted(keys)})
 
 

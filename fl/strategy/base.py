@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from fl.options import check_options, check_value, fit_problem, options_of
-from fl.names import CLIENT_OPTIONS, OPTION_DEFAULTS
+from fl.names import COMMON_OPTIONS, OPTION_DEFAULTS
 from fl.strategy.sharing import SHARINGS, shared_keys
 
 if TYPE_CHECKING:
@@ -94,6 +94,39 @@ def float_keys(reference: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(k for k, v in reference.items() if v.is_floating_point())
 
 
+CLIP_GRID = 2**24  # clip factors are rounded down to multiples of 2**-24 (see bound_update)
+
+
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    """The L2 norm of ``tensors`` together, summed in float64 key by key in a fixed order."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t.double()) ** 2) for t in tensors))
+
+
+def bound_update(reference: Mapping[str, torch.Tensor], update: Update, bound: float, clip: bool) -> Update:
+    """``update`` if its distance from ``reference`` (the global model), ‖u − g‖₂ over the float
+    tensors, is at most ``bound`` × ‖g‖₂; beyond it, :class:`InvalidUpdate` or (``clip``) the
+    update scaled back towards ``reference``: g + (u − g)·s with s = bound·‖g‖/‖u − g‖.
+
+    Deterministic for anyone recomputing an aggregate: s is rounded down to a multiple of 2⁻²⁴,
+    so a last-bit difference in a norm (another BLAS, another CPU) cannot change the result
+    unless it crosses a grid line (about one chance in 10⁸), and the scaling is elementwise
+    float64 arithmetic, the same bits everywhere."""
+    keys = float_keys(reference)
+    limit = bound * _norm([reference[k] for k in keys])
+    distance = _norm([update.state[k].double() - reference[k].double() for k in keys])
+    if distance <= limit:
+        return update
+    if not clip:
+        raise InvalidUpdate(f"the update is {distance:.6g} away from the global model; the job allows at most "
+                            f"{bound:g} × its norm = {limit:.6g} (update_norm_bound)")
+    scale = math.floor(limit / distance * CLIP_GRID) / CLIP_GRID
+    state = dict(update.state)
+    for key in keys:
+        ref = reference[key].double()
+        state[key] = (ref + (update.state[key].double() - ref) * scale).to(reference[key].dtype)
+    return Update(state, update.num_samples, update.model_hash)
+
+
 def int_maximum(updates: Sequence[Update], key: str) -> torch.Tensor:
     """Integer tensors (BatchNorm's ``num_batches_tracked`` …) combine by elementwise max."""
     out = updates[0].state[key].cpu().clone()
@@ -115,9 +148,11 @@ class Strategy(ABC):
         self.sharing = sharing
         self.options: dict[str, Any] = {
             key: check_value(key, options.get(key, OPTION_DEFAULTS[key]))
-            for key in sorted(options_of(self.name) | set(CLIENT_OPTIONS))
+            for key in sorted(options_of(self.name) | set(COMMON_OPTIONS))
         }
         self.proximal_mu: float = self.options["proximal_mu"]
+        self.update_norm_bound: float = self.options["update_norm_bound"]
+        self.update_norm_clip: bool = self.options["update_norm_clip"] == 1
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -142,10 +177,14 @@ class Strategy(ABC):
         return {"proximal_mu": repr(self.proximal_mu)} if self.proximal_mu > 0 else {}
 
     # --- the server side --------------------------------------------------------------------------
-    def validate(self, reference: Mapping[str, torch.Tensor], update: Update) -> None:
-        """Raise :class:`InvalidUpdate` unless ``update`` fits ``reference`` (the global shared
-        state) and the bounds every rule relies on."""
+    def validate(self, reference: Mapping[str, torch.Tensor], update: Update) -> Update:
+        """The update to combine: ``update`` once it fits ``reference`` (the global shared state)
+        and the bounds every rule relies on, else :class:`InvalidUpdate`; with ``update_norm_bound``
+        its distance from ``reference`` is bounded too (refused, or clipped: see ``bound_update``)."""
         check_update(reference, update)
+        if self.update_norm_bound > 0:
+            return bound_update(reference, update, self.update_norm_bound, self.update_norm_clip)
+        return update
 
     def accumulator(self, reference: Mapping[str, torch.Tensor] | None = None) -> "ExactSum":
         """An empty exact sum to fold validated updates into (decomposable rules only)."""
@@ -170,7 +209,7 @@ class Strategy(ABC):
             raise ValueError(f"{self.name}: nothing to aggregate, no client returned an update")
         total = ExactSum(global_shared)
         for update in combined:
-            total.add(update)
+            total.add(self.validate(global_shared, update), checked=True)
         return total
 
     def update_list(self, combined: "ExactSum | Sequence[Update]") -> list[Update]:
@@ -205,11 +244,13 @@ class Strategy(ABC):
         them and calling ``finalize`` gives."""
         if not updates:
             raise ValueError(f"{self.name}: nothing to aggregate, no client returned an update")
+        checked = []
         for index, update in enumerate(updates):
             try:
-                self.validate(global_shared, update)
+                checked.append(self.validate(global_shared, update))
             except InvalidUpdate as exc:
                 raise InvalidUpdate(f"update {index}: {exc}") from None
+        updates = checked
         if self.decomposable:
             total = self.accumulator(global_shared)
             for update in updates:  # integer sums: the order does not matter

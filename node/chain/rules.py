@@ -65,7 +65,8 @@ PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
 # A GLOBAL_MODEL names the AGGREGATE transactions it combined (their hashes), so an auditor uses
 # exactly those. Lists of hashes hold 64-hex strings only.
 OPTIONAL_FIELDS: dict[TxKind, dict[str, str]] = {TxKind.AGGREGATE: {"hash": _HASH},
-                                                 TxKind.GLOBAL_MODEL: {"aggregates": _LIST}}
+                                                 TxKind.GLOBAL_MODEL: {"aggregates": _LIST},
+                                                 TxKind.REGISTER: {"datasets": _LIST}}  # an edge node's data
 HASH_LISTS = {(TxKind.AGGREGATE, "updates"), (TxKind.GLOBAL_MODEL, "aggregates")}
 ROLES = ("SN", "EN")
 # Who may send what: the entry node (the proposer) runs jobs and admits or expels nodes,
@@ -229,6 +230,9 @@ def check_payload(tx: Transaction) -> None:
         supernode = tx.payload.get("supernode", "")
         if not isinstance(supernode, str) or (supernode and not _NODE_ID.fullmatch(supernode)):
             raise InvalidTransaction(f"REGISTER supernode {supernode!r} is not a node id")
+        datasets = tx.payload.get("datasets", [])
+        if len(datasets) > 16 or not all(isinstance(d, str) and 0 < len(d) <= 32 for d in datasets):
+            raise InvalidTransaction("REGISTER datasets must be at most 16 names of at most 32 characters")
     elif kind is TxKind.ENROLL:
         if tx.payload["role"] not in ROLES:
             raise InvalidTransaction(f"ENROLL role {tx.payload['role']!r} must be one of {ROLES}")

@@ -1,6 +1,7 @@
 """Models a node holds, by hash: in memory within a budget, then on disk (``<home>/models``),
 so memory holds a round's working set while every received model stays downloadable for audits.
-Also which peer already holds which model, so a model crosses the wire once per peer."""
+Also which peer already holds which model, so a model crosses the wire once per peer, and which
+uploads a round expects (``UploadWindow``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 from google.protobuf.message import DecodeError
 
 from base_package import data_pb2 as pb
+from node.net.errors import refuse
 from node.net.streams import ReceivedModel
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,52 @@ class Deliveries:
     def forget(self, peer: str) -> None:
         with self._lock:
             self._last.pop(peer, None)
+
+
+class UploadWindow:
+    """Which senders may upload, and for what: a supernode opens a window for each round in
+    progress naming its edge nodes in the job, and each may upload one update for it. Anything
+    else is refused before its bytes are read, so what a sender can park on a supernode is one
+    model per round it takes part in (memory and disk bounded by the job, not by the sender)."""
+
+    def __init__(self) -> None:
+        self._rounds: dict[tuple[str, int], tuple[set[str], set[str]]] = {}  # (job, round) -> (asked, taken)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def open(self, job_id: str, round_number: int, senders: list[str]) -> Iterator[None]:
+        key = (job_id, round_number)
+        with self._lock:
+            self._rounds[key] = (set(senders), set())
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._rounds.pop(key, None)
+
+    def admit(self, sender: str, job_id: str, round_number: int) -> None:
+        """Take ``sender``'s one upload for the round; refuse it otherwise, saying why."""
+        with self._lock:
+            window = self._rounds.get((job_id, round_number))
+            if window is None:
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"no round {round_number} of job {job_id!r} is in progress on this supernode; "
+                             f"updates are taken only during their round")
+            asked, taken = window
+            if sender not in asked:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                             f"{sender} was not asked to train round {round_number} of {job_id} here")
+            if sender in taken:
+                raise refuse(grpc.StatusCode.ALREADY_EXISTS,
+                             f"{sender}'s update for round {round_number} of {job_id} is already here (one per round)")
+            taken.add(sender)
+
+    def release(self, sender: str, job_id: str, round_number: int) -> None:
+        """An admitted upload failed on the way: the sender may try again within the round."""
+        with self._lock:
+            window = self._rounds.get((job_id, round_number))
+            if window is not None:
+                window[1].discard(sender)
 
 
 class ModelCache:

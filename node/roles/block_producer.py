@@ -27,7 +27,7 @@ from node.chain.store import StoreError
 from node.net.channels import Channels
 from node.net.errors import refuse
 from node.net.wire import block_to_pb
-from node.roles.membership import Member, Members
+from node.roles.membership import Member, Members, edge_member
 from node.roles.settings import NodeSettings
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class BlockProducer:
             if not tx.signed_by(key):
                 raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"transaction {tx.hash[:16]}… has a bad signature")
             if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
-                self.members.add(Member(tx.sender, "EN", tx.payload["address"], key,
-                                        supernode=tx.payload.get("supernode", "")))
+                self.members.add(edge_member(tx, key))
             if tx.kind == TxKind.REVOKE:
                 self.ledger.mark_revoked(tx.payload["node"])
                 self.members.remove(tx.payload["node"])

@@ -33,13 +33,14 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from config import ConfigError, load_config
+from fl.datasets import canonical_name
 from fl.federation import JobSpec, job_data
 from fl.serialize import state_to_bytes, state_views
-from fl.names import CLIENT_OPTIONS
+from fl.names import COMMON_OPTIONS
 from fl.strategy import ExactSum, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
-from node.roles.jobs import Job, check_model_update, initial_model, job_payload
+from node.roles.jobs import Job, check_model_update, initial_model, job_payload, sign_order
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, make_header
@@ -93,13 +94,7 @@ class Coordinator:
                              f"job {self.job.job_id} is running; pause() it or wait for it to finish")
             overrides = {ALIASES.get(k, k): v for k, v in settings.items()}
             conf = self._job_config(overrides)
-            alive = [m.node_id for m in self.node.members.of_role("EN", alive_only=True)]
-            wanted = int(conf["client.amount"]) if "client.amount" in overrides else len(alive)
-            if not alive or wanted > len(alive):
-                raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"the job wants {wanted} edge nodes but {len(alive)} are alive; start more "
-                             f"edge nodes or pass clients=<n>")
-            participants = sorted(alive)[:wanted]
+            participants = self._participants(conf, "client.amount" in overrides)
             spec = replace(JobSpec.from_config(conf), num_clients=len(participants))
             try:  # a rule that cannot work with this many edge nodes
                 strategy = strategy_for_job(spec)
@@ -125,6 +120,23 @@ class Coordinator:
             self._launch()
             return self.status()
 
+    def _participants(self, conf: dict[str, Any], counted: bool) -> list[str]:
+        """The job's edge nodes: alive ones whose data_dir holds its dataset, or its PFLlib split
+        (as they said when they registered), the first ``client.amount`` by id when ``counted``,
+        else all of them."""
+        dataset = "pfllib" if conf["partition"] == "pfllib" else canonical_name(conf["dataset"])
+        alive = self.node.members.of_role("EN", alive_only=True)
+        able = sorted(m.node_id for m in alive if m.datasets is None or dataset in m.datasets)
+        wanted = int(conf["client.amount"]) if counted else len(able)
+        if not able or wanted > len(able):
+            lacking = sorted(m.node_id for m in alive if m.node_id not in able)
+            without = (f"; {len(lacking)} of them lack {dataset} in their data_dir ({', '.join(n[:8] for n in lacking)}): "
+                       f"give them the files, or choose another dataset") if lacking else ""
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"the job wants {wanted or 'some'} edge nodes with {dataset} but {len(alive)} are alive{without}; "
+                         f"start more edge nodes or pass clients=<n>")
+        return able[:wanted]
+
     def _shard_sizes(self, spec: JobSpec) -> list[int]:
         """Each edge node's training samples in the job's partition (client i = the i-th
         participant by id): recorded in the JOB, so no edge node can claim another count."""
@@ -144,7 +156,7 @@ class Coordinator:
         base = _job_defaults(self.base_conf)
         try:
             aggregation = load_config(env={}, overrides={**base, **overrides})["aggregation"]
-            inherited = {k: self.base_conf[k] for k in options_of(aggregation) | set(CLIENT_OPTIONS)
+            inherited = {k: self.base_conf[k] for k in options_of(aggregation) | set(COMMON_OPTIONS)
                          if k not in overrides}
             return load_config(env={}, overrides={**base, **inherited, **overrides})
         except ConfigError as exc:
@@ -234,7 +246,7 @@ class Coordinator:
         order = Transaction.create(TxKind.ROUND, order_payload, node.identity)
         node.submit(order)
         evaluate_first = job.evaluate_every_round and self._unevaluated is not None
-        results = self._fan_out(job, order, current, evaluate=False, evaluate_first=evaluate_first)
+        results = self._fan_out(job, order, current, evaluate_first=evaluate_first)
         if evaluate_first:  # this round's exclusions are its own, not the previous round's
             report = _eval_report(job, round_number - 1, results)
             del report.excluded[:]
@@ -312,8 +324,7 @@ class Coordinator:
             tx = tx_from_pb(edge.update)
             update = Update(state_views(self.node.fetch_model(tx.payload["hash"], sn.address, node_id=sn.node_id).data), tx.payload["samples"],
                             tx.payload["hash"])
-            strategy.validate(reference, update)
-            updates.append(update)
+            updates.append(strategy.validate(reference, update))
         return aggregate, updates
 
     def _check_partial(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
@@ -380,14 +391,15 @@ class Coordinator:
         model = self.node.models.get(global_tx.payload["hash"])
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "the global model is no longer held")
-        return _eval_report(job, global_tx.payload["round"], self._fan_out(job, global_tx, model, evaluate=True))
+        return _eval_report(job, global_tx.payload["round"], self._fan_out(job, global_tx, model))
 
-    def _fan_out(self, job: Job, authority: Transaction, model: ReceivedModel, evaluate: bool,
+    def _fan_out(self, job: Job, authority: Transaction, model: ReceivedModel,
                  evaluate_first: bool = False) -> list[tuple[Any, pb.SupernodeResult]]:
-        """Run the round (or evaluation) on every alive supernode, this one included."""
+        """Run the round (``authority`` a ROUND) or evaluation (a GLOBAL_MODEL) on every alive
+        supernode, this one included, under one signed order."""
         node = self.node
-        request = pb.RoundRequest(job=tx_to_pb(job.tx), authority=tx_to_pb(authority), evaluate_only=evaluate,
-                                  evaluate_first=evaluate_first, deadline_ms=now_ms() + int(job.round_timeout * 1000))
+        order = sign_order(node.identity, job, authority, now_ms() + int(job.round_timeout * 1000), evaluate_first)
+        request = pb.RoundRequest(job=tx_to_pb(job.tx), authority=tx_to_pb(authority), order=order)
         supernodes = node.members.of_role("SN", alive_only=True)
         futures = [(sn, self._pool.submit(self._run_on, sn, request, model)) for sn in supernodes]
         results = []
@@ -402,7 +414,7 @@ class Coordinator:
         node = self.node
         if sn.node_id == node.node_id:
             return node.rounds.run(request)
-        timeout = (request.deadline_ms - now_ms()) / 1000 + 30
+        timeout = (request.order.deadline_ms - now_ms()) / 1000 + 30
         stub = rpc_pb.TrainingStub(node.channels.get(sn.address, sn.node_id))
         if not self.delivered.has(sn.node_id, model.header.model_hash):
             stub.DistributeModel(model.stream(), timeout=timeout)

@@ -50,9 +50,10 @@ class EdgeNode:
 
     def __init__(self, identity: Identity, address: str, entry_address: str, settings: NodeSettings, *,
                  credentials: Credentials | None = None, entry_id: str | None = None,
-                 genesis_hash: str = "") -> None:
+                 genesis_hash: str = "", datasets: list[str] | None = None) -> None:
         """``credentials``: this node's TLS certificate (None: plaintext, ``--insecure``);
-        ``entry_id`` and ``genesis_hash``: the network as pinned at enrolment."""
+        ``entry_id`` and ``genesis_hash``: the network as pinned at enrolment; ``datasets``: what
+        its data_dir holds, said in its registration (None: not said)."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
@@ -67,6 +68,7 @@ class EdgeNode:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_upload = -float("inf")  # time.monotonic() of the last upload its supernode took
+        self.datasets = datasets
 
     def upload_done(self) -> None:
         """The supernode took an upload: it now knows this node is alive (see the module doc)."""
@@ -90,7 +92,7 @@ class EdgeNode:
             pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
         if node_id_for(chosen.public_key) != chosen.node_id:
             raise RuntimeError(f"the entry node named supernode {chosen.node_id} with a key that is not its own")
-        tx = register_transaction(self.identity, "EN", self.address, supernode=chosen.node_id)
+        tx = register_transaction(self.identity, "EN", self.address, supernode=chosen.node_id, datasets=self.datasets)
         rpc_pb.MembershipStub(self.channels.get(chosen.address, chosen.node_id)).Register(
             pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
         log.info("registered with supernode %s at %s", chosen.node_id, chosen.address)

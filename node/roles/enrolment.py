@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from node.roles.supernode import Supernode
 
 TOKEN_PREFIX = "FL1-"
-TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"
 TOKENS_FILE = "tokens.json"
 NETWORK_FILE = "network.json"
 _ID_BYTES, _SECRET_BYTES, _HASH_BYTES = 4, 16, 32
@@ -259,24 +258,27 @@ class Enroller:
         with self._lock:  # one enrolment at a time: uses are counted and ENROLL recorded in order
             known = self.enrolment(node_id)
             again = known is not None and not known.revoked  # its reply was lost, or its certificate expired
+            issued = []
 
-            def check(token: IssuedToken) -> None:
+            def check(token: IssuedToken) -> None:  # the use counts only if all of it holds
                 expected = proof(bytes.fromhex(token.secret), request.token_id, request.public_key, request.csr)
                 if not hmac.compare_digest(expected, request.proof):
                     raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                                  f"the proof does not match enrolment token {request.token_id}: the token was copied wrongly")
                 self._check_node(known, node_id, token.role)
+                try:
+                    issued.append(self.authority.issue(request.csr, node_id, token.role, self.cert_days))
+                except TlsError as exc:
+                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
             role = self.tokens.use(request.token_id, check, count=not again).role
-            try:
-                cert = self.authority.issue(request.csr, node_id, role, self.cert_days)
-            except TlsError as exc:
-                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-            tx = Transaction.create(TxKind.ENROLL, {
-                "node": node_id, "public_key": request.public_key.hex(), "role": role,
-                "token": request.token_id, "certificate": cert_sha256(cert)}, self.node.identity)
-            self.node.submit(tx)
-            self._issued[node_id] = Enrolment(request.public_key, role, False)
+            cert = issued[0]
+            if not again:  # a node enrolled once is on the chain once, however often it fetches a certificate
+                tx = Transaction.create(TxKind.ENROLL, {
+                    "node": node_id, "public_key": request.public_key.hex(), "role": role,
+                    "token": request.token_id, "certificate": cert_sha256(cert)}, self.node.identity)
+                self.node.submit(tx)
+                self._issued[node_id] = Enrolment(request.public_key, role, False)
         return pb.EnrolReply(certificate=cert_pem(cert), role=role, network=self.network())
 
     def enrolment(self, node_id: str) -> Enrolment | None:

@@ -6,12 +6,15 @@ string that reads back to the same float), keeping the payload canonical.
 
 Edge nodes and supernodes act only on orders the entry node signed: a ROUND transaction names
 the global base to train from, a GLOBAL_MODEL transaction the one to evaluate. A model whose
-hash differs from the signed one is refused before it is loaded.
+hash differs from the signed one is refused before it is loaded. With them comes a signed
+``Order`` to act now: it carries the deadline, is refused after it, and is carried out at most
+once on each node (``OrderLog``), so an order cannot be replayed or stretched on the way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +28,10 @@ import torch
 from fl.federation import ClientWorker, JobSpec, split_state
 from fl.serialize import state_to_bytes
 from fl.strategy import InvalidUpdate, Strategy, strategy_for_job
-from node.chain.rules import Transaction, TxKind, check_payload
+from node.chain.identity import Identity, verify_signature
+from node.chain.rules import Transaction, TxKind, check_payload, now_ms
 from node.net.errors import refuse
-from node.net.wire import tx_from_pb
+from node.net.wire import signed_fields, tx_from_pb
 
 _FLOAT_FIELDS = {f.name for f in dataclasses.fields(JobSpec) if f.type in ("float", float)}
 
@@ -142,29 +146,98 @@ def authorised_model(authority: Transaction, job_id: str) -> tuple[int, str]:
     return int(authority.payload["round"]), str(authority.payload[key])
 
 
+ORDER_SKEW_MS = 5_000  # how far the entry node's clock may run ahead of a receiver's
+MAX_ORDER_MS = 24 * 3600 * 1000  # an order's deadline is at most this far after its issue
+MAX_OPEN_ORDERS = 10_000  # orders a node remembers (until their deadlines) to refuse replays
+
+
+def order_fields(order: pb.Order) -> bytes:
+    """The bytes the entry node signs for an order."""
+    return signed_fields({"message": "order", "action": order.action, "job_id": order.job_id, "round": order.round,
+                          "authority": order.authority, "evaluate_first": order.evaluate_first,
+                          "issued_ms": order.issued_ms, "deadline_ms": order.deadline_ms})
+
+
+def sign_order(identity: Identity, job: Job, authority: Transaction, deadline_ms: int,
+               evaluate_first: bool = False) -> pb.Order:
+    """The entry node's one-time order to act on ``authority`` (a ROUND: train; a GLOBAL_MODEL:
+    evaluate) before ``deadline_ms``."""
+    round_number, _ = authorised_model(authority, job.job_id)
+    order = pb.Order(action="evaluate" if authority.kind == TxKind.GLOBAL_MODEL else "train", job_id=job.job_id,
+                     round=round_number, authority=authority.hash, evaluate_first=evaluate_first,
+                     issued_ms=now_ms(), deadline_ms=deadline_ms)
+    order.signature = identity.sign(order_fields(order))
+    return order
+
+
+class OrderLog:
+    """The orders a node has acted on, each remembered until its deadline: a replayed order is
+    refused while it is fresh, and an old one is refused by its deadline."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, int] = {}  # signature -> deadline_ms
+        self._lock = threading.Lock()
+
+    def admit(self, order: pb.Order) -> None:
+        now = now_ms()
+        if order.issued_ms > now + ORDER_SKEW_MS:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"the order is issued {(order.issued_ms - now) / 1000:.1f} s in the future: check the clocks (NTP)")
+        if now > order.deadline_ms:
+            raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED,
+                         f"the order for round {order.round} of {order.job_id} is past its deadline (an old or replayed order)")
+        with self._lock:
+            if order.signature in self._seen:
+                raise refuse(grpc.StatusCode.ALREADY_EXISTS,
+                             f"the order for round {order.round} of {order.job_id} was already carried out here (a replay)")
+            if len(self._seen) >= MAX_OPEN_ORDERS:  # forget the orders past their deadlines
+                self._seen = {s: d for s, d in self._seen.items() if d >= now}
+            if len(self._seen) >= MAX_OPEN_ORDERS:
+                raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_OPEN_ORDERS} orders are open here at once")
+            self._seen[bytes(order.signature)] = order.deadline_ms
+
+
 @dataclass(frozen=True)
 class Orders:
-    """What a round request carries, once checked: the job, and the round and model the entry
-    node's ROUND (train) or GLOBAL_MODEL (evaluate) transaction vouches for."""
+    """What a round request carries, once checked: the job, the round and model the entry node's
+    ROUND (train) or GLOBAL_MODEL (evaluate) transaction vouches for, and its signed order."""
 
     job: Job
     authority: Transaction
     round: int
     model_hash: str
+    order: pb.Order
 
     @property
     def evaluate_only(self) -> bool:
         return self.authority.kind == TxKind.GLOBAL_MODEL
 
+    @property
+    def deadline_ms(self) -> int:
+        return self.order.deadline_ms
 
-def read_orders(request: pb.RoundRequest, entry_id: str, entry_key: bytes) -> Orders:
-    """Check that the entry node signed both the JOB and the round's order (a ROUND to train, a
-    GLOBAL_MODEL to evaluate), and read them. Supernodes and edge nodes act on nothing else."""
+    def seconds_left(self) -> float:
+        return (self.order.deadline_ms - now_ms()) / 1000
+
+
+def read_orders(request: pb.RoundRequest, entry_id: str, entry_key: bytes, log: OrderLog) -> Orders:
+    """Check that the entry node signed the JOB, the round's authority (a ROUND to train, a
+    GLOBAL_MODEL to evaluate) and a fresh order to act on them now, that this node has not acted
+    on that order before, and read them. Supernodes and edge nodes act on nothing else."""
     job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
     check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
     check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), entry_id, entry_key)
-    if request.evaluate_only != (authority.kind == TxKind.GLOBAL_MODEL):
-        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "train on a ROUND order, evaluate on a GLOBAL_MODEL one")
     job = Job.from_tx(job_tx)
     round_number, model_hash = authorised_model(authority, job.job_id)
-    return Orders(job, authority, round_number, model_hash)
+    order = request.order
+    if not verify_signature(entry_key, order.signature, order_fields(order)):
+        raise refuse(grpc.StatusCode.UNAUTHENTICATED, "the round's order is not signed by the entry node")
+    action = "evaluate" if authority.kind == TxKind.GLOBAL_MODEL else "train"
+    if (order.action, order.job_id, order.round, order.authority) != (action, job.job_id, round_number, authority.hash):
+        raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"the order ({order.action} round {order.round} of {order.job_id}) does not match the "
+                     f"{authority.kind} it came with ({action} round {round_number} of {job.job_id})")
+    if not 0 < order.deadline_ms - order.issued_ms <= MAX_ORDER_MS:
+        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the order's deadline is not within a day after its issue")
+    log.admit(order)
+    return Orders(job, authority, round_number, model_hash, order)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -33,6 +34,7 @@ class Member:
     supernode: str = ""  # for edge nodes: the supernode they are registered with
     last_seen: float = field(default_factory=time.monotonic)
     edge_nodes: frozenset[str] = frozenset()  # for supernodes: what they last reported
+    datasets: frozenset[str] | None = None  # for edge nodes: what their data_dir holds (None: not said)
     head_height: int = -1
     last_beat_ms: int = 0  # the newest heartbeat's timestamp: the next must be newer (no replays)
 
@@ -149,11 +151,22 @@ def signed_heartbeat(identity: Identity, edge_nodes: list[str] = (), head_height
     return req
 
 
-def register_transaction(identity: Identity, role: str, address: str, supernode: str = "") -> Transaction:
-    payload = {"public_key": identity.public_key.hex(), "role": role, "address": address}
+def register_transaction(identity: Identity, role: str, address: str, supernode: str = "",
+                         datasets: list[str] | None = None) -> Transaction:
+    """A signed REGISTER; an edge node names its supernode and the datasets its data_dir holds."""
+    payload: dict[str, Any] = {"public_key": identity.public_key.hex(), "role": role, "address": address}
     if supernode:
         payload["supernode"] = supernode
+    if datasets is not None:
+        payload["datasets"] = sorted(datasets)
     return Transaction.create(TxKind.REGISTER, payload, identity)
+
+
+def edge_member(tx: Transaction, key: bytes) -> Member:
+    """The edge node a (checked) REGISTER describes: where it is, its supernode, its datasets."""
+    datasets = tx.payload.get("datasets")
+    return Member(tx.sender, "EN", tx.payload["address"], key, supernode=tx.payload.get("supernode", ""),
+                  datasets=None if datasets is None else frozenset(datasets))
 
 
 def check_registration(tx: Transaction) -> bytes:

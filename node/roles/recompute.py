@@ -188,8 +188,7 @@ class _JobReplay:
             raise _Mismatch(round_number, sn, f"update {update_hash[:16]}… (edge node {tx.sender}) cannot be "
                             "found: neither this node nor the supernode that checked it holds it", missing=True)
         try:
-            update = Update(state_views(data), tx.payload["samples"], update_hash)
-            self.strategy.validate(reference, update)
+            update = self.strategy.validate(reference, Update(state_views(data), tx.payload["samples"], update_hash))
         except (InvalidUpdate, ValueError) as exc:
             raise _Mismatch(round_number, sn, f"it accepted update {update_hash[:16]}…, which is invalid: {exc}") from None
         self.updates += 1

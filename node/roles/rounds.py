@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,9 @@ from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
 from node.chain.rules import Transaction, TxKind, fixed, now_ms
-from node.roles.jobs import Job, check_model_update, read_orders
+from node.roles.jobs import Job, OrderLog, Orders, check_model_update, read_orders
 from node.net.errors import refuse, status_for
-from node.net.model_store import Deliveries
+from node.net.model_store import Deliveries, UploadWindow
 from node.net.streams import ReceivedModel, chunks, make_header
 from node.net.wire import WireError, tx_from_pb, tx_to_pb
 
@@ -52,6 +53,8 @@ class RoundRunner:
         self._scratch: ExactSum | None = None  # the last round's sum, its buffers refilled by the next
         self._scratch_lock = threading.Lock()
         self._job_strategy: tuple[str, Strategy] | None = None
+        self.orders = OrderLog()  # each signed order is carried out once
+        self.uploads = UploadWindow()  # which edge nodes may upload, for the rounds in progress
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -63,25 +66,41 @@ class RoundRunner:
         entry_key = node.ledger.store.public_key(entry_id)
         if entry_key is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "this supernode has not synced the entry node's key yet")
-        orders = read_orders(request, entry_id, entry_key)
+        orders = read_orders(request, entry_id, entry_key, self.orders)
         job, round_number, model_hash = orders.job, orders.round, orders.model_hash
         model = node.models.get(model_hash)
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this supernode lacks global model {model_hash[:16]}…")
         mine = {m.node_id: m for m in node.members.of_role("EN", alive_only=True) if m.supernode == node.node_id}
         edges = [mine[n] for n in job.participants if n in mine]
+        if orders.evaluate_only:
+            return self._evaluate(edges, model, request)
+        with self.uploads.open(job.job_id, round_number, [e.node_id for e in edges]):
+            return self._train(orders, edges, model, request)
+
+    def _evaluate(self, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest) -> pb.SupernodeResult:
+        reply = pb.SupernodeResult(node_id=self.node.node_id)
+        for edge_id, future in self._ask_all(edges, model, request):
+            try:
+                reply.edges.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
+                reply.excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
+        return reply
+
+    def _ask_all(self, edges: list[Any], model: ReceivedModel,
+                 request: pb.RoundRequest) -> Iterator[tuple[str, Future[pb.EdgeResult]]]:
+        """Ask every edge node in ``edges``; (edge node id, its answer) as the answers arrive."""
         # the model goes to the edge nodes in the order they will be asked, and the asks,
         # edge_parallelism at a time, each wait for their own edge node's copy, then train
         sent = {e.node_id: self._senders.submit(self._send_model, e, model, request) for e in edges}
         futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request): e.node_id for e in edges}
-        reply = pb.SupernodeResult(node_id=node.node_id)
-        if request.evaluate_only:
-            for future in as_completed(futures):
-                try:
-                    reply.edges.append(future.result())
-                except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
-                    reply.excluded.append(pb.Exclusion(node_id=futures[future], reason=_reason(exc)))
-            return reply
+        for future in as_completed(futures):
+            yield futures[future], future
+
+    def _train(self, orders: Orders, edges: list[Any], model: ReceivedModel,
+               request: pb.RoundRequest) -> pb.SupernodeResult:
+        job, round_number = orders.job, orders.round
+        reply = pb.SupernodeResult(node_id=self.node.node_id)
         strategy = self._strategy(job)
         reference = state_views(model.data)
         partial = None
@@ -90,8 +109,7 @@ class RoundRunner:
                 scratch, self._scratch = self._scratch, None
             partial = ExactSum(reference, reuse=scratch)
         txs: list[Transaction] = []
-        for future in as_completed(futures):  # fold each update in as it arrives
-            edge_id = futures[future]
+        for edge_id, future in self._ask_all(edges, model, request):  # fold each update in as it arrives
             try:
                 result = future.result()
                 tx, update = self._check_update(result, job, round_number, reference, strategy)
@@ -102,7 +120,7 @@ class RoundRunner:
                 continue
             txs.append(tx)
             reply.edges.append(result)
-            node.models.spill(update.model_hash)  # checked (and summed): memory for the next, disk for audits
+            self.node.models.spill(update.model_hash)  # checked (and summed): memory for the next, disk for audits
         return self._publish(job, round_number, partial, txs, reply)
 
     def _strategy(self, job: Job) -> Strategy:
@@ -119,12 +137,12 @@ class RoundRunner:
         header = make_header(self.node.identity, model.data, model.header.job_id, model.header.round,
                              model.header.num_samples, model_hash=model.header.model_hash)
         stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id))
-        stub.DistributeModel(chunks(header, model.data), timeout=max(0.5, (request.deadline_ms - now_ms()) / 1000))
+        stub.DistributeModel(chunks(header, model.data), timeout=_seconds_left(request))
         self.delivered.record(edge.node_id, model.header.model_hash)
 
     def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest) -> pb.EdgeResult:
         sent.result()  # the model must be there first (raises what sending it raised)
-        timeout = max(0.5, (request.deadline_ms - now_ms()) / 1000)
+        timeout = _seconds_left(request)
         return rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id)).TrainRound(request, timeout=timeout)
 
     def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
@@ -167,8 +185,11 @@ class RoundRunner:
             raise InvalidUpdate("the update's bytes were never uploaded to this supernode")
         # read only: checked and summed, never kept
         update = Update(state_views(received.data), tx.payload["samples"], tx.payload["hash"])
-        strategy.validate(reference, update)
-        return tx, update
+        return tx, strategy.validate(reference, update)  # (clipped, when the job clips)
+
+
+def _seconds_left(request: pb.RoundRequest) -> float:
+    return max(0.5, (request.order.deadline_ms - now_ms()) / 1000)
 
 
 def _reason(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from node.chain.audit import verify_chain
 from node.chain.rules import Transaction, TxKind
 from node.net.admin import require_admin
 from node.net.errors import refuse
-from node.net.guard import Rule, anyone, certified, method_path, refused, require_caller
+from node.net.guard import Rule, anyone, caller, certified, method_path, refused, require_caller
 from node.net.tls import CONSOLE_ROLE, Peer
 from node.roles.coordinator import Coordinator
 from node.roles.enrolment import Enroller
@@ -98,6 +98,8 @@ class TrainingService(rpc_pb.TrainingServicer):
         self.node = node
 
     def UploadUpdate(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
+        uploads, admitted = self.node.rounds.uploads, []
+
         def authorise(header: pb.ModelHeader) -> None:
             require_caller(header.sender, "an upload")
             member = self.node.members.get(header.sender)
@@ -105,9 +107,16 @@ class TrainingService(rpc_pb.TrainingServicer):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"node {header.sender} is not an edge node of this supernode; register here first")
             check_header_signature(header, member.public_key)
+            uploads.admit(header.sender, header.job_id, header.round)  # its one update, for a round in progress
+            admitted.append(header)
             self.node.upload_seen(header)
 
-        return self._accept(receive(request_iterator, self.node.settings.max_model_bytes, authorise))
+        try:
+            return self._accept(receive(request_iterator, self.node.settings.max_model_bytes, authorise))
+        except BaseException:
+            for header in admitted:  # it never arrived: the edge node may send it again in the round
+                uploads.release(header.sender, header.job_id, header.round)
+            raise
 
     def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
@@ -134,6 +143,11 @@ class TrainingService(rpc_pb.TrainingServicer):
         model = self.node.models.get(request.model_hash)
         if model is None:
             raise refuse(grpc.StatusCode.NOT_FOUND, f"this node holds no model with hash {request.model_hash[:16]}…")
+        who = caller()
+        if who.role == "EN" and model.header.sender not in (who.node_id, self.node.entry_id):
+            # edge nodes see the global models and their own updates, never another node's update or partial
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                         "edge nodes may download global models and their own updates only")
         yield from model.stream()
 
 
@@ -254,7 +268,8 @@ def supernode_rules(node: Supernode) -> dict[str, Rule]:
         method_path("Ledger", "GetHead"): certified("enrolled nodes and the operator", *readers),
         method_path("Training", "UploadUpdate"): certified("this supernode's own edge nodes, for the round in progress", "EN"),
         method_path("Training", "DistributeModel"): certified("the entry node", "SN", check=entry_node),
-        method_path("Training", "DownloadModel"): certified("enrolled nodes, and the operator (console certificate and admin token)",
+        method_path("Training", "DownloadModel"): certified("enrolled nodes (edge nodes: global models and their own "
+                                                            "updates), and the operator (console certificate and admin token)",
                                                             *nodes, CONSOLE_ROLE, check=operator_if_console),
         method_path("Training", "RunRound"): certified("the entry node", "SN", check=entry_node),
         method_path("Training", "TrainRound"): refused(grpc.StatusCode.FAILED_PRECONDITION,

@@ -29,7 +29,7 @@ from base_package import data_pb2_grpc as rpc_pb
 from node.chain.rules import Block, Head, Transaction, now_ms
 from node.chain.identity import Identity, verify_signature
 from node.chain.ledger import Ledger
-from node.roles.membership import Member, Members, check_registration, heartbeat_fields, register_transaction, signed_heartbeat
+from node.roles.membership import Member, Members, check_registration, edge_member, heartbeat_fields, register_transaction, signed_heartbeat
 from node.net.channels import Channels
 from node.net.errors import ServiceError, refuse
 from node.net.guard import caller, require_caller
@@ -143,7 +143,7 @@ class Supernode:
             existing = self.members.get(tx.sender)
             if existing is not None and existing.role == "SN":
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as a supernode")
-            self.members.add(Member(tx.sender, "EN", address, key, supernode=self.node_id))
+            self.members.add(edge_member(tx, key))
             self.rounds.delivered.forget(tx.sender)
         self.submit(tx)
         log.info("registered %s %s at %s", role, tx.sender, address)

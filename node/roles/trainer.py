@@ -33,8 +33,8 @@ from fl.federation import ClientWorker, client_data, job_data, split_state
 from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
-from node.chain.rules import Transaction, TxKind, fixed, now_ms
-from node.roles.jobs import Job, read_orders
+from node.chain.rules import Transaction, TxKind, fixed
+from node.roles.jobs import Job, OrderLog, read_orders
 from node.net.errors import refuse
 from node.net.streams import chunks, make_header
 from node.net.wire import tx_to_pb
@@ -65,13 +65,14 @@ class EdgeTrainer:
         self.threads = conf["torch_threads"]
         self._jobs: dict[str, _JobState] = {}
         self._lock = threading.Lock()  # one round at a time on this node
+        self.orders = OrderLog()  # each signed order is carried out once
 
     def handle(self, request: pb.RoundRequest) -> pb.EdgeResult:
         started = time.perf_counter()
         node = self.node
         if node.entry_key is None:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has not joined the network yet")
-        orders = read_orders(request, node.entry_id, node.entry_key)
+        orders = read_orders(request, node.entry_id, node.entry_key, self.orders)
         job, round_number, model_hash = orders.job, orders.round, orders.model_hash
         model = node.models.get(model_hash)
         if model is None:
@@ -84,13 +85,13 @@ class EdgeTrainer:
                 torch.set_num_threads(self.threads)
             state = self._job_state(job)
             shared = state_views(model.data)  # copied into the model, never written
-            if request.evaluate_only:
+            if orders.evaluate_only:
                 ev = state.worker.evaluate(state.data, shared, state.personal)
                 return pb.EdgeResult(node_id=node.node_id, seconds=time.perf_counter() - started,
                                      eval=_eval_metrics(ev))
-            if request.deadline_ms and now_ms() > request.deadline_ms:
+            if orders.seconds_left() < 0:
                 raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"round {round_number} is already past its deadline")
-            before = state.worker.evaluate(state.data, shared, state.personal) if request.evaluate_first else None
+            before = state.worker.evaluate(state.data, shared, state.personal) if orders.order.evaluate_first else None
             if round_number <= state.last_round:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                              f"round {round_number} of {job.job_id} was already trained here (a replayed order?)")
@@ -111,7 +112,7 @@ class EdgeTrainer:
         if sn is None:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node lost its supernode during the round")
         rpc_pb.TrainingStub(node.channels.get(sn.address, sn.node_id)).UploadUpdate(
-            chunks(header, update), timeout=max(1.0, _seconds_left(request)))
+            chunks(header, update), timeout=max(1.0, orders.seconds_left()))
         node.upload_done()
         tx = Transaction.create(TxKind.MODEL_UPDATE, {
             "job_id": job.job_id, "round": round_number, "hash": header.model_hash,
@@ -158,10 +159,6 @@ class EdgeTrainer:
 
 def _eval_metrics(ev: EvalResult) -> pb.EvalMetrics:
     return pb.EvalMetrics(correct=ev.correct, num_samples=ev.num_samples, loss_sum=ev.loss_sum)
-
-
-def _seconds_left(request: pb.RoundRequest) -> float:
-    return (request.deadline_ms - now_ms()) / 1000 if request.deadline_ms else 300.0
 
 
 def _save_atomically(path: Path, data: bytes) -> None:
