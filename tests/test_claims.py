@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from base_package import data_pb2 as pb
-from conftest import refusal_code, start_supernodes
+from base_package import data_pb2_grpc as rpc_pb
+from conftest import node_channel, refusal_code, start_supernodes
 from fl.federation import JobSpec, job_data
 from fl.strategy import InvalidUpdate
 from config import load_config
@@ -72,3 +73,15 @@ def test_edge_nodes_claiming_a_billion_samples_or_sending_a_scaled_update_are_le
     assert tx_from_pb(done.global_model).payload["samples"] == sum(
         n for node, n in job["samples"].items() if node not in liar_ids.values())
     assert entry.console("Verify", pb.VerifyRequest(recompute=True)).recompute.ok
+    # an edge node downloads the global model, but not another edge node's update
+    updates = [t.payload["hash"] for height in range(entry.head().height + 1)
+               for t in map(tx_from_pb, entry.console("GetBlock", pb.BlockRequest(height=height)).transactions)
+               if t.kind == "MODEL_UPDATE"]
+    global_hash = tx_from_pb(done.global_model).payload["hash"]
+    with node_channel(liars["samples"], entry) as as_liar:
+        training = rpc_pb.TrainingStub(as_liar)
+        assert b"".join(c.data for c in training.DownloadModel(pb.ModelRequest(model_hash=global_hash), timeout=10))
+        codes = [refusal_code(lambda: list(training.DownloadModel(pb.ModelRequest(model_hash=h), timeout=10)))
+                 for h in updates]
+    assert set(codes) <= {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}
+    assert grpc.StatusCode.PERMISSION_DENIED in codes
