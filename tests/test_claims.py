@@ -17,7 +17,7 @@ from config import load_config
 from node.chain.identity import Identity
 from node.chain.rules import Transaction, TxKind
 from node.dev.launcher import NodeProcess, wait_until
-from node.net.wire import tx_from_pb
+from node.net.wire import tx_from_pb, tx_to_pb
 from node.roles.jobs import Job, check_model_update, job_payload
 
 FAULTY = Path(__file__).resolve().parent / "faulty_edge_node.py"
@@ -73,6 +73,13 @@ def test_edge_nodes_claiming_a_billion_samples_or_sending_a_scaled_update_are_le
     assert tx_from_pb(done.global_model).payload["samples"] == sum(
         n for node, n in job["samples"].items() if node not in liar_ids.values())
     assert entry.console("Verify", pb.VerifyRequest(recompute=True)).recompute.ok
+    # a supernode cannot slip a lying MODEL_UPDATE of its edge node into a block either
+    lie = Transaction.create(TxKind.MODEL_UPDATE, {"job_id": done.job_id, "round": 1, "hash": "ab" * 32,
+                                                   "samples": 10**9, "size": 10},
+                             Identity.load_or_create(liars["samples"].home))
+    with node_channel(sn, entry) as as_sn:
+        assert refusal_code(lambda: rpc_pb.LedgerStub(as_sn).SubmitTransaction(tx_to_pb(lie), timeout=10)) \
+            == grpc.StatusCode.INVALID_ARGUMENT
     # an edge node downloads the global model, but not another edge node's update
     updates = [t.payload["hash"] for height in range(entry.head().height + 1)
                for t in map(tx_from_pb, entry.console("GetBlock", pb.BlockRequest(height=height)).transactions)

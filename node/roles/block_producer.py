@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -52,6 +53,9 @@ class BlockProducer:
         self._pushers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the entry node's check of a transaction's claims against the job (sample counts), set by
+        # the supernode once its coordinator exists; raises to refuse
+        self.check_claims: Callable[[Transaction], None] = lambda tx: None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._block_loop, name="blocks", daemon=True)
@@ -101,6 +105,7 @@ class BlockProducer:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
             if not tx.signed_by(key):
                 raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"transaction {tx.hash[:16]}… has a bad signature")
+            self.check_claims(tx)
             if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
                 self.members.add(edge_member(tx, key))
             if tx.kind == TxKind.REVOKE:

@@ -37,7 +37,7 @@ from fl.datasets import canonical_name
 from fl.federation import JobSpec, job_data
 from fl.serialize import state_to_bytes, state_views
 from fl.names import COMMON_OPTIONS
-from fl.strategy import ExactSum, Strategy, Update, options_of, strategy_for_job
+from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
 from node.roles.jobs import Job, check_model_update, initial_model, job_payload, sign_order
@@ -119,6 +119,16 @@ class Coordinator:
                      spec.rounds, len(participants))
             self._launch()
             return self.status()
+
+    def check_claims(self, tx: Transaction) -> None:
+        """Refuse a MODEL_UPDATE of the current job claiming samples the job does not allow,
+        however it reaches the pool (a supernode could submit one directly)."""
+        job = self.job
+        if tx.kind == TxKind.MODEL_UPDATE and job is not None and tx.payload["job_id"] == job.job_id:
+            try:
+                job.check_samples(tx.sender, tx.payload["samples"])
+            except InvalidUpdate as exc:
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
     def _participants(self, conf: dict[str, Any], counted: bool) -> list[str]:
         """The job's edge nodes: alive ones whose data_dir holds its dataset, or its PFLlib split

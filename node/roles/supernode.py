@@ -83,6 +83,8 @@ class Supernode:
         from node.roles.coordinator import Coordinator
 
         self.coordinator: Coordinator | None = Coordinator(self, job_defaults or {}) if is_entry else None
+        if self.producer is not None and self.coordinator is not None:
+            self.producer.check_claims = self.coordinator.check_claims
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
