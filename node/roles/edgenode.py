@@ -84,17 +84,28 @@ class EdgeNode:
             self._thread.join(timeout=10)
 
     def join(self, exclude: set[str]) -> pb.NodeInfo:
-        """Ask the entry node for a supernode and register there; raises ``grpc.RpcError``."""
+        """Ask the entry node for a supernode (none of ``exclude``) and register there; raises
+        ``grpc.RpcError``. A supernode that does not take the registration joins ``exclude``, so
+        one that heartbeats but cannot be reached does not keep this node out of the network."""
         entry = self.channels.get(self.entry_address, self.entry_id or "")
         if self.entry_key is None:
             self.entry_id, self.entry_key = _entry_identity(entry, self.entry_id, self.genesis_hash)
-        chosen = rpc_pb.MembershipStub(entry).FindSupernode(
-            pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
+        try:
+            chosen = rpc_pb.MembershipStub(entry).FindSupernode(
+                pb.FindSupernodeRequest(node_id=self.node_id, exclude=sorted(exclude)), timeout=5)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                exclude.clear()  # nothing else is alive: the excluded supernodes may be back
+            raise
         if node_id_for(chosen.public_key) != chosen.node_id:
             raise RuntimeError(f"the entry node named supernode {chosen.node_id} with a key that is not its own")
         tx = register_transaction(self.identity, "EN", self.address, supernode=chosen.node_id, datasets=self.datasets)
-        rpc_pb.MembershipStub(self.channels.get(chosen.address, chosen.node_id)).Register(
-            pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
+        try:
+            rpc_pb.MembershipStub(self.channels.get(chosen.address, chosen.node_id)).Register(
+                pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
+        except grpc.RpcError:
+            exclude.add(chosen.node_id)
+            raise
         log.info("registered with supernode %s at %s", chosen.node_id, chosen.address)
         return chosen
 
@@ -121,8 +132,6 @@ class EdgeNode:
                 failures += 1
                 where = self.supernode.address if self.supernode else self.entry_address
                 log.warning("%s: %s %s", where, exc.code().name, exc.details())
-                if self.supernode is None and exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    exclude.clear()  # nothing else is alive: the excluded supernode may be back
                 if self.supernode is not None and (failures >= FAILURES_BEFORE_REHOMING
                                                    or exc.code() == grpc.StatusCode.FAILED_PRECONDITION):
                     log.warning("supernode %s stopped answering; asking the entry node for another",
