@@ -78,6 +78,7 @@ my_conf: dict[str, Any] = {
     "torch_threads": 1,  # torch (OpenMP) threads per node process (several nodes often share a host's cores)
     "own_data": False,  # jobs: edge nodes train on everything in their data_dir instead of their job shard
     "max_samples": 100_000,  # own-data jobs: the most training samples an edge node may claim
+    "recompute_partials": True,  # jobs: the entry node re-sums each supernode's partial from its updates
     "edge_parallelism": 0,  # edge nodes a supernode asks at once in a round (0: all of them)
     "cert_days": 365,  # how long the certificates the entry node's CA issues at enrolment last
     "streams_per_peer": 4,  # model and block streams one caller may hold with a node at once

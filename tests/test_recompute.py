@@ -2,8 +2,9 @@
 
 End to end: a cheating supernode (tests/faulty_supernode.py) runs as a real node process beside
 an honest entry node; two edge nodes register with each. Its AGGREGATE lists every update and
-their true sample total, so the entry node accepts the partial and the job completes;
-recomputing the partial from the recorded updates, on the other supernode, is what exposes it.
+their true sample total. By default the entry node re-sums each partial from the updates it lists
+and leaves the cheat out of the round; a job that trusts partials (``recompute_partials=false``)
+completes with it, and recomputing the partial from the recorded updates exposes it after the fact.
 The audit CLI does the same offline from a ledger database and a models folder.
 
 Each kind of wrong record (an update left out, a weight changed, a global model that does not
@@ -29,6 +30,7 @@ from node.chain.rules import Transaction, TxKind
 from node.dev.launcher import ROOT, wait_until
 from node.roles.jobs import job_payload
 from node.roles.recompute import recompute_chain
+from node.net.wire import tx_from_pb
 from conftest import start_network
 
 FAULTY = Path(__file__).resolve().parent / "faulty_supernode.py"
@@ -43,7 +45,17 @@ def test_a_wrong_partial_is_named_with_its_round_and_supernode(tmp_path, nodes, 
     cheat_id = cheat.status().node_id
     assert sum(n.supernode == cheat_id for n in entry.status().edge_nodes.nodes) == 2
 
-    entry.console("StartJob", pb.JobRequest(settings=JOB))
+    # by default the entry node re-sums every partial from the updates it lists: the cheat is left out
+    entry.console("StartJob", pb.JobRequest(settings={**JOB, "rounds": "1"}))
+    first = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
+    assert first.state == "done", first.error
+    [metrics] = first.metrics
+    assert metrics.participants == 2 and tx_from_pb(first.global_model).payload["metrics"]["updates"] == "2"
+    [reason] = [x.reason for x in metrics.excluded if x.node_id == cheat_id]
+    assert "is not the sum of the 2 updates it lists" in reason
+
+    # trusting partials (recompute_partials=false), the job completes with the wrong partial in it
+    entry.console("StartJob", pb.JobRequest(settings={**JOB, "recompute_partials": "false"}))
     done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
     assert done.state == "done", done.error  # nothing short of recomputing catches it
     wait_until(lambda: entry.status().pending_transactions == 0 and cheat.head() == entry.head(), 20, "sealed")

@@ -35,7 +35,7 @@ from base_package import data_pb2_grpc as rpc_pb
 from config import ConfigError, load_config
 from fl.datasets import canonical_name
 from fl.federation import JobSpec, job_data
-from fl.serialize import state_to_bytes, state_views
+from fl.serialize import model_hash, state_to_bytes, state_views
 from fl.names import COMMON_OPTIONS
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
@@ -321,21 +321,30 @@ class Coordinator:
     def _contribution(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
                       reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, ExactSum | list[Update]]:
         """One supernode's part, checked: its signed AGGREGATE (against what it returned), and its
-        exact partial sum (a rule that decomposes: downloaded, checked against its hash, layout and
-        the bounds its total allows) or every update it lists (downloaded from it and validated
-        again here: median, trimmed mean, Krum)."""
+        exact partial sum (a rule that decomposes: re-summed here from the updates it lists when the
+        job says ``recompute_partials``, refused unless the hashes agree; else downloaded, checked
+        against its hash, layout and the bounds its total allows) or every update it lists
+        (downloaded from it and validated again here: median, trimmed mean, Krum)."""
         aggregate = self._check_partial(job, round_number, sn, result, strategy)
-        if strategy.decomposable:
+        if strategy.decomposable and not job.recompute_partials:
             limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
             state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit, sn.node_id).data)
             return aggregate, ExactSum.from_state(state, result.num_samples, reference)
         updates = []
         for edge in result.edges:
             tx = tx_from_pb(edge.update)
-            update = Update(state_views(self.node.fetch_model(tx.payload["hash"], sn.address, node_id=sn.node_id).data), tx.payload["samples"],
-                            tx.payload["hash"])
-            updates.append(strategy.validate(reference, update))
-        return aggregate, updates
+            data = self.node.fetch_model(tx.payload["hash"], sn.address, node_id=sn.node_id).data
+            updates.append(strategy.validate(reference, Update(state_views(data), tx.payload["samples"], tx.payload["hash"])))
+        if not strategy.decomposable:
+            return aggregate, updates
+        partial = strategy.accumulator(reference)
+        for update in updates:
+            partial.add(update, checked=True)
+        if model_hash(state_to_bytes(partial.to_state())) != result.partial_hash:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"supernode {sn.node_id}'s partial sum {result.partial_hash[:16]}… is not the sum of the "
+                         f"{len(updates)} updates it lists")
+        return aggregate, partial
 
     def _check_partial(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
                        strategy: Strategy) -> Transaction:
@@ -467,5 +476,6 @@ def _job_defaults(conf: dict[str, Any]) -> dict[str, Any]:
     options are added by ``Coordinator._job_config``, for the rule the job uses)."""
     keys = ("client.amount", "local_epoch", "gobal_epoch", "openEval", "dataset", "learn_rate", "BATCH_SIZE",
             "strategy", "aggregation", "model", "head_layers", "momentum", "partition", "classes_per_client",
-            "dirichlet_alpha", "train_fraction", "seed", "round_timeout", "own_data", "max_samples")
+            "dirichlet_alpha", "train_fraction", "seed", "round_timeout", "own_data", "max_samples",
+            "recompute_partials")
     return {k: conf[k] for k in keys}

@@ -60,6 +60,7 @@ class Job:
     samples: Mapping[str, int] | None = None  # each edge node's training samples, from the job's partition
     own_data: bool = False  # edge nodes train on their own data: their sample counts are only capped
     max_samples: int = 0  # that cap (0: none; jobs recorded before it existed)
+    recompute_partials: bool = False  # the entry node re-sums every partial from the updates it lists
 
     def strategy(self) -> Strategy:
         """A fresh instance of the job's strategy (its rule, sharing and options from the JOB)."""
@@ -81,7 +82,8 @@ class Job:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the JOB's sample counts are not positive integers")
         return cls(p["job_id"], spec_from_payload(p["spec"]), tuple(participants),
                    bool(options.get("openEval", True)), float(options.get("round_timeout", "300")), tx,
-                   samples, bool(options.get("own_data", False)), int(options.get("max_samples", 0)))
+                   samples, bool(options.get("own_data", False)), int(options.get("max_samples", 0)),
+                   bool(options.get("recompute_partials", False)))
 
     def check_samples(self, node_id: str, claimed: int) -> None:
         """Refuse a sample count the job does not allow: in shard mode the count follows from the
@@ -124,7 +126,8 @@ def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[
     sorted participants) when edge nodes train on the job's partition."""
     payload = {"job_id": job_id, "spec": spec_to_payload(spec), "participants": sorted(participants),
                "options": {"openEval": conf["openEval"], "round_timeout": repr(float(conf["round_timeout"])),
-                           "own_data": bool(conf["own_data"]), "max_samples": int(conf["max_samples"])}}
+                           "own_data": bool(conf["own_data"]), "max_samples": int(conf["max_samples"]),
+                           "recompute_partials": bool(conf["recompute_partials"])}}
     if samples is not None:
         payload["samples"] = dict(zip(sorted(participants), samples))
     return payload
