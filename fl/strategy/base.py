@@ -140,6 +140,7 @@ class Strategy(ABC):
 
     name: ClassVar[str]  # the aggregation rule's name
     decomposable: ClassVar[bool]  # True: supernodes fold updates into partials (an ExactSum)
+    state_names: ClassVar[tuple[str, ...]] = ()  # attributes holding server state (dicts of tensors)
 
     def __init__(self, sharing: str = "fedper", **options: Any) -> None:
         if sharing not in SHARINGS:
@@ -219,6 +220,17 @@ class Strategy(ABC):
         if not combined:
             raise ValueError(f"{self.name}: nothing to aggregate, no client returned an update")
         return sort_updates(combined)
+
+    def state_dict(self) -> StateDict:
+        """The server state a restarted entry node needs to go on exactly (``name.key`` tensors;
+        empty for rules without state)."""
+        return {f"{name}.{key}": value for name in self.state_names for key, value in getattr(self, name).items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Take back what :meth:`state_dict` gave (on a fresh instance of the same job's rule)."""
+        for name in self.state_names:
+            setattr(self, name, {key.split(".", 1)[1]: value.clone() for key, value in state.items()
+                                 if key.split(".", 1)[0] == name})
 
     @staticmethod
     def server_state(store: StateDict, key: str, like: torch.Tensor, fill: float = 0.0) -> torch.Tensor:

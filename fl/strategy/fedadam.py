@@ -23,6 +23,7 @@ from fl.strategy.base import ServerOptimizer, StateDict
 
 class FedAdam(ServerOptimizer):
     name = "fedadam"
+    state_names = ("m", "v")
 
     def __init__(self, sharing: str = "fedper", **options: object) -> None:
         super().__init__(sharing, **options)

@@ -21,6 +21,7 @@ from fl.strategy.base import ServerOptimizer, StateDict
 
 class FedAvgM(ServerOptimizer):
     name = "fedavgm"
+    state_names = ("velocity",)
 
     def __init__(self, sharing: str = "fedper", **options: object) -> None:
         super().__init__(sharing, **options)

@@ -53,43 +53,49 @@ class UploadWindow:
     model per round it takes part in (memory and disk bounded by the job, not by the sender)."""
 
     def __init__(self) -> None:
-        self._rounds: dict[tuple[str, int], tuple[set[str], set[str]]] = {}  # (job, round) -> (asked, taken)
+        # (job, round) -> one (asked, taken) per attempt in progress (a retried round may overlap
+        # the attempt it replaces, on a supernode that has not given up on it yet)
+        self._rounds: dict[tuple[str, int], list[tuple[set[str], set[str]]]] = {}
         self._lock = threading.Lock()
 
     @contextmanager
     def open(self, job_id: str, round_number: int, senders: list[str]) -> Iterator[None]:
-        key = (job_id, round_number)
+        key, window = (job_id, round_number), (set(senders), set())
         with self._lock:
-            self._rounds[key] = (set(senders), set())
+            self._rounds.setdefault(key, []).append(window)
         try:
             yield
         finally:
             with self._lock:
-                self._rounds.pop(key, None)
+                self._rounds[key].remove(window)
+                if not self._rounds[key]:
+                    del self._rounds[key]
 
     def admit(self, sender: str, job_id: str, round_number: int) -> None:
-        """Take ``sender``'s one upload for the round; refuse it otherwise, saying why."""
+        """Take ``sender``'s one upload for the round (per attempt); refuse it otherwise, saying why."""
         with self._lock:
-            window = self._rounds.get((job_id, round_number))
-            if window is None:
+            windows = self._rounds.get((job_id, round_number))
+            if not windows:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                              f"no round {round_number} of job {job_id!r} is in progress on this supernode; "
                              f"updates are taken only during their round")
-            asked, taken = window
-            if sender not in asked:
+            asking = [taken for asked, taken in reversed(windows) if sender in asked]  # the newest attempt first
+            if not asking:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"{sender} was not asked to train round {round_number} of {job_id} here")
-            if sender in taken:
+            free = next((taken for taken in asking if sender not in taken), None)
+            if free is None:
                 raise refuse(grpc.StatusCode.ALREADY_EXISTS,
                              f"{sender}'s update for round {round_number} of {job_id} is already here (one per round)")
-            taken.add(sender)
+            free.add(sender)
 
     def release(self, sender: str, job_id: str, round_number: int) -> None:
         """An admitted upload failed on the way: the sender may try again within the round."""
         with self._lock:
-            window = self._rounds.get((job_id, round_number))
-            if window is not None:
-                window[1].discard(sender)
+            for _, taken in self._rounds.get((job_id, round_number), []):
+                if sender in taken:
+                    taken.discard(sender)
+                    return
 
 
 class ModelCache:
@@ -141,6 +147,19 @@ class ModelCache:
             if model is not None or model_hash not in self._on_disk:
                 return model
         return self._read(model_hash)
+
+    def keep(self, model: ReceivedModel) -> None:
+        """``model`` in memory and, before this returns, on disk: a model a restart needs (a job's
+        global model) must not wait for the writer's queue."""
+        model_hash = model.header.model_hash
+        with self._lock:
+            write = self._writer is not None and model_hash not in self._on_disk
+            if write:
+                self._writing[model_hash] = model
+                self._size += model.size
+        if write:
+            self._write(model)  # (here, not on the writer: durable when this returns)
+        self.put(model)
 
     def spill(self, model_hash: str) -> None:
         """Move a model out of memory to disk (without a directory, or once closed, it stays)."""

@@ -56,6 +56,7 @@ class BlockProducer:
         # the entry node's check of a transaction's claims against the job (sample counts), set by
         # the supernode once its coordinator exists; raises to refuse
         self.check_claims: Callable[[Transaction], None] = lambda tx: None
+        self._urgent = False  # seal what is pending now, without waiting for block_interval
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._block_loop, name="blocks", daemon=True)
@@ -144,6 +145,20 @@ class BlockProducer:
         on_chain = self.ledger.enrolment(register.sender)
         return on_chain is not None and on_chain.public_key.hex() == key and on_chain.role == role
 
+    def wait_sealed(self, tx_hash: str, timeout: float) -> bool:
+        """Seal what is pending now and wait until ``tx_hash`` has left the pool: True once it is
+        in a block, False when it was dropped or ``timeout`` passed (the database is down)."""
+        deadline = time.monotonic() + timeout
+        with self._pool_cond:
+            self._urgent = True
+            self._pool_cond.notify_all()
+            while tx_hash in self._pool_hashes:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return False
+                self._pool_cond.wait(left)
+        return bool(self.ledger.store.existing_transactions([tx_hash]))
+
     def pending_count(self) -> int:
         with self._pool_cond:
             return len(self._pool)
@@ -155,8 +170,9 @@ class BlockProducer:
                 self._pool_cond.wait_for(lambda: self._pool or self._stop.is_set())
                 deadline = time.monotonic() + max(self.settings.block_interval, backoff)
                 while (len(self._pool) < self.settings.block_max_txs and not self._stop.is_set()
-                       and (left := deadline - time.monotonic()) > 0):
+                       and not self._urgent and (left := deadline - time.monotonic()) > 0):
                     self._pool_cond.wait(left)
+                self._urgent = False
             if self._stop.is_set():
                 return
             try:
@@ -200,6 +216,7 @@ class BlockProducer:
             sealed = {t.hash for t in batch}
             self._pool = [t for t in self._pool if t.hash not in sealed]
             self._pool_hashes -= sealed
+            self._pool_cond.notify_all()  # wakes wait_sealed()
         head = self.ledger.head()
         if block is not None:
             log.debug("sealed block %d with %d transactions", block.height, len(block.transactions))

@@ -11,9 +11,10 @@ transaction that names the AGGREGATEs it combined. With ``openEval`` every edge 
 evaluates H(r+1) with its own head.
 
 A round changes the job's state (global model, round, server-optimiser state) only once its
-GLOBAL_MODEL is submitted, so a round that fails can be run again. ``pause()`` takes effect
-between rounds; ``train()`` resumes at the next round. The job's progress stays in memory and
-its history is on the chain.
+GLOBAL_MODEL is sealed in a block (the global model and the strategy's state are on disk before),
+so a round that fails can be run again, and the job lives on the chain: a restarted entry node
+takes it up where the last sealed GLOBAL_MODEL left it (``recover``), running again the round that
+was under way. ``pause()`` takes effect between rounds; ``train()`` resumes at the next round.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,7 +42,9 @@ from fl.names import COMMON_OPTIONS
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
+from node.roles.checkpoint import JobCheckpoint
 from node.roles.jobs import Job, check_model_update, initial_model, job_payload, sign_order
+from node.roles.membership import edge_member
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, make_header
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
     from node.roles.supernode import Supernode
 
 log = logging.getLogger(__name__)
+
+SEAL_TIMEOUT = 60.0  # how long a round waits for its GLOBAL_MODEL to be in a block
 
 # trainFL(...) keywords that are friendlier than the config keys they stand for
 ALIASES = {"rounds": "gobal_epoch", "clients": "client.amount", "lr": "learn_rate", "batch_size": "BATCH_SIZE",
@@ -68,9 +74,12 @@ class JobState(StrEnum):
 
 
 class Coordinator:
-    def __init__(self, node: Supernode, base_conf: dict[str, Any]) -> None:
+    def __init__(self, node: Supernode, base_conf: dict[str, Any], jobs_dir: Path | None = None) -> None:
+        """``jobs_dir``: where each job's checkpoint is kept (``<home>/jobs``; None: nowhere, a
+        restart does not resume the job)."""
         self.node = node  # the entry Supernode
         self.base_conf = base_conf
+        self.jobs_dir = jobs_dir
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sn-round")
@@ -195,6 +204,76 @@ class Coordinator:
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no job is running (state: {self.state})")
             return self.status()
 
+    def recover(self) -> None:
+        """After a restart: take up the chain's last job where its last sealed GLOBAL_MODEL left
+        it (the global model from this node's models folder, the strategy's server state from the
+        job's checkpoint), and go on with it at the next round, unless the operator had paused
+        it (then ``train()`` resumes it). A round that was under way is run again: its edge nodes
+        retrain it from the head it started from."""
+        store = self.node.ledger.store
+        jobs = store.transactions(kind=TxKind.JOB)
+        if not jobs or jobs[-1][1].sender != self.node.node_id:
+            return
+        job = Job.from_tx(jobs[-1][1])
+        recorded = {tx.payload["round"]: tx for _, tx in store.transactions(kind=TxKind.GLOBAL_MODEL, job_id=job.job_id)}
+        done = max(recorded, default=0)
+        with self._lock:
+            self.job, self.round, self.metrics = job, done, []
+            self.global_tx = recorded.get(done)
+            checkpoint = self._checkpoint()
+            try:
+                self.global_model, self.strategy = self._recovered_model(job, self.global_tx), job.strategy()
+                if self.strategy.state_names and done:
+                    state = checkpoint.strategy_state(done)
+                    if state is None:
+                        raise RuntimeError(f"the {self.strategy.name} server state after round {done} is not in "
+                                           f"{checkpoint.folder}")
+                    self.strategy.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001 - the job cannot go on; say why, keep the node up
+                self.state, self.error = JobState.FAILED, f"cannot resume after a restart: {exc}"
+                log.error("job %s: %s", job.job_id, self.error)
+                return
+            self.node.models.put(self.global_model)
+            self._restore_edge_nodes(job)
+            if done >= job.spec.rounds:
+                self.state = JobState.DONE
+            elif checkpoint.paused():
+                self.state = JobState.PAUSED
+            else:
+                self._launch(wait_for_participants=self.node.settings.dead_after * 5)
+        log.info("job %s recovered from the chain after round %d of %d: %s", job.job_id, done, job.spec.rounds,
+                 self.state)
+
+    def _recovered_model(self, job: Job, global_tx: Transaction | None) -> ReceivedModel:
+        """The job's current global model: the last sealed GLOBAL_MODEL's, else its initial one."""
+        if global_tx is None:
+            data = initial_model(job.spec)
+            return ReceivedModel.of(make_header(self.node.identity, data, job.job_id, 0), data)
+        model = self.node.models.get(global_tx.payload["hash"])
+        if model is None:
+            raise RuntimeError(f"global model {global_tx.payload['hash'][:16]}… of round {global_tx.payload['round']} "
+                               f"is not in this node's models folder")
+        return model
+
+    def _restore_edge_nodes(self, job: Job) -> None:
+        """The job's edge nodes as their last REGISTERs on the chain place them: a restarted entry
+        node knows only the supernodes that report to it, and their heartbeats vouch for edge nodes
+        it already knows."""
+        latest = {tx.sender: tx for _, tx in self.node.ledger.store.transactions(kind=TxKind.REGISTER)
+                  if tx.sender in job.participants}
+        for tx in latest.values():
+            if self.node.members.get(tx.sender) is None:
+                self.node.members.add(edge_member(tx, bytes.fromhex(tx.payload["public_key"]), alive=False))
+
+    def _await_participants(self, job: Job, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every participant is alive again, after a restart."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._pause_requested:
+            alive = {m.node_id for m in self.node.members.of_role("EN", alive_only=True)}
+            if alive >= set(job.participants):
+                return
+            time.sleep(0.2)
+
     def stop(self) -> None:
         """Node shutdown: let the round in progress finish (bounded), then stop."""
         self._pause_requested = True
@@ -216,21 +295,29 @@ class Coordinator:
         return self._evaluate(self.job, self.global_tx)
 
     # --- the round loop ---------------------------------------------------------------------------
-    def _launch(self) -> None:
+    def _launch(self, wait_for_participants: float = 0.0) -> None:
         self.state, self._pause_requested = JobState.RUNNING, False
-        self._thread = threading.Thread(target=self._run, name="job", daemon=True)
+        self._checkpoint().set_paused(False)
+        self._thread = threading.Thread(target=self._run, args=(wait_for_participants,), name="job", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _checkpoint(self) -> JobCheckpoint:
+        assert self.job is not None
+        return JobCheckpoint(self.jobs_dir / self.job.job_id if self.jobs_dir else None)
+
+    def _run(self, wait_for_participants: float = 0.0) -> None:
         job = self.job
         assert job is not None
         try:
+            if wait_for_participants:
+                self._await_participants(job, wait_for_participants)
             while self.round < job.spec.rounds:
                 if self._pause_requested:
                     self._evaluate_pending(job)  # a paused job shows complete metrics
                     with self._lock:
                         if self._pause_requested:
                             self.state, self._pause_requested = JobState.PAUSED, False
+                            self._checkpoint().set_paused(True)
                             log.info("job %s paused after round %d", job.job_id, self.round)
                             return
                 self._round(job, self.round + 1)
@@ -302,9 +389,13 @@ class Coordinator:
         refused = [Transaction.create(TxKind.EXCLUDED, {"job_id": job.job_id, "round": round_number, "node": x.node_id,
                                                         "reason": x.reason[:500]}, node.identity)
                    for x in excluded if x.reason.startswith("its round result was refused")]
-        node.models.put(global_model)
+        node.models.keep(global_model)  # on disk, as the strategy's state: before the chain can hold the round
+        self._checkpoint().save_round(round_number, strategy.state_dict())
         node.submit_all([*refused, global_tx])
-        # recorded: the round is done
+        if not node.producer.wait_sealed(global_tx.hash, SEAL_TIMEOUT):
+            raise RuntimeError(f"round {round_number}'s GLOBAL_MODEL was not sealed in {SEAL_TIMEOUT:.0f} s "
+                               f"(is the ledger database down?)")
+        # recorded: the round is done, and on the chain (the next round starts from what a restart finds)
         self.strategy, self.global_model, self.global_tx, self.round = strategy, global_model, global_tx, round_number
         if current.header.model_hash != global_model.header.model_hash:
             node.models.spill(current.header.model_hash)  # superseded: kept on disk, out of memory

@@ -8,6 +8,7 @@ second spread out instead of all picking the same "least loaded" supernode.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -162,11 +163,13 @@ def register_transaction(identity: Identity, role: str, address: str, supernode:
     return Transaction.create(TxKind.REGISTER, payload, identity)
 
 
-def edge_member(tx: Transaction, key: bytes) -> Member:
-    """The edge node a (checked) REGISTER describes: where it is, its supernode, its datasets."""
+def edge_member(tx: Transaction, key: bytes, alive: bool = True) -> Member:
+    """The edge node a (checked) REGISTER describes: where it is, its supernode, its datasets
+    (``alive``: seen now; else only once a heartbeat, its own or its supernode's, says so)."""
     datasets = tx.payload.get("datasets")
     return Member(tx.sender, "EN", tx.payload["address"], key, supernode=tx.payload.get("supernode", ""),
-                  datasets=None if datasets is None else frozenset(datasets))
+                  datasets=None if datasets is None else frozenset(datasets),
+                  last_seen=time.monotonic() if alive else -math.inf)
 
 
 def check_registration(tx: Transaction) -> bytes:

@@ -54,11 +54,12 @@ class Supernode:
     def __init__(self, identity: Identity, address: str, ledger: Ledger, entry_address: str,
                  is_entry: bool, settings: NodeSettings, model_dir: Path | None = None,
                  job_defaults: dict[str, Any] | None = None, *, credentials: Credentials | None = None,
-                 entry_id: str | None = None, admission: Admission | None = None) -> None:
+                 entry_id: str | None = None, admission: Admission | None = None, jobs_dir: Path | None = None) -> None:
         """``model_dir``: where received models are kept once out of memory (else they are dropped);
         ``job_defaults``: the configuration the entry node's jobs start from; ``credentials``: this
         node's TLS certificate (None: plaintext, ``--insecure``); ``entry_id``: the entry node's id
-        as pinned at enrolment; ``admission``: the entry node's CA and enrolment tokens."""
+        as pinned at enrolment; ``admission``: the entry node's CA and enrolment tokens; ``jobs_dir``: where
+        the entry node keeps its jobs' checkpoints (a restart resumes the job in progress)."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
@@ -82,7 +83,7 @@ class Supernode:
         # the entry node runs jobs (imported here: the coordinator needs this class to exist)
         from node.roles.coordinator import Coordinator
 
-        self.coordinator: Coordinator | None = Coordinator(self, job_defaults or {}) if is_entry else None
+        self.coordinator: Coordinator | None = Coordinator(self, job_defaults or {}, jobs_dir) if is_entry else None
         if self.producer is not None and self.coordinator is not None:
             self.producer.check_claims = self.coordinator.check_claims
 
@@ -96,6 +97,7 @@ class Supernode:
                     f"({self.node_id}); start the entry node with its own --home, or use a fresh --db")
             self.members.add(Member(self.node_id, "SN", self.address, self.identity.public_key))
             self.producer.start()
+            self.coordinator.recover()
         else:
             self._spawn(self._report_loop, "report")
 

@@ -10,12 +10,16 @@ The data shard follows from the job alone: the job's seed and partition, and thi
 in the job's participant list, so every edge node computes only its own part. With
 ``own_data`` (a setting of the job) the node instead uses everything in its ``data_dir`` (its own
 dataset).
+
+A round the entry node orders again (a retry after a failed attempt, or after the entry node
+restarted) is trained again from the head that round started from, so an attempt that did not
+count leaves no trace in the head; an order for an older round is refused.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
 from node.chain.rules import Transaction, TxKind, fixed
+from node.roles.checkpoint import write_atomically
 from node.roles.jobs import Job, OrderLog, read_orders
 from node.net.errors import refuse
 from node.net.streams import chunks, make_header
@@ -47,13 +52,50 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _JobState:
+    """An edge node's part of a job, kept on disk in ``<home>/jobs/<job>/`` so a restart loses
+    nothing: the head after the last round it trained and the head that round started from (a
+    retried round starts from it again), and that round's number."""
+
     job: Job
     index: int
     data: ClientData
     worker: ClientWorker
+    folder: Path
     personal: dict[str, torch.Tensor]
-    personal_path: Path
-    last_round: int = 0  # orders for rounds up to here are replays
+    before: dict[str, torch.Tensor] | None = None  # the head the last trained round started from
+    last_round: int = 0
+
+    def head_for(self, round_number: int) -> dict[str, torch.Tensor]:
+        """The head ``round_number`` starts from: the current one, or for a retry of the last
+        trained round (a new order from the entry node) the one that round started from."""
+        if round_number < self.last_round:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"round {round_number} of {self.job.job_id} is behind this edge node (it trained round "
+                         f"{self.last_round})")
+        return self.before if round_number == self.last_round and self.before is not None else self.personal
+
+    def trained(self, round_number: int, personal: dict[str, torch.Tensor]) -> None:
+        if round_number > self.last_round:
+            self.before = self.personal
+        self.personal, self.last_round = personal, round_number
+        if self.before is not None:
+            write_atomically(self.folder / "personal-before.safetensors", state_to_bytes(self.before))
+        write_atomically(self.folder / "personal.safetensors", state_to_bytes(self.personal))
+        write_atomically(self.folder / "progress.json", json.dumps({"last_round": self.last_round}).encode())
+
+    @classmethod
+    def load(cls, job: Job, index: int, data: ClientData, worker: ClientWorker, folder: Path) -> "_JobState":
+        """The job's state from ``folder`` (a restart), else a fresh head from the job's seed."""
+        path, before = folder / "personal.safetensors", folder / "personal-before.safetensors"
+        if not path.exists():
+            return cls(job, index, data, worker, folder, split_state(worker.model.full_state(), worker.personal_keys))
+        log.info("job %s: resumed personal layers from %s", job.job_id, path)
+        try:
+            last_round = int(json.loads((folder / "progress.json").read_text(encoding="utf-8"))["last_round"])
+        except (OSError, ValueError, KeyError, TypeError):
+            last_round = 0
+        return cls(job, index, data, worker, folder, state_from_bytes(path.read_bytes()),
+                   state_from_bytes(before.read_bytes()) if before.exists() else None, last_round)
 
 
 class EdgeTrainer:
@@ -91,21 +133,16 @@ class EdgeTrainer:
                                      eval=_eval_metrics(ev))
             if orders.seconds_left() < 0:
                 raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"round {round_number} is already past its deadline")
-            before = state.worker.evaluate(state.data, shared, state.personal) if orders.order.evaluate_first else None
-            if round_number <= state.last_round:
-                raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"round {round_number} of {job.job_id} was already trained here (a replayed order?)")
+            head = state.head_for(round_number)
+            before = state.worker.evaluate(state.data, shared, head) if orders.order.evaluate_first else None
             config = orders.authority.payload.get("config", {})  # the strategy's options, signed in the order
             if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the round order's config is not a map of strings")
             try:
-                result = state.worker.train_round(state.index, state.data, round_number, shared, state.personal,
-                                                  config=config)
+                result = state.worker.train_round(state.index, state.data, round_number, shared, head, config=config)
             except ValueError as exc:  # an option this client does not know, or a value out of range
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"round {round_number}'s training options: {exc}") from None
-            state.last_round = round_number
-            state.personal = result.personal
-            _save_atomically(state.personal_path, state_to_bytes(result.personal))
+            state.trained(round_number, result.personal)
             update = state_to_bytes(result.shared)  # only the shared layers ever leave this node
             header = make_header(node.identity, update, job.job_id, round_number, result.stats.num_samples)
         sn = node.supernode
@@ -133,13 +170,8 @@ class EdgeTrainer:
         index = job.participants.index(self.node.node_id)
         data, num_classes = self._load_data(job, index)
         worker = ClientWorker(job.spec, num_classes, self.device)
-        path = self.home / "jobs" / job.job_id / "personal.safetensors"
-        if path.exists():  # a restart: the head trained so far is still ours
-            personal = state_from_bytes(path.read_bytes())
-            log.info("job %s: resumed personal layers from %s", job.job_id, path)
-        else:
-            personal = split_state(worker.model.full_state(), worker.personal_keys)
-        self._jobs = {job.job_id: _JobState(job, index, data, worker, personal, path)}  # one job at a time
+        # one job at a time
+        self._jobs = {job.job_id: _JobState.load(job, index, data, worker, self.home / "jobs" / job.job_id)}
         return self._jobs[job.job_id]
 
     def _load_data(self, job: Job, index: int) -> tuple[ClientData, int]:
@@ -161,8 +193,3 @@ def _eval_metrics(ev: EvalResult) -> pb.EvalMetrics:
     return pb.EvalMetrics(correct=ev.correct, num_samples=ev.num_samples, loss_sum=ev.loss_sum)
 
 
-def _save_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -1,0 +1,45 @@
+"""Jobs survive their entry node: killed (-9) mid-job and restarted with the same home, it takes
+the job up where the chain's last GLOBAL_MODEL left it, the edge nodes reattach, the round that was
+under way is run again (its edge nodes retrain it from the head it started from), and the job
+completes with one GLOBAL_MODEL per round. SQLite and MariaDB ledgers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from base_package import data_pb2 as pb
+from conftest import start_network
+from node.dev.launcher import NodeProcess, wait_until
+from node.net.wire import tx_from_pb
+
+JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "8",
+       "local_epochs": "1", "aggregation": "fedavgm", "strategy": "fedavg"}
+
+
+def _globals(entry: NodeProcess, job_id: str) -> Counter:
+    rounds: Counter = Counter()
+    for height in range(entry.head().height + 1):
+        for tx in map(tx_from_pb, entry.console("GetBlock", pb.BlockRequest(height=height)).transactions):
+            if tx.kind == "GLOBAL_MODEL" and tx.payload["job_id"] == job_id:
+                rounds[tx.payload["round"]] += 1
+    return rounds
+
+
+def test_the_entry_node_killed_mid_job_resumes_it_after_a_restart(tmp_path, db_for, nodes):
+    entry, sn, edges = start_network(tmp_path, db_for, nodes, edge_nodes=4)
+    started = entry.console("StartJob", pb.JobRequest(settings=JOB))
+    wait_until(lambda: entry.console("GetJob").round >= 3, 120, "round 3")
+    entry.kill()
+    nodes.remove(entry)
+    again = NodeProcess(tmp_path, "entry", "SN", is_entry=True, port=entry.port, db=db_for("entry"))
+    nodes.append(again)
+    again.wait_ready()
+    status = again.console("GetJob")
+    assert status.job_id == started.job_id and status.state in ("running", "done") and status.round >= 3, status
+    done = wait_until(lambda: (s := again.console("GetJob")).state in ("done", "failed") and s, 180, "the job")
+    assert done.state == "done", done.error
+    wait_until(lambda: again.status().pending_transactions == 0, 20, "the last records to be sealed")
+    assert _globals(again, started.job_id) == Counter({r: 1 for r in range(1, 9)})
+    assert sum(n.alive for n in again.status().edge_nodes.nodes) == 4
+    verified = again.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
+    assert verified.ok and verified.recompute.ok, verified
