@@ -75,6 +75,7 @@ my_conf: dict[str, Any] = {
     "max_model_mb": 1024,  # the largest model a node accepts over the wire
     "model_store_mb": 10240,  # disk a supernode keeps received models on (<home>/models), newest first
     "round_timeout": 300.0,  # seconds an edge node has for one round before it is left out
+    "round_attempts": 3,  # a round that fails is tried again this many times in all before the job fails
     "torch_threads": 1,  # torch (OpenMP) threads per node process (several nodes often share a host's cores)
     "own_data": False,  # jobs: edge nodes train on everything in their data_dir instead of their job shard
     "max_samples": 100_000,  # own-data jobs: the most training samples an edge node may claim
@@ -135,6 +136,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "max_model_mb": _at_least(1),
     "model_store_mb": _at_least(1),
     "round_timeout": lambda v: None if 0 < v <= 86_400 else "between 0 and 86400 seconds",
+    "round_attempts": lambda v: None if 1 <= v <= 100 else "between 1 and 100",
     "torch_threads": _at_least(1),
     "edge_parallelism": _at_least(0),
     "cert_days": lambda v: None if 1 <= v <= 3650 else "between 1 and 3650 days",

@@ -47,7 +47,7 @@ def read_layout(prefix: bytes, total_size: int) -> dict[str, TensorLayout]:
         raise SerializationError("not a valid safetensors model: truncated header")
     try:
         header = json.loads(prefix[8:end_of_header])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # (JSON nested too deep)
         raise SerializationError(f"not a valid safetensors model: header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise SerializationError("not a valid safetensors model: header is not an object")

@@ -1,7 +1,9 @@
 """Jobs survive their entry node: killed (-9) mid-job and restarted with the same home, it takes
 the job up where the chain's last GLOBAL_MODEL left it, the edge nodes reattach, the round that was
 under way is run again (its edge nodes retrain it from the head it started from), and the job
-completes with one GLOBAL_MODEL per round. SQLite and MariaDB ledgers."""
+completes with one GLOBAL_MODEL per round. SQLite and MariaDB ledgers. Edge nodes that die are
+recorded as absent, with the reason, in every round they miss; a round that fails (none left) is
+recorded (ROUND_FAILED) and tried again; edge nodes that come back train again."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections import Counter
 
 from base_package import data_pb2 as pb
 from conftest import start_network
+from node.chain.identity import Identity
 from node.dev.launcher import NodeProcess, wait_until
 from node.net.wire import tx_from_pb
 
@@ -43,3 +46,41 @@ def test_the_entry_node_killed_mid_job_resumes_it_after_a_restart(tmp_path, db_f
     assert sum(n.alive for n in again.status().edge_nodes.nodes) == 4
     verified = again.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
     assert verified.ok and verified.recompute.ok, verified
+
+
+def _records(entry: NodeProcess, job_id: str) -> list:
+    return [tx for height in range(entry.head().height + 1)
+            for tx in map(tx_from_pb, entry.console("GetBlock", pb.BlockRequest(height=height)).transactions)
+            if tx.payload.get("job_id") == job_id]
+
+
+def test_absent_edge_nodes_are_recorded_every_round_and_a_failed_round_is_retried(tmp_path, nodes):
+    entry, sn, edges = start_network(tmp_path, lambda name: None, nodes, edge_nodes=4)
+    ids = [Identity.load_or_create(e.home).node_id for e in edges]
+    started = entry.console("StartJob", pb.JobRequest(settings={**JOB, "rounds": "30", "aggregation": "mean",
+                                                                "round_attempts": "8"}))
+    killed_at = wait_until(lambda: (r := entry.console("GetJob").round) >= 2 and r, 120, "round 2")
+    for edge in edges[:2]:  # two edge nodes die: the others go on
+        edge.kill()
+    wait_until(lambda: entry.console("GetJob").round >= killed_at + 3, 120, "rounds without them")
+    for edge in edges[2:]:  # then all of them: a round fails, and is tried again
+        edge.kill()
+    wait_until(lambda: any(t.kind == "ROUND_FAILED" for t in _records(entry, started.job_id)), 60, "a failed attempt")
+    for edge in edges:
+        nodes.remove(edge)
+    back = [NodeProcess(tmp_path, edge.name, "EN", entry=entry.address, port=edge.port) for edge in edges]
+    nodes.extend(back)
+    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 240, "the job")
+    assert done.state == "done", done.error
+    wait_until(lambda: entry.status().pending_transactions == 0, 20, "the last records to be sealed")
+    records = _records(entry, started.job_id)
+    failed = [t for t in records if t.kind == "ROUND_FAILED"]
+    assert failed and all("no edge node returned a usable update" in t.payload["reason"] for t in failed)
+    assert _globals(entry, started.job_id) == Counter({r: 1 for r in range(1, 31)})
+    for node_id in ids:  # every round: an update, or an exclusion with its reason
+        trained = {t.payload["round"] for t in records if t.kind == "MODEL_UPDATE" and t.sender == node_id}
+        absent = {t.payload["round"] for t in records if t.kind == "EXCLUDED" and t.payload["node"] == node_id}
+        assert trained | absent >= set(range(1, 31)), (node_id, sorted(set(range(1, 31)) - trained - absent))
+        assert 30 in trained  # back, and training again
+    reasons = {t.payload["reason"].split(":")[0] for t in records if t.kind == "EXCLUDED" and t.payload["node"] in ids[:2]}
+    assert reasons & {"dead", "UNAVAILABLE", "missed the round deadline"}, reasons

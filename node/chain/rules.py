@@ -43,6 +43,7 @@ class TxKind(StrEnum):
     EXCLUDED = "EXCLUDED"  # a node left out of a round, and why
     ENROLL = "ENROLL"  # the operator admitted a node (its key and role) and certified its TLS key
     REVOKE = "REVOKE"  # the operator expelled a node: nothing of it is valid from here on
+    ROUND_FAILED = "ROUND_FAILED"  # an attempt at a round failed, and why; the entry node tries it again
 
 
 # Required payload fields and their types, per kind; other fields may be added freely.
@@ -59,6 +60,7 @@ PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
     TxKind.EXCLUDED: {"job_id": _STR, "round": _INT, "node": _STR, "reason": _STR},
     TxKind.ENROLL: {"node": _STR, "public_key": _HASH, "role": _STR, "token": _STR, "certificate": _HASH},
     TxKind.REVOKE: {"node": _STR, "reason": _STR},
+    TxKind.ROUND_FAILED: {"job_id": _STR, "round": _INT, "attempt": _INT, "reason": _STR},
 }
 # Optional fields, checked when present. An AGGREGATE has a partial (its hash) only when the job's
 # rule decomposes (a mean); for a median or Krum it lists the updates it checked.
@@ -71,7 +73,8 @@ HASH_LISTS = {(TxKind.AGGREGATE, "updates"), (TxKind.GLOBAL_MODEL, "aggregates")
 ROLES = ("SN", "EN")
 # Who may send what: the entry node (the proposer) runs jobs and admits or expels nodes,
 # supernodes aggregate and report, edge nodes send updates; an enrolled node registers itself.
-PROPOSER_KINDS = {TxKind.JOB, TxKind.ROUND, TxKind.GLOBAL_MODEL, TxKind.SAVE, TxKind.ENROLL, TxKind.REVOKE}
+PROPOSER_KINDS = {TxKind.JOB, TxKind.ROUND, TxKind.GLOBAL_MODEL, TxKind.SAVE, TxKind.ENROLL, TxKind.REVOKE,
+                  TxKind.ROUND_FAILED}
 KIND_ROLES: dict[TxKind, str] = {TxKind.AGGREGATE: "SN", TxKind.EXCLUDED: "SN", TxKind.SCORE: "SN",
                                  TxKind.MODEL_UPDATE: "EN"}
 MAX_INT = 2**53  # exact in every JSON reader

@@ -21,6 +21,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # servers take those pings (by default they allow one per 5 minutes, then answer GOAWAY
+    # "too_many_pings" and a call on the idle channel fails UNAVAILABLE)
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.max_ping_strikes", 0),
     # reused channels must find a restarted peer quickly (the default back-off grows to 120 s)
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 5000),

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEAL_TIMEOUT = 60.0  # how long a round waits for its GLOBAL_MODEL to be in a block
+RETRY_CAP_S = 30.0  # the longest wait before another attempt at a failed round (2, 4, 8 … s)
 
 # trainFL(...) keywords that are friendlier than the config keys they stand for
 ALIASES = {"rounds": "gobal_epoch", "clients": "client.amount", "lr": "learn_rate", "batch_size": "BATCH_SIZE",
@@ -93,6 +94,7 @@ class Coordinator:
         self.global_tx: Transaction | None = None
         self._unevaluated: pb.RoundMetrics | None = None  # the last round, until its model is evaluated
         self._pause_requested = False
+        self._stop_waiting = threading.Event()  # ends the wait before another attempt (pause, shutdown)
         self.delivered = Deliveries()  # which supernode holds which model
 
     # --- console commands -------------------------------------------------------------------------
@@ -188,6 +190,7 @@ class Coordinator:
                 return self.status()
             if self.state == JobState.PAUSING:  # the pause has not taken effect yet: cancel it
                 self._pause_requested, self.state = False, JobState.RUNNING
+                self._stop_waiting.clear()
                 return self.status()
             if self.job is not None and self.state in (JobState.PAUSED, JobState.FAILED):
                 self._pause_requested = False
@@ -199,6 +202,7 @@ class Coordinator:
         with self._lock:
             if self.state == JobState.RUNNING:
                 self._pause_requested = True
+                self._stop_waiting.set()
                 self.state = JobState.PAUSING
             elif self.state not in (JobState.PAUSING, JobState.PAUSED):
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no job is running (state: {self.state})")
@@ -277,6 +281,7 @@ class Coordinator:
     def stop(self) -> None:
         """Node shutdown: let the round in progress finish (bounded), then stop."""
         self._pause_requested = True
+        self._stop_waiting.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -297,6 +302,7 @@ class Coordinator:
     # --- the round loop ---------------------------------------------------------------------------
     def _launch(self, wait_for_participants: float = 0.0) -> None:
         self.state, self._pause_requested = JobState.RUNNING, False
+        self._stop_waiting.clear()
         self._checkpoint().set_paused(False)
         self._thread = threading.Thread(target=self._run, args=(wait_for_participants,), name="job", daemon=True)
         self._thread.start()
@@ -311,6 +317,7 @@ class Coordinator:
         try:
             if wait_for_participants:
                 self._await_participants(job, wait_for_participants)
+            attempt = 1
             while self.round < job.spec.rounds:
                 if self._pause_requested:
                     self._evaluate_pending(job)  # a paused job shows complete metrics
@@ -320,30 +327,65 @@ class Coordinator:
                             self._checkpoint().set_paused(True)
                             log.info("job %s paused after round %d", job.job_id, self.round)
                             return
-                self._round(job, self.round + 1)
+                try:
+                    self._round(job, self.round + 1, attempt)
+                    attempt = 1
+                except Exception as exc:  # noqa: BLE001 - recorded, then tried again (or the job fails)
+                    self._record_failure(job, self.round + 1, attempt, exc)
+                    if attempt >= job.round_attempts:
+                        raise RuntimeError(f"{attempt} attempt(s) failed; the last: {exc}") from exc
+                    attempt += 1
+                    self._stop_waiting.wait(min(RETRY_CAP_S, 2.0 ** attempt))  # (pause() ends the wait)
             self._evaluate_pending(job)
             with self._lock:
                 self.state = JobState.DONE
             log.info("job %s done after %d rounds", job.job_id, self.round)
         except Exception as exc:  # noqa: BLE001 - report it; the job can be resumed
-            log.exception("job %s failed in round %d", job.job_id, self.round + 1)
+            log.error("job %s failed in round %d: %s", job.job_id, self.round + 1, exc)
             with self._lock:
                 self.state, self.error = JobState.FAILED, f"round {self.round + 1}: {exc}"
 
-    def _round(self, job: Job, round_number: int) -> None:
+    def _absence(self, edge_id: str, lost: dict[str, str]) -> str:
+        """Why a participant that no supernode reported on is absent from a round."""
+        members = self.node.members
+        member = members.get(edge_id)
+        supernode = members.get(member.supernode) if member is not None else None
+        if member is None or supernode is None:
+            return "unreachable: not registered with any supernode of the network"
+        if member.supernode in lost:
+            return f"its supernode {member.supernode} was lost for the round: {lost[member.supernode]}"
+        if not members.alive(supernode):
+            return f"its supernode {member.supernode} is lost: no heartbeat for more than {self.node.settings.dead_after:g} s"
+        if not members.alive(member):
+            return f"dead: no sign of life for more than {self.node.settings.dead_after:g} s"
+        return f"not reached: its supernode {member.supernode} did not report it"
+
+    def _record_failure(self, job: Job, round_number: int, attempt: int, exc: Exception) -> None:
+        """A ROUND_FAILED on the chain: which attempt at which round failed, and why."""
+        reason = status_for(exc)[1] if not isinstance(exc, RuntimeError) else str(exc)
+        log.warning("job %s round %d attempt %d failed: %s", job.job_id, round_number, attempt, reason)
+        try:
+            self.node.submit(Transaction.create(TxKind.ROUND_FAILED, {
+                "job_id": job.job_id, "round": round_number, "attempt": attempt, "reason": reason[:1000]},
+                self.node.identity))
+        except Exception as failed:  # noqa: BLE001 - the pool refused it: the log keeps it
+            log.error("could not record the failure of round %d: %s", round_number, failed)
+
+    def _round(self, job: Job, round_number: int, attempt: int = 1) -> None:
         """One round. With openEval, the edge nodes first evaluate the model they receive (the
         previous round's result) with their own head, in the same call as training: one fan-out
         per round instead of two. The last round's model is evaluated on its own at the end."""
         started = time.perf_counter()
         node, current = self.node, self.global_model
         assert current is not None and self.strategy is not None
-        order_payload = {"job_id": job.job_id, "round": round_number, "global_hash": current.header.model_hash}
+        order_payload = {"job_id": job.job_id, "round": round_number, "global_hash": current.header.model_hash,
+                         "attempt": attempt}
         if config := self.strategy.configure_train(round_number):  # the clients' options, signed into the order
             order_payload["config"] = config
         order = Transaction.create(TxKind.ROUND, order_payload, node.identity)
         node.submit(order)
         evaluate_first = job.evaluate_every_round and self._unevaluated is not None
-        results = self._fan_out(job, order, current, evaluate_first=evaluate_first)
+        results, lost = self._fan_out(job, order, current, evaluate_first=evaluate_first)
         if evaluate_first:  # this round's exclusions are its own, not the previous round's
             report = _eval_report(job, round_number - 1, results)
             del report.excluded[:]
@@ -353,7 +395,8 @@ class Coordinator:
         # be run again (train()) from where it started, server-optimiser state included
         strategy = copy.deepcopy(self.strategy)
         reference = state_views(current.data)
-        excluded: list[pb.Exclusion] = []
+        excluded: list[pb.Exclusion] = []  # as the supernodes report them (on the chain from them)
+        mine: list[pb.Exclusion] = []  # the entry node's own findings (on the chain from it)
         aggregates, parts, edges = [], [], []
         for sn, result in results:
             excluded.extend(result.excluded)
@@ -364,11 +407,15 @@ class Coordinator:
             except Exception as exc:  # noqa: BLE001 - a supernode whose result does not hold is left out
                 reason = f"its round result was refused: {status_for(exc)[1]}"
                 log.warning("job %s round %d: supernode %s left out: %s", job.job_id, round_number, sn.node_id, reason)
-                excluded.append(pb.Exclusion(node_id=sn.node_id, reason=reason))
+                mine.append(pb.Exclusion(node_id=sn.node_id, reason=reason))
+                lost[sn.node_id] = reason
                 continue
             aggregates.append(aggregate)
             parts.append(part)
             edges.extend(result.edges)
+        accounted = {e.node_id for e in edges} | {x.node_id for x in excluded}
+        mine += [pb.Exclusion(node_id=n, reason=self._absence(n, lost)) for n in job.participants if n not in accounted]
+        excluded += mine
         if not parts:
             raise RuntimeError("no edge node returned a usable update: " +
                                ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
@@ -387,8 +434,7 @@ class Coordinator:
             "aggregates": sorted(a.hash for a in aggregates),  # exactly what was combined: what an audit uses
             "metrics": {"train_loss": fixed(train_loss), "updates": str(len(edges))}}, node.identity)
         refused = [Transaction.create(TxKind.EXCLUDED, {"job_id": job.job_id, "round": round_number, "node": x.node_id,
-                                                        "reason": x.reason[:500]}, node.identity)
-                   for x in excluded if x.reason.startswith("its round result was refused")]
+                                                        "reason": x.reason[:500]}, node.identity) for x in mine]
         node.models.keep(global_model)  # on disk, as the strategy's state: before the chain can hold the round
         self._checkpoint().save_round(round_number, strategy.state_dict())
         node.submit_all([*refused, global_tx])
@@ -501,24 +547,27 @@ class Coordinator:
         model = self.node.models.get(global_tx.payload["hash"])
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "the global model is no longer held")
-        return _eval_report(job, global_tx.payload["round"], self._fan_out(job, global_tx, model))
+        return _eval_report(job, global_tx.payload["round"], self._fan_out(job, global_tx, model)[0])
 
     def _fan_out(self, job: Job, authority: Transaction, model: ReceivedModel,
-                 evaluate_first: bool = False) -> list[tuple[Any, pb.SupernodeResult]]:
+                 evaluate_first: bool = False) -> tuple[list[tuple[Any, pb.SupernodeResult]], dict[str, str]]:
         """Run the round (``authority`` a ROUND) or evaluation (a GLOBAL_MODEL) on every alive
-        supernode, this one included, under one signed order."""
+        supernode, this one included, under one signed order: the results, and why each supernode
+        that gave none failed."""
         node = self.node
         order = sign_order(node.identity, job, authority, now_ms() + int(job.round_timeout * 1000), evaluate_first)
         request = pb.RoundRequest(job=tx_to_pb(job.tx), authority=tx_to_pb(authority), order=order)
         supernodes = node.members.of_role("SN", alive_only=True)
         futures = [(sn, self._pool.submit(self._run_on, sn, request, model)) for sn in supernodes]
-        results = []
+        results, lost = [], {}
         for sn, future in futures:
             try:
                 results.append((sn, future.result()))
             except Exception as exc:  # noqa: BLE001 - a supernode that fails is left out of this round
-                log.warning("supernode %s failed the round: %s", sn.node_id[:8], exc)
-        return results
+                lost[sn.node_id] = status_for(exc)[1] if not isinstance(exc, grpc.RpcError) else \
+                    f"{exc.code().name}: {exc.details()}"
+                log.warning("supernode %s failed the round: %s", sn.node_id[:8], lost[sn.node_id])
+        return results, lost
 
     def _run_on(self, sn: Any, request: pb.RoundRequest, model: ReceivedModel) -> pb.SupernodeResult:
         node = self.node
@@ -568,5 +617,5 @@ def _job_defaults(conf: dict[str, Any]) -> dict[str, Any]:
     keys = ("client.amount", "local_epoch", "gobal_epoch", "openEval", "dataset", "learn_rate", "BATCH_SIZE",
             "strategy", "aggregation", "model", "head_layers", "momentum", "partition", "classes_per_client",
             "dirichlet_alpha", "train_fraction", "seed", "round_timeout", "own_data", "max_samples",
-            "recompute_partials")
+            "recompute_partials", "round_attempts")
     return {k: conf[k] for k in keys}

@@ -29,7 +29,7 @@ from fl.federation import ClientWorker, JobSpec, split_state
 from fl.serialize import state_to_bytes
 from fl.strategy import InvalidUpdate, Strategy, strategy_for_job
 from node.chain.identity import Identity, verify_signature
-from node.chain.rules import Transaction, TxKind, check_payload, now_ms
+from node.chain.rules import InvalidTransaction, Transaction, TxKind, check_payload, now_ms
 from node.net.errors import refuse
 from node.net.wire import signed_fields, tx_from_pb
 
@@ -61,6 +61,7 @@ class Job:
     own_data: bool = False  # edge nodes train on their own data: their sample counts are only capped
     max_samples: int = 0  # that cap (0: none; jobs recorded before it existed)
     recompute_partials: bool = False  # the entry node re-sums every partial from the updates it lists
+    round_attempts: int = 1  # attempts at a round before the job fails
 
     def strategy(self) -> Strategy:
         """A fresh instance of the job's strategy (its rule, sharing and options from the JOB)."""
@@ -71,8 +72,19 @@ class Job:
 
     @classmethod
     def from_tx(cls, tx: Transaction) -> "Job":
+        """The job a JOB transaction describes; INVALID_ARGUMENT when its payload is not one."""
+        try:
+            check_payload(tx)
+            return cls._parse(tx)
+        except (InvalidTransaction, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the JOB transaction is not a job: {exc!r}"[:500]) from None
+
+    @classmethod
+    def _parse(cls, tx: Transaction) -> "Job":
         p = tx.payload
         options = p.get("options", {})
+        if not isinstance(options, Mapping):
+            raise TypeError("its options are not a map")
         participants = p.get("participants")
         if not isinstance(participants, list) or not all(isinstance(x, str) for x in participants):
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the JOB transaction lists no participants")
@@ -83,7 +95,7 @@ class Job:
         return cls(p["job_id"], spec_from_payload(p["spec"]), tuple(participants),
                    bool(options.get("openEval", True)), float(options.get("round_timeout", "300")), tx,
                    samples, bool(options.get("own_data", False)), int(options.get("max_samples", 0)),
-                   bool(options.get("recompute_partials", False)))
+                   bool(options.get("recompute_partials", False)), int(options.get("round_attempts", 1)))
 
     def check_samples(self, node_id: str, claimed: int) -> None:
         """Refuse a sample count the job does not allow: in shard mode the count follows from the
@@ -127,7 +139,8 @@ def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[
     payload = {"job_id": job_id, "spec": spec_to_payload(spec), "participants": sorted(participants),
                "options": {"openEval": conf["openEval"], "round_timeout": repr(float(conf["round_timeout"])),
                            "own_data": bool(conf["own_data"]), "max_samples": int(conf["max_samples"]),
-                           "recompute_partials": bool(conf["recompute_partials"])}}
+                           "recompute_partials": bool(conf["recompute_partials"]),
+                           "round_attempts": int(conf["round_attempts"])}}
     if samples is not None:
         payload["samples"] = dict(zip(sorted(participants), samples))
     return payload
@@ -228,6 +241,10 @@ def read_orders(request: pb.RoundRequest, entry_id: str, entry_key: bytes, log: 
     GLOBAL_MODEL to evaluate) and a fresh order to act on them now, that this node has not acted
     on that order before, and read them. Supernodes and edge nodes act on nothing else."""
     job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
+    try:
+        check_payload(authority)
+    except InvalidTransaction as exc:
+        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the round's {authority.kind} is malformed: {exc}") from None
     check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
     check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), entry_id, entry_key)
     job = Job.from_tx(job_tx)
