@@ -207,13 +207,14 @@ class Guard(grpc.ServerInterceptor):
         raise ValueError(f"{method}: bidirectional streams are not part of the contract")
 
 
-MAX_REASON = 1000  # characters of a refusal's reason sent and logged (it may quote what the caller sent)
+MAX_REASON = 1000  # UTF-8 bytes of a refusal's reason sent and logged (it may quote what the caller sent;
+                   # gRPC percent-encodes other bytes than ASCII, and refuses a status over 16 KiB)
 
 
 def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     code, message = status_for(exc)
-    if len(message) > MAX_REASON:
-        message = message[:MAX_REASON] + "…"
+    if len(message.encode()) > MAX_REASON:
+        message = message.encode()[:MAX_REASON].decode(errors="ignore") + "…"
     if code == grpc.StatusCode.INTERNAL and not isinstance(exc, ServiceError):
         log.exception("%s failed", method)
     elif code in _CALLER_FAULTS:
