@@ -256,7 +256,8 @@ def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], ident
     store = LedgerStore(ledger_url(args.db, home, f"sn_{identity.node_id[:16]}"))
     closers.append(store.close)
     node = Supernode(identity, address, Ledger(store), args.entry, args.is_entry, settings, home / "models", conf,
-                     credentials=credentials, entry_id=pin.entry_id, admission=admission, jobs_dir=home / "jobs")
+                     credentials=credentials, entry_id=pin.entry_id, admission=admission, jobs_dir=home / "jobs",
+                     genesis_hash=pin.genesis_hash)
     if args.is_entry:
         token, created = load_or_create_token(home)
         node.admin_token_hash = token_hash(token)

@@ -27,7 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, action="append", default=[],
                         help="a folder holding recorded models (a supernode's <home>/models); give one per "
                              "supernode to check every round offline")
+    parser.add_argument("--genesis", default="",
+                        help="the genesis block hash the chain must start with (default: the one pinned in "
+                             "--home's tls/network.json, if given)")
+    parser.add_argument("--home", type=Path, help="a node's home: its pinned genesis block is checked")
     args = parser.parse_args(argv)
+    if args.home and not args.genesis:
+        from node.roles.enrolment import NetworkPin
+
+        pin = NetworkPin.load(args.home)
+        args.genesis = pin.genesis_hash if pin is not None else ""
     if args.recompute and (not args.models or not all(folder.is_dir() for folder in args.models)):
         parser.error("--recompute needs --models DIR (a supernode's models folder; repeat it for each supernode)")
     url = make_url(args.db)
@@ -35,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no ledger database at {url.database!r}")
     store = LedgerStore(args.db, create=False)
     try:
-        report = verify_chain(store, signatures=not args.no_signatures)
+        report = verify_chain(store, signatures=not args.no_signatures, genesis_hash=args.genesis)
         print(report)
         if not args.recompute:
             return 0 if report.ok else 1

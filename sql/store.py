@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -291,6 +291,11 @@ class LedgerStore:
                 return
             start = chunk[-1].block.height + 1
 
+    def derived_differences(self, limit: int = 5) -> list[str]:
+        """Where the tables built from the chain (nodes, enrolments, jobs, rounds, model records)
+        differ from what its blocks derive (see :func:`derived_mismatches`)."""
+        return derived_mismatches(self.engine, self.iter_stored_blocks(), limit)
+
     def count_blocks(self) -> int:
         return self._read(lambda c: c.execute(select(func.count()).select_from(blocks)).scalar_one(), "count blocks")
 
@@ -358,12 +363,63 @@ def _write_block(conn: Connection, block: Block) -> None:
         {"hash": tx.hash, "block_height": block.height, "position": i, "kind": tx.kind, "sender": tx.sender,
          "payload": _payload_text(tx), "timestamp": tx.timestamp, "signature": tx.signature.hex()}
         for i, tx in enumerate(block.transactions)])
-    records = [_model_record_row(block.height, tx) for tx in block.transactions
+    _derive(conn, block.height, block.transactions)
+
+
+def _derive(conn: Connection, height: int, txs: Sequence[Transaction]) -> None:
+    """The derived tables' rows for one block's transactions: what storing a block writes, and
+    what ``verify`` writes again into a scratch database to compare."""
+    records = [_model_record_row(height, tx) for tx in txs
                if tx.kind in MODEL_KINDS and "hash" in tx.payload]  # an AGGREGATE of a median names no model
     if records:
         conn.execute(insert(model_records), records)
-    for tx in block.transactions:
-        _index(conn, block.height, tx)
+    for tx in txs:
+        _index(conn, height, tx)
+
+
+DERIVED_TABLES = (nodes, enrolments, jobs, rounds, model_records)
+
+
+def derived_mismatches(store_engine: Engine, stored: Iterable[StoredBlock], limit: int = 5) -> list[str]:
+    """Where the derived tables in ``store_engine`` differ from what ``stored`` (the chain's
+    blocks, in order, already verified) derives: each table rebuilt in a scratch in-memory
+    database by the very code that wrote it, then compared row by row (at most ``limit``)."""
+    scratch = create_engine("sqlite://")
+    try:
+        metadata.create_all(scratch, tables=list(DERIVED_TABLES))
+        with scratch.begin() as conn:
+            for block in stored:
+                _derive(conn, block.block.height, block.block.transactions)
+        found: list[str] = []
+        with scratch.connect() as expected_conn, store_engine.connect() as actual_conn:
+            for table in DERIVED_TABLES:
+                found += _table_differences(table, expected_conn, actual_conn)
+                if len(found) >= limit:
+                    break
+        return found[:limit]
+    finally:
+        scratch.dispose()
+
+
+def _table_differences(table: Any, expected_conn: Connection, actual_conn: Connection) -> list[str]:
+    key = [c.name for c in table.primary_key.columns]
+
+    def rows(conn: Connection) -> dict[tuple, dict[str, Any]]:
+        return {tuple(r._mapping[k] for k in key): dict(r._mapping) for r in conn.execute(select(table)).all()}
+
+    def where(pk: tuple) -> str:
+        return ", ".join(f"{k}={v}" for k, v in zip(key, pk))
+
+    expected, actual = rows(expected_conn), rows(actual_conn)
+    found = [f"table {table.name}: row {where(pk)} follows from the chain but is missing"
+             for pk in expected if pk not in actual]
+    found += [f"table {table.name}: row {where(pk)} is not on the chain" for pk in actual if pk not in expected]
+    for pk in sorted(expected.keys() & actual.keys()):
+        for column, value in expected[pk].items():
+            if actual[pk][column] != value:
+                found.append(f"table {table.name}: row {where(pk)}: {column} is {actual[pk][column]!r}, "
+                             f"the chain says {value!r}")
+    return found
 
 
 def _model_record_row(height: int, tx: Transaction) -> dict[str, Any]:

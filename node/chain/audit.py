@@ -38,7 +38,7 @@ class VerifyReport:
 
     def __str__(self) -> str:
         if not self.ok:
-            return f"BAD at height {self.bad_height}: {self.reason}"
+            return f"BAD at height {self.bad_height}: {self.reason}" if self.bad_height is not None else f"BAD: {self.reason}"
         if self.head is None:
             return "OK: the chain is empty"
         return (f"OK: {self.blocks} blocks, {self.transactions} transactions, "
@@ -71,11 +71,30 @@ class _Walk:
     transactions: int = 0
 
 
-def verify_chain(store: BlockStore, *, signatures: bool = True, threads: int | None = None) -> VerifyReport:
-    """Audit the whole chain in ``store``; ``signatures=False`` skips only the Ed25519 checks.
+def verify_chain(store: BlockStore, *, signatures: bool = True, threads: int | None = None,
+                 genesis_hash: str = "") -> VerifyReport:
+    """Audit the whole chain in ``store``; ``signatures=False`` skips only the Ed25519 checks;
+    ``genesis_hash``: the genesis block pinned at enrolment (another one is another network).
+    Once every block holds, the tables built from the chain (nodes, enrolments, jobs, rounds,
+    model records) are derived again from it and compared with the stored ones.
 
     The structural pass runs on this thread while earlier batches' signatures are checked on the
     pool; results are read back in chain order, so the lowest bad height is the one reported."""
+    genesis = store.block_hash(0)
+    if genesis_hash and genesis is not None and genesis != genesis_hash:
+        return VerifyReport(False, 0, 0, None, 0, f"the genesis block {genesis[:16]}… is not the one pinned at "
+                                                   f"enrolment ({genesis_hash[:16]}…): another network")
+    report = _verify_blocks(store, signatures, threads)
+    if not report.ok:
+        return report
+    differences = store.derived_differences()
+    if differences:
+        return VerifyReport(False, report.blocks, report.transactions, report.head, None,
+                            "the tables built from the chain differ from it: " + "; ".join(differences))
+    return report
+
+
+def _verify_blocks(store: BlockStore, signatures: bool, threads: int | None) -> VerifyReport:
     walk = _Walk()
     blocks = store.iter_stored_blocks(batch=BATCH_BLOCKS)
     pending: deque[Future[list[_SignatureCheck]]] = deque()

@@ -186,7 +186,7 @@ class ConsoleService(rpc_pb.ConsoleServicer):
 
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyReply:
         store = self.node.ledger.store
-        report = verify_chain(store)
+        report = verify_chain(store, genesis_hash=self.node.genesis_hash)
         reply = pb.VerifyReply(ok=report.ok, blocks=report.blocks, transactions=report.transactions,
                                head=head_to_pb(report.head),
                                bad_height=-1 if report.bad_height is None else report.bad_height, reason=report.reason)

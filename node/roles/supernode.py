@@ -54,12 +54,14 @@ class Supernode:
     def __init__(self, identity: Identity, address: str, ledger: Ledger, entry_address: str,
                  is_entry: bool, settings: NodeSettings, model_dir: Path | None = None,
                  job_defaults: dict[str, Any] | None = None, *, credentials: Credentials | None = None,
-                 entry_id: str | None = None, admission: Admission | None = None, jobs_dir: Path | None = None) -> None:
+                 entry_id: str | None = None, admission: Admission | None = None, jobs_dir: Path | None = None,
+                 genesis_hash: str = "") -> None:
         """``model_dir``: where received models are kept once out of memory (else they are dropped);
         ``job_defaults``: the configuration the entry node's jobs start from; ``credentials``: this
         node's TLS certificate (None: plaintext, ``--insecure``); ``entry_id``: the entry node's id
         as pinned at enrolment; ``admission``: the entry node's CA and enrolment tokens; ``jobs_dir``: where
-        the entry node keeps its jobs' checkpoints (a restart resumes the job in progress)."""
+        the entry node keeps its jobs' checkpoints (a restart resumes the job in progress);
+        ``genesis_hash``: the genesis block pinned at enrolment, which ``verify`` checks."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
@@ -68,6 +70,7 @@ class Supernode:
         self.is_entry = is_entry
         self.settings = settings
         self.entry_id: str | None = identity.node_id if is_entry else entry_id
+        self.genesis_hash = genesis_hash
         self.members = Members(settings.dead_after, identity.node_id)
         self.models = ModelCache(2 * settings.max_model_bytes, model_dir, settings.model_store_bytes)
         self.supernode_view = pb.NodeList()  # the entry node's list, as last broadcast to us
