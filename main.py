@@ -77,6 +77,8 @@ def build_token_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=("SN", "EN"), default="EN", type=str.upper)
     p.add_argument("--uses", type=int, default=1, help="how many nodes may enrol with it")
     p.add_argument("--hours", type=float, default=24.0, help="how long it is valid")
+    p.add_argument("--max-samples", type=int, default=0,
+                   help="edge nodes: the most training samples each may claim in own-data jobs (0: the job's cap only)")
     return p
 
 
@@ -87,7 +89,8 @@ def token(argv: list[str]) -> int:
     if args.enrol_port is None and args.port is None:
         raise ConfigError("give the entry node's --port (or its --enrol-port): the token tells nodes where to enrol")
     try:
-        made = offline_token(args.home, args.role, args.uses, args.hours, args.enrol_port or enrol_port_for(args.port))
+        made = offline_token(args.home, args.role, args.uses, args.hours, args.enrol_port or enrol_port_for(args.port),
+                             args.max_samples)
     except EnrolmentError as exc:
         raise ConfigError(str(exc)) from None
     print(made)

@@ -327,28 +327,32 @@ class EnrolReply(_message.Message):
     def __init__(self, certificate: _Optional[bytes] = ..., role: _Optional[str] = ..., network: _Optional[_Union[NetworkInfo, _Mapping]] = ...) -> None: ...
 
 class EnrolmentRequest(_message.Message):
-    __slots__ = ("role", "uses", "hours")
+    __slots__ = ("role", "uses", "hours", "max_samples")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     USES_FIELD_NUMBER: _ClassVar[int]
     HOURS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     role: str
     uses: int
     hours: float
-    def __init__(self, role: _Optional[str] = ..., uses: _Optional[int] = ..., hours: _Optional[float] = ...) -> None: ...
+    max_samples: int
+    def __init__(self, role: _Optional[str] = ..., uses: _Optional[int] = ..., hours: _Optional[float] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class EnrolmentToken(_message.Message):
-    __slots__ = ("token", "token_id", "role", "uses", "expires_ms")
+    __slots__ = ("token", "token_id", "role", "uses", "expires_ms", "max_samples")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     USES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     token: str
     token_id: str
     role: str
     uses: int
     expires_ms: int
-    def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., role: _Optional[str] = ..., uses: _Optional[int] = ..., expires_ms: _Optional[int] = ...) -> None: ...
+    max_samples: int
+    def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., role: _Optional[str] = ..., uses: _Optional[int] = ..., expires_ms: _Optional[int] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class EnrolledNode(_message.Message):
     __slots__ = ("node_id", "role", "token_id", "enrolled_height", "revoked", "reason")

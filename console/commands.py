@@ -284,11 +284,12 @@ def verify(session: Session, recompute: bool = False) -> bool:
     return r.ok and c.ok
 
 
-@command("enrol(role='EN', uses=1, hours=24)",
-         "make an enrolment token for new supernodes (SN) or edge nodes (EN); entry node only")
-def enrol(session: Session, role: str = "EN", uses: int = 1, hours: float = 24.0) -> bool:
+@command("enrol(role='EN', uses=1, hours=24, max_samples=0)",
+         "make an enrolment token for new supernodes (SN) or edge nodes (EN), max_samples capping what each "
+         "edge node may claim in own-data jobs; entry node only")
+def enrol(session: Session, role: str = "EN", uses: int = 1, hours: float = 24.0, max_samples: int = 0) -> bool:
     t = session.client.call("CreateEnrolment", pb.EnrolmentRequest(role=str(role).upper(), uses=int(uses),
-                                                                     hours=float(hours)))
+                                                                     hours=float(hours), max_samples=int(max_samples)))
     expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_ms / 1000))
     session.out.print(f"token {t.token_id}: enrols {t.uses} {t.role} node(s) until {expires} UTC; start each with\n"
                       f"  --token {t.token}\n(or FEDLEDGER_ENROL_TOKEN); it is shown only now", soft_wrap=True)

@@ -47,6 +47,14 @@ def test_the_job_records_each_shard_size_and_refuses_other_claims():
     check_model_update(_update(ordered[0], 500), own, 1, ordered[0].public_key)
     with pytest.raises(InvalidUpdate, match="at most 500 per edge node"):
         check_model_update(_update(ordered[0], 501), own, 1, ordered[0].public_key)
+    # the operator capped one edge node at enrolment (its ENROLL's max_samples, copied into the JOB)
+    capped = Job.from_tx(Transaction.create(TxKind.JOB, job_payload(
+        "job-1", spec, [e.node_id for e in edges], {**conf, "own_data": True, "max_samples": 500},
+        sample_caps={ordered[0].node_id: 120}), entry))
+    check_model_update(_update(ordered[0], 120), capped, 1, ordered[0].public_key)
+    check_model_update(_update(ordered[1], 500), capped, 1, ordered[1].public_key)
+    with pytest.raises(InvalidUpdate, match="it was enrolled to bring at most 120"):
+        check_model_update(_update(ordered[0], 121), capped, 1, ordered[0].public_key)
 
 
 def test_edge_nodes_claiming_a_billion_samples_or_sending_a_scaled_update_are_left_out(tmp_path, nodes):

@@ -28,7 +28,9 @@ from node.net.channels import channel
 from node.net.errors import ServiceError
 from node.net.tls import (Authority, Credentials, TlsError, check_issued, load_or_create_key, save_node_credentials,
                           signing_request)
-from node.roles.enrolment import EnrolmentError, Token, TokenStore, enrol, enrolment_message, proof
+from node.roles.enrolment import (EnrolmentError, Token, TokenStore, enrol, enrolment_message, offline_token,
+                                  proof)
+from node.net.wire import tx_from_pb
 from node.roles.membership import signed_heartbeat
 from sql.store import LedgerStore
 
@@ -53,6 +55,11 @@ def test_token_store_counts_uses_expires_and_refuses_bad_settings(tmp_path):
     with pytest.raises(ServiceError, match="used up") as used_up:
         store.use(token.token_id, lambda t: None)
     assert used_up.value.code == grpc.StatusCode.PERMISSION_DENIED
+    _, capped = store.create("EN", 1, 1.0, "cd" * 32, 18080, max_samples=300)
+    assert TokenStore(tmp_path).list()[-1].max_samples == capped.max_samples == 300
+    with pytest.raises(EnrolmentError, match="max_samples caps an edge node"):
+        store.create("SN", 1, 1.0, "cd" * 32, 18080, max_samples=300)
+    assert store.remove(capped.token_id)
     short, _ = store.create("SN", 1, 1e-7, "cd" * 32, 18080)  # valid for 0.36 ms
     time.sleep(0.01)
     with pytest.raises(ServiceError, match="expired"):  # and forgotten
@@ -194,7 +201,7 @@ def test_enrolment_mutual_tls_and_revocation_over_the_network(tmp_path, db_for, 
         enrol(tmp_path / "second", Identity.generate(), token, entry.address)
     # a request the CA cannot sign does not use the token up; the same node enrolling twice (a lost
     # reply, a replayed request) gets a certificate, but is on the chain once
-    token = Token.parse(entry.enrolment_token("EN", uses=2))
+    token = offline_token(entry.home, "EN", 2, 1.0, entry.enrol_port, max_samples=300)  # capped by the operator
     again = Identity.generate()
     bad_csr = b"not a certificate request"
     with channel(f"127.0.0.1:{entry.enrol_port}") as plain:
@@ -208,6 +215,10 @@ def test_enrolment_mutual_tls_and_revocation_over_the_network(tmp_path, db_for, 
     enrol(tmp_path / "other", Identity.generate(), str(token), entry.address)  # the second use, still there
     wait_until(lambda: entry.status().pending_transactions == 0, 10, "the ENROLLs to be sealed")
     assert [n.node_id for n in entry.console("ListEnrolments").nodes].count(again.node_id) == 1
+    [enrolled] = [t for height in range(entry.head().height + 1)
+                  for t in map(tx_from_pb, entry.console("GetBlock", pb.BlockRequest(height=height)).transactions)
+                  if t.kind == "ENROLL" and t.payload["node"] == again.node_id]
+    assert enrolled.payload["max_samples"] == 300  # what its own-data jobs will cap its claims at
     parsed = Token.parse(entry.enrolment_token("EN"))
     with pytest.raises(EnrolmentError, match="another network's CA"):
         enrol(tmp_path / "third", Identity.generate(), str(replace(parsed, ca_sha256="00" * 32)), entry.address)

@@ -68,7 +68,9 @@ PAYLOAD_FIELDS: dict[TxKind, dict[str, str]] = {
 # exactly those. Lists of hashes hold 64-hex strings only.
 OPTIONAL_FIELDS: dict[TxKind, dict[str, str]] = {TxKind.AGGREGATE: {"hash": _HASH},
                                                  TxKind.GLOBAL_MODEL: {"aggregates": _LIST},
-                                                 TxKind.REGISTER: {"datasets": _LIST}}  # an edge node's data
+                                                 TxKind.REGISTER: {"datasets": _LIST},  # an edge node's data
+                                                 TxKind.ENROLL: {"max_samples": _INT},  # the operator's cap on it
+                                                 TxKind.JOB: {"sample_caps": _DICT}}  # own-data jobs: per edge node
 HASH_LISTS = {(TxKind.AGGREGATE, "updates"), (TxKind.GLOBAL_MODEL, "aggregates")}
 ROLES = ("SN", "EN")
 # Who may send what: the entry node (the proposer) runs jobs and admits or expels nodes,

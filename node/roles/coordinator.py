@@ -119,7 +119,8 @@ class Coordinator:
             except ValueError as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
             samples = None if conf["own_data"] else self._shard_sizes(spec)
-            tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf, samples),
+            caps = self._enrolled_caps(participants) if conf["own_data"] else None
+            tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf, samples, caps),
                                     self.node.identity)
             self.node.submit(tx)
             self.job, self.strategy = Job.from_tx(tx), strategy
@@ -157,6 +158,14 @@ class Coordinator:
                          f"the job wants {wanted or 'some'} edge nodes with {dataset} but {len(alive)} are alive{without}; "
                          f"start more edge nodes or pass clients=<n>")
         return able[:wanted]
+
+    def _enrolled_caps(self, participants: list[str]) -> dict[str, int]:
+        """The training samples the operator allowed each participant at enrolment (ENROLL's
+        ``max_samples``), for those it capped."""
+        wanted = set(participants)
+        return {tx.payload["node"]: tx.payload["max_samples"]
+                for _, tx in self.node.ledger.store.transactions(kind=TxKind.ENROLL)
+                if tx.payload["node"] in wanted and "max_samples" in tx.payload}
 
     def _shard_sizes(self, spec: JobSpec) -> list[int]:
         """Each edge node's training samples in the job's partition (client i = the i-th

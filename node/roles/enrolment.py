@@ -113,6 +113,7 @@ class IssuedToken:
     uses: int  # remaining
     expires_ms: int
     created_ms: int
+    max_samples: int = 0  # edge nodes: the most training samples each may claim in own-data jobs (0: none)
 
 
 class TokenStore:
@@ -155,20 +156,24 @@ class TokenStore:
         tmp.chmod(0o600)
         tmp.replace(self.path)
 
-    def create(self, role: str, uses: int, hours: float, ca_sha256: str, enrol_port: int) -> tuple[Token, IssuedToken]:
+    def create(self, role: str, uses: int, hours: float, ca_sha256: str, enrol_port: int,
+               max_samples: int = 0) -> tuple[Token, IssuedToken]:
         if role not in ROLES:
             raise EnrolmentError(f"a token enrols a supernode (SN) or an edge node (EN), not {role!r}")
         if not 1 <= uses <= MAX_USES:
             raise EnrolmentError(f"uses must be between 1 and {MAX_USES}, got {uses}")
         if not 0 < hours <= MAX_HOURS:
             raise EnrolmentError(f"hours must be more than 0 and at most {MAX_HOURS}, got {hours}")
+        if not 0 <= max_samples < 2**31 or (max_samples and role != "EN"):
+            raise EnrolmentError(f"max_samples caps an edge node's training samples: 0 (none) or up to 2**31 - 1 "
+                                 f"for an EN token, got {max_samples} for {role}")
         with self._locked() as tokens:
             token_id = secrets.token_hex(_ID_BYTES)
             while token_id in tokens:
                 token_id = secrets.token_hex(_ID_BYTES)
             secret = secrets.token_bytes(_SECRET_BYTES)
             now = now_ms()
-            issued = IssuedToken(token_id, secret.hex(), role, uses, now + int(hours * 3_600_000), now)
+            issued = IssuedToken(token_id, secret.hex(), role, uses, now + int(hours * 3_600_000), now, max_samples)
             tokens[token_id] = issued
         return Token(token_id, secret, ca_sha256, enrol_port), issued
 
@@ -202,12 +207,12 @@ def enrol_port_for(port: int) -> int:
     return port + 10000 if port + 10000 < 65536 else port - 10000
 
 
-def offline_token(home: Path, role: str, uses: int, hours: float, enrol_port: int) -> Token:
+def offline_token(home: Path, role: str, uses: int, hours: float, enrol_port: int, max_samples: int = 0) -> Token:
     """A token made in the entry node's home, whether or not the node runs (its key and CA are
     made when missing, race-safe against the node making them): ``main.py token``, the launcher."""
     identity = Identity.load_or_create(home)
     authority = Authority.load_or_create(home, identity.node_id[:8])
-    return TokenStore(home).create(role, uses, hours, authority.sha256, enrol_port)[0]
+    return TokenStore(home).create(role, uses, hours, authority.sha256, enrol_port, max_samples)[0]
 
 
 # --- the entry node's side ---------------------------------------------------------------------
@@ -239,13 +244,14 @@ class Enroller:
         return pb.NetworkInfo(ca_certificate=cert_pem(self.authority.cert), entry_id=self.node.node_id,
                               genesis_hash=genesis)
 
-    def create_token(self, role: str, uses: int, hours: float) -> pb.EnrolmentToken:
+    def create_token(self, role: str, uses: int, hours: float, max_samples: int = 0) -> pb.EnrolmentToken:
         try:
-            token, issued = self.tokens.create(role, uses or 1, hours or 24.0, self.authority.sha256, self.enrol_port)
+            token, issued = self.tokens.create(role, uses or 1, hours or 24.0, self.authority.sha256, self.enrol_port,
+                                               max_samples)
         except EnrolmentError as exc:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return pb.EnrolmentToken(token=str(token), token_id=issued.token_id, role=issued.role, uses=issued.uses,
-                                 expires_ms=issued.expires_ms)
+                                 expires_ms=issued.expires_ms, max_samples=issued.max_samples)
 
     def enrol(self, request: pb.EnrolRequest) -> pb.EnrolReply:
         try:
@@ -271,12 +277,14 @@ class Enroller:
                 except TlsError as exc:
                     raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
-            role = self.tokens.use(request.token_id, check, count=not again).role
-            cert = issued[0]
+            token = self.tokens.use(request.token_id, check, count=not again)
+            role, cert = token.role, issued[0]
             if not again:  # a node enrolled once is on the chain once, however often it fetches a certificate
-                tx = Transaction.create(TxKind.ENROLL, {
-                    "node": node_id, "public_key": request.public_key.hex(), "role": role,
-                    "token": request.token_id, "certificate": cert_sha256(cert)}, self.node.identity)
+                payload = {"node": node_id, "public_key": request.public_key.hex(), "role": role,
+                           "token": request.token_id, "certificate": cert_sha256(cert)}
+                if token.max_samples:  # the operator's cap on what this edge node may claim (own-data jobs)
+                    payload["max_samples"] = token.max_samples
+                tx = Transaction.create(TxKind.ENROLL, payload, self.node.identity)
                 self.node.submit(tx)
                 self._issued[node_id] = Enrolment(request.public_key, role, False)
         return pb.EnrolReply(certificate=cert_pem(cert), role=role, network=self.network())

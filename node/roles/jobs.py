@@ -62,6 +62,7 @@ class Job:
     max_samples: int = 0  # that cap (0: none; jobs recorded before it existed)
     recompute_partials: bool = False  # the entry node re-sums every partial from the updates it lists
     round_attempts: int = 1  # attempts at a round before the job fails
+    sample_caps: Mapping[str, int] | None = None  # own-data jobs: the operator's cap per edge node, from its ENROLL
 
     def strategy(self) -> Strategy:
         """A fresh instance of the job's strategy (its rule, sharing and options from the JOB)."""
@@ -92,20 +93,28 @@ class Job:
         if samples is not None and (not isinstance(samples, Mapping) or not all(
                 isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in samples.values())):
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the JOB's sample counts are not positive integers")
+        caps = p.get("sample_caps")
+        if caps is not None and not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in caps.values()):
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the JOB's sample caps are not positive integers")
         return cls(p["job_id"], spec_from_payload(p["spec"]), tuple(participants),
                    bool(options.get("openEval", True)), float(options.get("round_timeout", "300")), tx,
                    samples, bool(options.get("own_data", False)), int(options.get("max_samples", 0)),
-                   bool(options.get("recompute_partials", False)), int(options.get("round_attempts", 1)))
+                   bool(options.get("recompute_partials", False)), int(options.get("round_attempts", 1)), caps)
 
     def check_samples(self, node_id: str, claimed: int) -> None:
         """Refuse a sample count the job does not allow: in shard mode the count follows from the
-        job's partition (recorded in the JOB); with own data it is capped by ``max_samples``."""
+        job's partition (recorded in the JOB); with own data it is capped by ``max_samples`` and by
+        the cap the operator gave the edge node at enrolment (recorded in the JOB too)."""
         expected = None if self.samples is None else self.samples.get(node_id)
         if expected is not None and claimed != expected:
             raise InvalidUpdate(f"{node_id} claims {claimed} training samples; its shard of the job holds {expected}")
         if self.own_data and self.max_samples and claimed > self.max_samples:
             raise InvalidUpdate(f"{node_id} claims {claimed} training samples; the job allows at most "
                                 f"{self.max_samples} per edge node (max_samples)")
+        enrolled = (self.sample_caps or {}).get(node_id)
+        if self.own_data and enrolled is not None and claimed > enrolled:
+            raise InvalidUpdate(f"{node_id} claims {claimed} training samples; it was enrolled to bring at most "
+                                f"{enrolled}")
 
 
 def initial_model(spec: JobSpec) -> bytes:
@@ -133,9 +142,10 @@ def check_model_update(tx: Transaction, job: Job, round_number: int, key: bytes)
 
 
 def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[str, Any],
-                samples: list[int] | None = None) -> dict[str, Any]:
+                samples: list[int] | None = None, sample_caps: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The JOB's payload. ``samples``: each participant's training samples (in the order of the
-    sorted participants) when edge nodes train on the job's partition."""
+    sorted participants) when edge nodes train on the job's partition; ``sample_caps``: in an
+    own-data job, the caps the operator gave participants at enrolment."""
     payload = {"job_id": job_id, "spec": spec_to_payload(spec), "participants": sorted(participants),
                "options": {"openEval": conf["openEval"], "round_timeout": repr(float(conf["round_timeout"])),
                            "own_data": bool(conf["own_data"]), "max_samples": int(conf["max_samples"]),
@@ -143,6 +153,8 @@ def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[
                            "round_attempts": int(conf["round_attempts"])}}
     if samples is not None:
         payload["samples"] = dict(zip(sorted(participants), samples))
+    if sample_caps:
+        payload["sample_caps"] = {n: int(sample_caps[n]) for n in sorted(participants) if n in sample_caps}
     return payload
 
 

@@ -211,11 +211,12 @@ class ConsoleService(rpc_pb.ConsoleServicer):
         return self._coordinator().evaluate()
 
     def CreateEnrolment(self, request: pb.EnrolmentRequest, context: grpc.ServicerContext) -> pb.EnrolmentToken:
-        return _enroller(self.node).create_token(request.role, request.uses, request.hours)
+        return _enroller(self.node).create_token(request.role, request.uses, request.hours, request.max_samples)
 
     def ListEnrolments(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.EnrolmentList:
         tokens = [] if self.node.enroller is None else [
-            pb.EnrolmentToken(token_id=t.token_id, role=t.role, uses=t.uses, expires_ms=t.expires_ms)
+            pb.EnrolmentToken(token_id=t.token_id, role=t.role, uses=t.uses, expires_ms=t.expires_ms,
+                              max_samples=t.max_samples)
             for t in self.node.enroller.tokens.list()]
         nodes = [pb.EnrolledNode(node_id=r["node_id"], role=r["role"], token_id=r["token"],
                                  enrolled_height=r["enrolled_height"], revoked=r["revoked_height"] is not None,
