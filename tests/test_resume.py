@@ -7,12 +7,19 @@ recorded (ROUND_FAILED) and tried again; edge nodes that come back train again."
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import time
 from collections import Counter
+from pathlib import Path
+
+import pytest
 
 from base_package import data_pb2 as pb
 from conftest import start_network
 from node.chain.identity import Identity
-from node.dev.launcher import NodeProcess, wait_until
+from node.dev.launcher import NodeProcess, free_port, wait_until
 from node.net.wire import tx_from_pb
 
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "8",
@@ -84,3 +91,72 @@ def test_absent_edge_nodes_are_recorded_every_round_and_a_failed_round_is_retrie
         assert 30 in trained  # back, and training again
     reasons = {t.payload["reason"].split(":")[0] for t in records if t.kind == "EXCLUDED" and t.payload["node"] in ids[:2]}
     assert reasons & {"dead", "UNAVAILABLE", "missed the round deadline"}, reasons
+
+
+class PrivateMariaDB:
+    """A MariaDB server of the test's own (its datadir and port), to stop and start at will;
+    the system one is never touched."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={folder / 'data'}", "--user=root",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, capture_output=True, timeout=120)
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"mysql+pymysql://root@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("mariadbd") or "/usr/sbin/mariadbd", "--no-defaults", f"--datadir={self.folder / 'data'}",
+             f"--port={self.port}", f"--socket={self.folder / 'sock'}", "--user=root", "--bind-address=127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=(self.folder / "server.log").open("a"))
+        wait_until(self._answers, 60, "the private MariaDB server")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def _answers(self) -> bool:
+        import pymysql
+
+        try:
+            pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1).close()
+            return True
+        except pymysql.MySQLError:
+            return False
+
+
+@pytest.mark.skipif(shutil.which("mariadb-install-db") is None and os.environ.get("CI") != "true",
+                    reason="MariaDB's server is not installed here")
+def test_a_database_outage_of_20_s_stalls_the_job_which_then_completes(tmp_path, nodes):
+    database = PrivateMariaDB(tmp_path / "mariadb")
+    try:
+        entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=f"{database.url}/fedledger_entry")
+        nodes.append(entry)
+        entry.wait_ready()
+        sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, token_source=entry)
+        edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, token_source=entry) for i in range(4)]
+        nodes.extend([sn, *edges])
+        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 4, 60, "the edge nodes")
+        started = entry.console("StartJob", pb.JobRequest(settings={**JOB, "rounds": "10", "aggregation": "mean"}))
+        wait_until(lambda: entry.console("GetJob").round >= 2, 120, "round 2")
+        database.kill()
+        time.sleep(20)
+        status = entry.console("GetJob")
+        assert status.state == "running", status  # stalled, not failed
+        database.start()
+        done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed", "paused") and s, 240,
+                          "the job")
+        assert done.state == "done", done.error
+        wait_until(lambda: entry.status().pending_transactions == 0 and sn.head() == entry.head(), 30, "sealed")
+        assert _globals(entry, started.job_id) == Counter({r: 1 for r in range(1, 11)})
+        verified = entry.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
+        assert verified.ok and verified.recompute.ok, verified
+    finally:
+        if database.process is not None and database.process.poll() is None:
+            database.kill()

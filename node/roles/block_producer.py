@@ -159,6 +159,10 @@ class BlockProducer:
                 self._pool_cond.wait(left)
         return bool(self.ledger.store.existing_transactions([tx_hash]))
 
+    def is_pending(self, tx_hash: str) -> bool:
+        with self._pool_cond:
+            return tx_hash in self._pool_hashes
+
     def pending_count(self) -> int:
         with self._pool_cond:
             return len(self._pool)

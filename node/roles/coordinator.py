@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from fl.names import COMMON_OPTIONS
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update, options_of, strategy_for_job
 from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
+from node.chain.store import StoreError
 from node.roles.checkpoint import JobCheckpoint
 from node.roles.jobs import Job, check_model_update, initial_model, job_payload, sign_order
 from node.roles.membership import edge_member
@@ -55,12 +56,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEAL_TIMEOUT = 60.0  # how long a round waits for its GLOBAL_MODEL to be in a block
+SEAL_SLICE_S = 5.0  # a round waiting for its GLOBAL_MODEL to be sealed says so this often
 RETRY_CAP_S = 30.0  # the longest wait before another attempt at a failed round (2, 4, 8 … s)
 
 # trainFL(...) keywords that are friendlier than the config keys they stand for
 ALIASES = {"rounds": "gobal_epoch", "clients": "client.amount", "lr": "learn_rate", "batch_size": "BATCH_SIZE",
            "local_epochs": "local_epoch", "eval_every_round": "openEval"}
+
+
+class LedgerOutage(RuntimeError):
+    """The entry node's ledger database stayed down past ``ledger_outage_s``: the job pauses."""
+
+
+@dataclass
+class _Unsealed:
+    """A round whose GLOBAL_MODEL is in the pool but not yet in a block: it counts once sealed."""
+
+    round: int
+    strategy: Strategy
+    global_model: ReceivedModel
+    global_tx: Transaction
+    previous_hash: str
+    metrics: pb.RoundMetrics
 
 
 class JobState(StrEnum):
@@ -95,6 +112,7 @@ class Coordinator:
         self._unevaluated: pb.RoundMetrics | None = None  # the last round, until its model is evaluated
         self._pause_requested = False
         self._stop_waiting = threading.Event()  # ends the wait before another attempt (pause, shutdown)
+        self._unsealed: _Unsealed | None = None  # a round done but not yet on the chain
         self.delivered = Deliveries()  # which supernode holds which model
 
     # --- console commands -------------------------------------------------------------------------
@@ -326,7 +344,9 @@ class Coordinator:
         try:
             if wait_for_participants:
                 self._await_participants(job, wait_for_participants)
-            attempt = 1
+            attempt, failures = 1, 0
+            if self._unsealed is not None:  # paused by a database outage with a round done but unsealed
+                self._seal(job)
             while self.round < job.spec.rounds:
                 if self._pause_requested:
                     self._evaluate_pending(job)  # a paused job shows complete metrics
@@ -338,10 +358,14 @@ class Coordinator:
                             return
                 try:
                     self._round(job, self.round + 1, attempt)
-                    attempt = 1
+                    attempt, failures = 1, 0
+                except LedgerOutage:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - recorded, then tried again (or the job fails)
-                    self._record_failure(job, self.round + 1, attempt, exc)
-                    if attempt >= job.round_attempts:
+                    down = self._wait_for_ledger(job)  # an outage stalls the job; it is no failure of the round
+                    self._record_failure(job, self.round + 1, attempt, exc, down)
+                    failures += 0 if down else 1
+                    if failures >= job.round_attempts:
                         raise RuntimeError(f"{attempt} attempt(s) failed; the last: {exc}") from exc
                     attempt += 1
                     self._stop_waiting.wait(min(RETRY_CAP_S, 2.0 ** attempt))  # (pause() ends the wait)
@@ -349,10 +373,40 @@ class Coordinator:
             with self._lock:
                 self.state = JobState.DONE
             log.info("job %s done after %d rounds", job.job_id, self.round)
+        except LedgerOutage as exc:  # nothing failed: the round waits for the database, train() goes on
+            log.error("job %s paused: %s", job.job_id, exc)
+            with self._lock:
+                self.state, self.error, self._pause_requested = JobState.PAUSED, str(exc), False
+                self._checkpoint().set_paused(True)
         except Exception as exc:  # noqa: BLE001 - report it; the job can be resumed
             log.error("job %s failed in round %d: %s", job.job_id, self.round + 1, exc)
             with self._lock:
                 self.state, self.error = JobState.FAILED, f"round {self.round + 1}: {exc}"
+
+    def _seal(self, job: Job) -> None:
+        """Wait until the pending round's GLOBAL_MODEL is in a block, then count the round (the
+        next starts from what a restart finds on the chain). A database outage stalls the job here
+        and it goes on when the database is back; past ``ledger_outage_s`` it pauses
+        (:class:`LedgerOutage`, the round still pending: ``train()`` waits for it again)."""
+        pending = self._unsealed
+        assert pending is not None
+        producer, started = self.node.producer, time.monotonic()
+        while not producer.wait_sealed(pending.global_tx.hash, SEAL_SLICE_S):
+            if not producer.is_pending(pending.global_tx.hash):  # dropped, not sealed: the round runs again
+                self._unsealed = None
+                raise RuntimeError(f"round {pending.round}'s GLOBAL_MODEL was dropped from the pool")
+            waited = time.monotonic() - started
+            if waited >= self._outage_bound() or self._pause_requested:
+                raise LedgerOutage(f"round {pending.round} is done but the ledger database has not taken it for "
+                                   f"{waited:.0f} s; train() goes on once the database is back")
+            self.error = f"round {pending.round}: waiting {waited:.0f} s so far for the ledger database"
+            log.warning("job %s: %s", job.job_id, self.error)
+        self.error, self._unsealed = "", None
+        self.strategy, self.global_model, self.global_tx, self.round = (pending.strategy, pending.global_model,
+                                                                        pending.global_tx, pending.round)
+        if pending.previous_hash != pending.global_model.header.model_hash:
+            self.node.models.spill(pending.previous_hash)  # superseded: kept on disk, out of memory
+        self._unevaluated = pending.metrics
 
     def _absence(self, edge_id: str, lost: dict[str, str]) -> str:
         """Why a participant that no supernode reported on is absent from a round."""
@@ -369,9 +423,32 @@ class Coordinator:
             return f"dead: no sign of life for more than {self.node.settings.dead_after:g} s"
         return f"not reached: its supernode {member.supernode} did not report it"
 
-    def _record_failure(self, job: Job, round_number: int, attempt: int, exc: Exception) -> None:
+    def _outage_bound(self) -> float:
+        return float(self.base_conf.get("ledger_outage_s", 600.0))
+
+    def _wait_for_ledger(self, job: Job) -> float:
+        """Seconds waited for the ledger database to answer again (0: it answers); past
+        ``ledger_outage_s``, :class:`LedgerOutage` (the job pauses with the reason)."""
+        started = time.monotonic()
+        while True:
+            try:
+                self.node.ledger.store.head()
+                return time.monotonic() - started if time.monotonic() - started > 1.0 else 0.0
+            except StoreError as exc:
+                waited = time.monotonic() - started
+                if waited >= self._outage_bound() or self._pause_requested:
+                    raise LedgerOutage(f"round {self.round + 1}: the ledger database has been down for {waited:.0f} s "
+                                       f"({exc}); train() goes on once it is back") from None
+                self.error = f"round {self.round + 1}: waiting {waited:.0f} s so far for the ledger database"
+                log.warning("job %s: %s", job.job_id, self.error)
+                self._stop_waiting.wait(2.0)
+
+    def _record_failure(self, job: Job, round_number: int, attempt: int, exc: Exception, outage: float = 0.0) -> None:
         """A ROUND_FAILED on the chain: which attempt at which round failed, and why."""
         reason = status_for(exc)[1] if not isinstance(exc, RuntimeError) else str(exc)
+        if outage:
+            reason = f"the ledger database was down for {outage:.0f} s: {reason}"
+        self.error = ""
         log.warning("job %s round %d attempt %d failed: %s", job.job_id, round_number, attempt, reason)
         try:
             self.node.submit(Transaction.create(TxKind.ROUND_FAILED, {
@@ -447,17 +524,13 @@ class Coordinator:
         node.models.keep(global_model)  # on disk, as the strategy's state: before the chain can hold the round
         self._checkpoint().save_round(round_number, strategy.state_dict())
         node.submit_all([*refused, global_tx])
-        if not node.producer.wait_sealed(global_tx.hash, SEAL_TIMEOUT):
-            raise RuntimeError(f"round {round_number}'s GLOBAL_MODEL was not sealed in {SEAL_TIMEOUT:.0f} s "
-                               f"(is the ledger database down?)")
-        # recorded: the round is done, and on the chain (the next round starts from what a restart finds)
-        self.strategy, self.global_model, self.global_tx, self.round = strategy, global_model, global_tx, round_number
-        if current.header.model_hash != global_model.header.model_hash:
-            node.models.spill(current.header.model_hash)  # superseded: kept on disk, out of memory
-        self._unevaluated = pb.RoundMetrics(
-            round=round_number, train_loss=train_loss, seconds=time.perf_counter() - started,
-            participants=len(edges), excluded=excluded, global_hash=global_model.header.model_hash,
-            **{k: math.nan for k in ("acc_weighted", "acc_mean", "acc_min", "acc_max", "loss")})
+        self._unsealed = _Unsealed(round_number, strategy, global_model, global_tx, current.header.model_hash,
+                                   pb.RoundMetrics(round=round_number, train_loss=train_loss,
+                                                   seconds=time.perf_counter() - started, participants=len(edges),
+                                                   excluded=excluded, global_hash=global_model.header.model_hash,
+                                                   **{k: math.nan for k in ("acc_weighted", "acc_mean", "acc_min",
+                                                                            "acc_max", "loss")}))
+        self._seal(job)
         log.info("job %s round %d: %d updates, %d left out; %.2f s (train%s %.2f, aggregate %.2f)",
                  job.job_id, round_number, len(edges), len(excluded), time.perf_counter() - started,
                  " + evaluate" if evaluate_first else "", trained - started, time.perf_counter() - trained)
