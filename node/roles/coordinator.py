@@ -448,7 +448,7 @@ class Coordinator:
         reason = status_for(exc)[1] if not isinstance(exc, RuntimeError) else str(exc)
         if outage:
             reason = f"the ledger database was down for {outage:.0f} s: {reason}"
-        self.error = ""
+        self.error = f"round {round_number} attempt {attempt} failed: {reason}"  # (shown until the round counts)
         log.warning("job %s round %d attempt %d failed: %s", job.job_id, round_number, attempt, reason)
         try:
             self.node.submit(Transaction.create(TxKind.ROUND_FAILED, {
