@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +38,8 @@ MAX_PENDING = 20_000  # transactions waiting for a block; beyond that submitters
 MAX_BLOCK_BYTES = 6 << 20  # a sealed block must fit one gRPC message (8 MiB) when pushed
 
 
+RECENTLY_SEALED = 100_000  # transaction hashes remembered as sealed (for wait_sealed)
+
 class BlockProducer:
     def __init__(self, identity: Identity, ledger: Ledger, members: Members, settings: NodeSettings,
                  channels: Channels) -> None:
@@ -57,6 +60,7 @@ class BlockProducer:
         # the supernode once its coordinator exists; raises to refuse
         self.check_claims: Callable[[Transaction], None] = lambda tx: None
         self._urgent = False  # seal what is pending now, without waiting for block_interval
+        self._sealed_recently: OrderedDict[str, None] = OrderedDict()  # what wait_sealed() asks, without the database
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._block_loop, name="blocks", daemon=True)
@@ -157,7 +161,7 @@ class BlockProducer:
                 if left <= 0 or self._stop.is_set():
                     return False
                 self._pool_cond.wait(left)
-        return bool(self.ledger.store.existing_transactions([tx_hash]))
+            return tx_hash in self._sealed_recently
 
     def is_pending(self, tx_hash: str) -> bool:
         with self._pool_cond:
@@ -208,24 +212,36 @@ class BlockProducer:
             return
         try:
             block = self.ledger.propose(batch, self.identity)
+            stored = {t.hash for t in batch}
         except InvalidBlock as exc:  # one bad transaction: never lose the others to it
             log.error("sealing %d transactions failed (%s); sealing them one by one", len(batch), exc)
-            block = None
+            block, stored = None, set()
             for tx in batch:
                 try:
                     self.ledger.propose([tx], self.identity)
+                    stored.add(tx.hash)
                 except InvalidBlock as one:
+                    if self.ledger.store.existing_transactions([tx.hash]):  # sealed before (an earlier try)
+                        stored.add(tx.hash)
+                        continue
                     log.error("dropped transaction %s (%s): %s", tx.hash[:16], tx.kind, one)
         with self._pool_cond:
             sealed = {t.hash for t in batch}
             self._pool = [t for t in self._pool if t.hash not in sealed]
             self._pool_hashes -= sealed
+            for tx_hash in stored:
+                self._sealed_recently[tx_hash] = None
+            while len(self._sealed_recently) > RECENTLY_SEALED:
+                self._sealed_recently.popitem(last=False)
             self._pool_cond.notify_all()  # wakes wait_sealed()
-        head = self.ledger.head()
         if block is not None:
             log.debug("sealed block %d with %d transactions", block.height, len(block.transactions))
-        if head is not None:
-            self._push_head(head.height)
+        try:
+            head = self.ledger.head()
+            if head is not None:
+                self._push_head(head.height)
+        except StoreError as exc:  # sealed all the same; the supernodes catch up by themselves
+            log.warning("block sealed, but not pushed to the supernodes: %s", exc)
 
     def _push_head(self, height: int) -> None:
         """Push the new block to every alive supernode (in parallel; laggards catch up themselves)."""
