@@ -3,7 +3,9 @@ the job up where the chain's last GLOBAL_MODEL left it, the edge nodes reattach,
 under way is run again (its edge nodes retrain it from the head it started from), and the job
 completes with one GLOBAL_MODEL per round. SQLite and MariaDB ledgers. Edge nodes that die are
 recorded as absent, with the reason, in every round they miss; a round that fails (none left) is
-recorded (ROUND_FAILED) and tried again; edge nodes that come back train again."""
+recorded (ROUND_FAILED) and tried again; edge nodes that come back train again; a killed supernode's
+edge nodes are excluded with the reason until they re-home, then train; a database outage stalls
+the job, which then completes."""
 
 from __future__ import annotations
 
@@ -160,3 +162,25 @@ def test_a_database_outage_of_20_s_stalls_the_job_which_then_completes(tmp_path,
     finally:
         if database.process is not None and database.process.poll() is None:
             database.kill()
+
+
+def test_a_killed_supernodes_edge_nodes_are_excluded_with_a_reason_until_they_rehome(tmp_path, nodes):
+    entry, sn, edges = start_network(tmp_path, lambda name: None, nodes, edge_nodes=4)
+    rounds = 150  # ~0.1 s each: long enough for the orphans to re-home (a few heartbeats) and train again
+    sn_id = sn.status().node_id
+    orphans = [n.node_id for n in entry.status().edge_nodes.nodes if n.supernode == sn_id]
+    started = entry.console("StartJob", pb.JobRequest(settings={**JOB, "rounds": str(rounds), "aggregation": "mean"}))
+    wait_until(lambda: entry.console("GetJob").round >= 2, 120, "round 2")
+    sn.kill()
+    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 240, "the job")
+    assert done.state == "done", done.error
+    wait_until(lambda: entry.status().pending_transactions == 0, 20, "the last records to be sealed")
+    records = _records(entry, started.job_id)
+    assert _globals(entry, started.job_id) == Counter({r: 1 for r in range(1, rounds + 1)})
+    for node_id in orphans:
+        trained = {t.payload["round"] for t in records if t.kind == "MODEL_UPDATE" and t.sender == node_id}
+        absent = {t.payload["round"]: t.payload["reason"] for t in records
+                  if t.kind == "EXCLUDED" and t.payload["node"] == node_id}
+        assert trained | set(absent) >= set(range(1, rounds + 1)), sorted(set(range(1, rounds + 1)) - trained - set(absent))
+        assert rounds in trained  # re-homed to the entry node, and training again
+        assert any(sn_id in reason or "dead" in reason for reason in absent.values()), absent
