@@ -1,8 +1,10 @@
-"""``python -m node.audit URL [--recompute --models DIR]``: verify a ledger database from genesis
-to head (exit 0 when it is sound, 1 with the first bad height and the reason); with
-``--recompute``, also re-derive every round's aggregates from the updates in a supernode's models
-folder (``node.roles.recompute``). The audit itself is ``node.chain.audit.verify_chain``; this
-module only opens the SQL store and the folder for it."""
+"""``python -m node.audit [URL] [--home HOME | --genesis HASH] [--recompute --models DIR]``: verify
+a ledger database from genesis to head, and the tables built from it (exit 0 when it is sound, 1
+with the first bad height or table row and the reason); ``--home`` checks the genesis block
+against the one the node pinned at enrolment (and defaults URL to ``HOME/ledger.db``),
+``--genesis`` against a given hash. With ``--recompute``, also re-derive every round's aggregates
+from the updates in a supernode's models folder (``node.roles.recompute``). The audit itself is
+``node.chain.audit.verify_chain``; this module only opens the SQL store and the folder for it."""
 
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from sql.store import LedgerStore
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m node.audit", description="Verify a FedLedger chain database from genesis to head.")
-    parser.add_argument("db", help="the ledger database URL: sqlite:///HOME/ledger.db or mysql+pymysql://…/DB")
+    parser.add_argument("db", nargs="?", default="",
+                        help="the ledger database URL: sqlite:///HOME/ledger.db or mysql+pymysql://…/DB "
+                             "(default with --home: its ledger.db)")
     parser.add_argument("--no-signatures", action="store_true", help="skip the Ed25519 checks (faster)")
     parser.add_argument("--recompute", action="store_true",
                         help="also re-derive every AGGREGATE and GLOBAL_MODEL from the recorded updates")
@@ -32,11 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--home's tls/network.json, if given)")
     parser.add_argument("--home", type=Path, help="a node's home: its pinned genesis block is checked")
     args = parser.parse_args(argv)
+    if not args.db and not args.home:
+        parser.error("give the ledger database URL, or --home for a node's own ledger.db")
+    args.db = args.db or f"sqlite:///{args.home.resolve() / 'ledger.db'}"
     if args.home and not args.genesis:
-        from node.roles.enrolment import NetworkPin
-
-        pin = NetworkPin.load(args.home)
-        args.genesis = pin.genesis_hash if pin is not None else ""
+        try:
+            args.genesis = _pinned(args.home)
+        except ValueError as exc:  # EnrolmentError: a damaged tls/network.json
+            parser.error(str(exc))
     if args.recompute and (not args.models or not all(folder.is_dir() for folder in args.models)):
         parser.error("--recompute needs --models DIR (a supernode's models folder; repeat it for each supernode)")
     url = make_url(args.db)
@@ -63,6 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if report.ok and recomputed.ok else 1
     finally:
         store.close()
+
+
+def _pinned(home: Path) -> str:
+    """The genesis hash ``home`` pinned at enrolment; says so on stderr when there is none."""
+    from node.roles.enrolment import pinned_genesis
+
+    genesis = pinned_genesis(home)
+    if not genesis:
+        print(f"note: {home} pins no genesis block (no tls/network.json, or the entry node's home); "
+              f"the genesis block is not checked against a pin", file=sys.stderr)
+    return genesis
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from node.chain.rules import Block, Enrolment, Head, Registration, Transaction, TxKind, canonical_bytes
 from node.chain.store import BlockConflict, LedgerUnavailable, StoreError, StoredBlock  # noqa: F401 (re-exported)
@@ -291,10 +291,20 @@ class LedgerStore:
                 return
             start = chunk[-1].block.height + 1
 
+    def derived_check(self) -> DerivedCheck:
+        """The tables built from the chain (nodes, enrolments, jobs, rounds, model records) as
+        stored now, ready to be compared with what the chain's blocks derive (``verify`` feeds
+        it the blocks it walks; see :class:`DerivedCheck`)."""
+        height, stored = self._read(lambda c: read_derived(c, self.backend), "read the tables built from the chain")
+        return DerivedCheck(height, stored)
+
     def derived_differences(self, limit: int = 5) -> list[str]:
-        """Where the tables built from the chain (nodes, enrolments, jobs, rounds, model records)
-        differ from what its blocks derive (see :func:`derived_mismatches`)."""
-        return derived_mismatches(self.engine, self.iter_stored_blocks(), limit)
+        """Where the derived tables differ from what the stored blocks derive, without checking
+        the blocks themselves (``verify_chain`` does both)."""
+        with self.derived_check() as check:
+            for stored in self.iter_stored_blocks():
+                check.add(stored.block)
+            return check.differences(limit)
 
     def count_blocks(self) -> int:
         return self._read(lambda c: c.execute(select(func.count()).select_from(blocks)).scalar_one(), "count blocks")
@@ -378,48 +388,106 @@ def _derive(conn: Connection, height: int, txs: Sequence[Transaction]) -> None:
 
 
 DERIVED_TABLES = (nodes, enrolments, jobs, rounds, model_records)
+SNAPSHOT_TRIES = 20  # reads of the derived tables before giving up on a chain that never stops growing
+SHOWN_VALUE = 40  # characters of a differing value shown in a reason (a job spec may be kilobytes)
+Rows = dict[tuple[Any, ...], dict[str, Any]]  # a table's rows by primary key
 
 
-def derived_mismatches(store_engine: Engine, stored: Iterable[StoredBlock], limit: int = 5) -> list[str]:
-    """Where the derived tables in ``store_engine`` differ from what ``stored`` (the chain's
-    blocks, in order, already verified) derives: each table rebuilt in a scratch in-memory
-    database by the very code that wrote it, then compared row by row (at most ``limit``)."""
-    scratch = create_engine("sqlite://")
-    try:
-        metadata.create_all(scratch, tables=list(DERIVED_TABLES))
-        with scratch.begin() as conn:
-            for block in stored:
-                _derive(conn, block.block.height, block.block.transactions)
+class DerivedCheck:
+    """``verify``'s check of the derived tables: the rows the database holds, read at one chain
+    height (:attr:`height`), against the same tables derived again from the chain's blocks by
+    :func:`_derive`, the code that wrote them, into a scratch in-memory database.
+
+    The stored rows are read *before* the walk, so a live node appending blocks meanwhile does
+    not look tampered with: blocks above :attr:`height` are not derived. Use it as a context
+    manager (it owns the scratch database)."""
+
+    def __init__(self, height: int | None, stored: dict[str, Rows]) -> None:
+        self.height = height
+        self._stored = stored
+        self._derived_to: int | None = None
+        self._failure = ""
+        self._scratch = create_engine("sqlite://", poolclass=StaticPool)
+        metadata.create_all(self._scratch, tables=list(DERIVED_TABLES))
+        self._conn = self._scratch.connect()  # one open transaction, never committed
+
+    def __enter__(self) -> DerivedCheck:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+        self._scratch.dispose()
+
+    def add(self, block: Block) -> None:
+        """Derive ``block``'s rows; blocks come in chain order, those above :attr:`height` are
+        ignored (the stored rows were read before they were appended)."""
+        if self.height is None or block.height > self.height or self._failure:
+            return
+        try:
+            _derive(self._conn, block.height, block.transactions)
+        except IntegrityError as exc:  # a block the store itself could not have written
+            self._failure = f"block {block.height} cannot be derived into the tables: {exc.orig}"
+        self._derived_to = block.height
+
+    def differences(self, limit: int = 5) -> list[str]:
+        """Every row missing, extra or different (at most ``limit``, then how many more), once
+        every block up to :attr:`height` was added."""
+        if self._failure:
+            return [self._failure]
+        if self._derived_to != self.height:
+            return [f"the tables were read with the chain at height {self.height}, but its blocks end at "
+                    f"{self._derived_to} (blocks removed meanwhile?)"]
         found: list[str] = []
-        with scratch.connect() as expected_conn, store_engine.connect() as actual_conn:
-            for table in DERIVED_TABLES:
-                found += _table_differences(table, expected_conn, actual_conn)
-                if len(found) >= limit:
-                    break
-        return found[:limit]
-    finally:
-        scratch.dispose()
+        for table in DERIVED_TABLES:
+            found += _table_differences(table, _table_rows(self._conn, table), self._stored[table.name])
+        return found[:limit] + ([f"and {len(found) - limit} more"] if len(found) > limit else [])
 
 
-def _table_differences(table: Any, expected_conn: Connection, actual_conn: Connection) -> list[str]:
+def read_derived(conn: Connection, backend: str) -> tuple[int | None, dict[str, Rows]]:
+    """The derived tables' rows and the chain height they reflect, read consistently: in one
+    read transaction (SQLite's WAL snapshot; InnoDB's repeatable read), and re-read while the
+    head moved under a server that isolates less (a block and its rows are written together,
+    so an unmoved head means rows of exactly that prefix)."""
+    if backend == "sqlite":
+        conn.exec_driver_sql("BEGIN")  # pysqlite opens no transaction for reads by itself
+    for _ in range(SNAPSHOT_TRIES):
+        height = _head_height(conn)
+        stored = {table.name: _table_rows(conn, table) for table in DERIVED_TABLES}
+        if _head_height(conn) == height:
+            return height, stored
+    raise StoreError(f"the chain kept growing while its tables were read ({SNAPSHOT_TRIES} tries); verify again")
+
+
+def _head_height(conn: Connection) -> int | None:
+    return conn.execute(select(func.max(blocks.c.height))).scalar()
+
+
+def _table_rows(conn: Connection, table: Any) -> Rows:
+    key = [c.name for c in table.primary_key.columns]
+    return {tuple(r._mapping[k] for k in key): dict(r._mapping) for r in conn.execute(select(table))}
+
+
+def _table_differences(table: Any, expected: Rows, actual: Rows) -> list[str]:
+    """Reasons naming the table, the row's key and the column, for each row that differs."""
     key = [c.name for c in table.primary_key.columns]
 
-    def rows(conn: Connection) -> dict[tuple, dict[str, Any]]:
-        return {tuple(r._mapping[k] for k in key): dict(r._mapping) for r in conn.execute(select(table)).all()}
+    def row(pk: tuple[Any, ...]) -> str:
+        return f"table {table.name}: row " + ", ".join(f"{k}={v}" for k, v in zip(key, pk))
 
-    def where(pk: tuple) -> str:
-        return ", ".join(f"{k}={v}" for k, v in zip(key, pk))
-
-    expected, actual = rows(expected_conn), rows(actual_conn)
-    found = [f"table {table.name}: row {where(pk)} follows from the chain but is missing"
-             for pk in expected if pk not in actual]
-    found += [f"table {table.name}: row {where(pk)} is not on the chain" for pk in actual if pk not in expected]
+    found = [f"{row(pk)} follows from the chain but is missing" for pk in sorted(expected.keys() - actual.keys())]
+    found += [f"{row(pk)} is not on the chain" for pk in sorted(actual.keys() - expected.keys())]
     for pk in sorted(expected.keys() & actual.keys()):
-        for column, value in expected[pk].items():
-            if actual[pk][column] != value:
-                found.append(f"table {table.name}: row {where(pk)}: {column} is {actual[pk][column]!r}, "
-                             f"the chain says {value!r}")
+        found += [f"{row(pk)}: {column} is {_shown(actual[pk][column])}, the chain says {_shown(value)}"
+                  for column, value in expected[pk].items() if actual[pk][column] != value]
     return found
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE] + "…"
 
 
 def _model_record_row(height: int, tx: Transaction) -> dict[str, Any]:

@@ -93,10 +93,14 @@ def test_edge_nodes_claiming_a_billion_samples_or_sending_a_scaled_update_are_le
                for t in map(tx_from_pb, entry.console("GetBlock", pb.BlockRequest(height=height)).transactions)
                if t.kind == "MODEL_UPDATE"]
     global_hash = tx_from_pb(done.global_model).payload["hash"]
-    with node_channel(liars["samples"], entry) as as_liar:
-        training = rpc_pb.TrainingStub(as_liar)
-        assert b"".join(c.data for c in training.DownloadModel(pb.ModelRequest(model_hash=global_hash), timeout=10))
-        codes = [refusal_code(lambda: list(training.DownloadModel(pb.ModelRequest(model_hash=h), timeout=10)))
-                 for h in updates]
+    codes = []
+    for holder in (entry, sn):  # each update is on the supernode that took it
+        with node_channel(liars["samples"], holder) as as_liar:
+            training = rpc_pb.TrainingStub(as_liar)
+            if holder is entry:
+                assert b"".join(c.data for c in training.DownloadModel(pb.ModelRequest(model_hash=global_hash),
+                                                                       timeout=10))
+            codes += [refusal_code(lambda: list(training.DownloadModel(pb.ModelRequest(model_hash=h), timeout=10)))
+                      for h in updates]
     assert set(codes) <= {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}
     assert grpc.StatusCode.PERMISSION_DENIED in codes

@@ -3,7 +3,10 @@
 Every hash is recomputed from the stored columns and compared with the stored hashes, every
 link and Merkle root is checked, and every signature is verified against the public keys the
 chain itself registered. The first bad height is reported with the reason, so an operator
-knows exactly which block was altered, removed or forged.
+knows exactly which block was altered, removed or forged. Then the tables the store builds from
+the chain (nodes act on them: who is enrolled, revoked, which model a round produced) are
+derived again from the verified blocks and compared row by row, and block 0 can be checked
+against the genesis hash a node pinned at enrolment.
 
 Ed25519 verification dominates the cost (~0.1 ms a signature here) and OpenSSL releases the
 GIL while it runs, so signatures are checked a batch of blocks at a time on a thread pool.
@@ -12,19 +15,20 @@ GIL while it runs, so signatures are checked a batch of blocks at a time on a th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 
-from node.chain.rules import ZERO_HASH, Head, InvalidTransaction, Membership, check_payload, merkle_root
+from node.chain.rules import ZERO_HASH, Block, Head, InvalidTransaction, Membership, check_payload, merkle_root
 from node.chain.identity import verify_signature
 from node.chain.store import BlockStore, StoredBlock
 
 BATCH_BLOCKS = 500
 SIGNATURES_PER_TASK = 256
 MAX_PENDING_TASKS = 64
+DERIVED_MISMATCH = "the tables built from the chain differ from it: "
 
 
 @dataclass(frozen=True)
@@ -74,27 +78,34 @@ class _Walk:
 def verify_chain(store: BlockStore, *, signatures: bool = True, threads: int | None = None,
                  genesis_hash: str = "") -> VerifyReport:
     """Audit the whole chain in ``store``; ``signatures=False`` skips only the Ed25519 checks;
-    ``genesis_hash``: the genesis block pinned at enrolment (another one is another network).
-    Once every block holds, the tables built from the chain (nodes, enrolments, jobs, rounds,
-    model records) are derived again from it and compared with the stored ones.
+    ``genesis_hash``: the genesis block pinned at enrolment (another one is another network;
+    empty: not checked). Once every block holds, the tables built from the chain (nodes,
+    enrolments, jobs, rounds, model records) are compared with what its blocks derive: a
+    mismatch is reported with ``bad_height`` None and the tables' rows in ``reason``.
 
     The structural pass runs on this thread while earlier batches' signatures are checked on the
     pool; results are read back in chain order, so the lowest bad height is the one reported."""
     genesis = store.block_hash(0)
     if genesis_hash and genesis is not None and genesis != genesis_hash:
-        return VerifyReport(False, 0, 0, None, 0, f"the genesis block {genesis[:16]}… is not the one pinned at "
-                                                   f"enrolment ({genesis_hash[:16]}…): another network")
-    report = _verify_blocks(store, signatures, threads)
-    if not report.ok:
+        return VerifyReport(False, 0, 0, None, 0, f"the genesis block {genesis[:16]}… is not the pinned "
+                                                   f"{genesis_hash[:16]}… (the one seen at enrolment): another network")
+    derived = store.derived_check()  # read before the walk: blocks appended meanwhile are not compared
+    try:
+        report = _verify_blocks(store, signatures, threads, derived.add)
+        if not report.ok:
+            return report
+        if differences := derived.differences():
+            return VerifyReport(False, report.blocks, report.transactions, report.head, None,
+                                DERIVED_MISMATCH + "; ".join(differences))
         return report
-    differences = store.derived_differences()
-    if differences:
-        return VerifyReport(False, report.blocks, report.transactions, report.head, None,
-                            "the tables built from the chain differ from it: " + "; ".join(differences))
-    return report
+    finally:
+        derived.close()
 
 
-def _verify_blocks(store: BlockStore, signatures: bool, threads: int | None) -> VerifyReport:
+def _verify_blocks(store: BlockStore, signatures: bool, threads: int | None,
+                   derive: Callable[[Block], None]) -> VerifyReport:
+    """Walk every block once: structure on this thread, signatures on the pool, and each block
+    that passed the structural checks handed to ``derive`` (the derived tables' check)."""
     walk = _Walk()
     blocks = store.iter_stored_blocks(batch=BATCH_BLOCKS)
     pending: deque[Future[list[_SignatureCheck]]] = deque()
@@ -109,6 +120,7 @@ def _verify_blocks(store: BlockStore, signatures: bool, threads: int | None) -> 
                     except _Bad as bad:
                         structural = bad
                         break
+                    derive(stored.block)
                     walk.previous = stored
                     walk.transactions += len(stored.block.transactions)
                 if signatures:

@@ -35,6 +35,22 @@ class StoredBlock:
     stored_tx_hashes: tuple[str, ...]
 
 
+class DerivedCheck(Protocol):
+    """The tables a store builds from the chain (who is enrolled, registered, revoked; jobs,
+    rounds, model records), read at chain height ``height``, to be compared with what the
+    chain's blocks derive: ``verify`` feeds it each verified block in order (those above
+    ``height`` are ignored) and asks for the differences. Nodes act on these tables, so a row
+    altered behind the chain's back must fail the audit like an altered block."""
+
+    height: int | None
+
+    def add(self, block: Block) -> None: ...
+
+    def differences(self, limit: int = 5) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
 class BlockStore(ChainView, Protocol):
     """A node's copy of the chain: appends whole blocks, reads them back, answers the questions
     block validation asks (``ChainView``)."""
@@ -49,7 +65,7 @@ class BlockStore(ChainView, Protocol):
 
     def iter_stored_blocks(self, start: int = 0, batch: int = 500) -> Iterator[StoredBlock]: ...
 
-    def derived_differences(self, limit: int = 5) -> list[str]: ...
+    def derived_check(self) -> DerivedCheck: ...
 
     def public_key(self, node_id: str) -> bytes | None: ...
 

@@ -350,6 +350,14 @@ class NetworkPin:
         path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
 
 
+def pinned_genesis(home: Path) -> str:
+    """The genesis block hash ``home``'s node pinned at enrolment, for ``verify_chain(...,
+    genesis_hash=)``: a ledger that starts elsewhere belongs to another network. Empty when the
+    home holds no pin, or pins none (the entry node makes the genesis block rather than learning it)."""
+    pin = NetworkPin.load(home)
+    return pin.genesis_hash if pin is not None else ""
+
+
 def enrol(home: Path, identity: Identity, token_text: str, entry_address: str, timeout: float = 30.0) -> NetworkPin:
     """Enrol this node with the entry node using ``token_text``; keep the certificate in
     ``<home>/tls/``. Raises :class:`EnrolmentError` with what went wrong."""
