@@ -270,7 +270,8 @@ def verify(session: Session, recompute: bool = False) -> bool:
         session.out.print(f"[green]OK[/green]: {r.blocks} blocks, {r.transactions} transactions, "
                           f"head {r.head.height} {r.head.hash}")
     else:
-        session.out.print(f"[red]BAD[/red] at height {r.bad_height}: {r.reason}")
+        where = f" at height {r.bad_height}" if r.bad_height >= 0 else ""  # (-1: the derived tables, no block)
+        session.out.print(f"[red]BAD[/red]{where}: {r.reason}")
     if not r.HasField("recompute"):
         return r.ok
     c = r.recompute

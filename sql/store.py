@@ -373,24 +373,26 @@ def _write_block(conn: Connection, block: Block) -> None:
         {"hash": tx.hash, "block_height": block.height, "position": i, "kind": tx.kind, "sender": tx.sender,
          "payload": _payload_text(tx), "timestamp": tx.timestamp, "signature": tx.signature.hex()}
         for i, tx in enumerate(block.transactions)])
-    _derive(conn, block.height, block.transactions)
+    _derive(conn, [block])
 
 
-def _derive(conn: Connection, height: int, txs: Sequence[Transaction]) -> None:
-    """The derived tables' rows for one block's transactions: what storing a block writes, and
-    what ``verify`` writes again into a scratch database to compare."""
-    records = [_model_record_row(height, tx) for tx in txs
+def _derive(conn: Connection, chain: Sequence[Block]) -> None:
+    """The derived tables' rows for consecutive blocks' transactions: what storing a block writes
+    (one block), and what ``verify`` writes again into a scratch database to compare (a batch)."""
+    records = [_model_record_row(block.height, tx) for block in chain for tx in block.transactions
                if tx.kind in MODEL_KINDS and "hash" in tx.payload]  # an AGGREGATE of a median names no model
     if records:
         conn.execute(insert(model_records), records)
-    for tx in txs:
-        _index(conn, height, tx)
+    for block in chain:
+        for tx in block.transactions:
+            _index(conn, block.height, tx)
 
 
 DERIVED_TABLES = (nodes, enrolments, jobs, rounds, model_records)
+DERIVE_BATCH = 500  # blocks derived per round trip into the scratch database
 SNAPSHOT_TRIES = 20  # reads of the derived tables before giving up on a chain that never stops growing
 SHOWN_VALUE = 40  # characters of a differing value shown in a reason (a job spec may be kilobytes)
-Rows = dict[tuple[Any, ...], dict[str, Any]]  # a table's rows by primary key
+Rows = dict[tuple[Any, ...], tuple[Any, ...]]  # a table's rows (all columns) by primary key
 
 
 class DerivedCheck:
@@ -399,12 +401,14 @@ class DerivedCheck:
     :func:`_derive`, the code that wrote them, into a scratch in-memory database.
 
     The stored rows are read *before* the walk, so a live node appending blocks meanwhile does
-    not look tampered with: blocks above :attr:`height` are not derived. Use it as a context
-    manager (it owns the scratch database)."""
+    not look tampered with: blocks above :attr:`height` are not derived. Memory: the stored rows
+    (one tuple a row) and the scratch database; the blocks themselves are not kept. Use it as a
+    context manager (it owns the scratch database)."""
 
     def __init__(self, height: int | None, stored: dict[str, Rows]) -> None:
         self.height = height
         self._stored = stored
+        self._pending: list[Block] = []
         self._derived_to: int | None = None
         self._failure = ""
         self._scratch = create_engine("sqlite://", poolclass=StaticPool)
@@ -424,17 +428,27 @@ class DerivedCheck:
     def add(self, block: Block) -> None:
         """Derive ``block``'s rows; blocks come in chain order, those above :attr:`height` are
         ignored (the stored rows were read before they were appended)."""
-        if self.height is None or block.height > self.height or self._failure:
+        if self.height is None or block.height > self.height:
+            return
+        self._pending.append(block)
+        if len(self._pending) >= DERIVE_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending or self._failure:
             return
         try:
-            _derive(self._conn, block.height, block.transactions)
-        except IntegrityError as exc:  # a block the store itself could not have written
-            self._failure = f"block {block.height} cannot be derived into the tables: {exc.orig}"
-        self._derived_to = block.height
+            _derive(self._conn, self._pending)
+        except IntegrityError as exc:  # blocks the store itself could not have written
+            self._failure = (f"blocks {self._pending[0].height}-{self._pending[-1].height} cannot be derived "
+                             f"into the tables: {exc.orig}")
+        self._derived_to = self._pending[-1].height
+        self._pending.clear()
 
     def differences(self, limit: int = 5) -> list[str]:
         """Every row missing, extra or different (at most ``limit``, then how many more), once
-        every block up to :attr:`height` was added."""
+        every block up to :attr:`height` was added. Consumes the stored rows: call it once."""
+        self._flush()
         if self._failure:
             return [self._failure]
         if self._derived_to != self.height:
@@ -442,7 +456,7 @@ class DerivedCheck:
                     f"{self._derived_to} (blocks removed meanwhile?)"]
         found: list[str] = []
         for table in DERIVED_TABLES:
-            found += _table_differences(table, _table_rows(self._conn, table), self._stored[table.name])
+            found += _table_differences(table, self._conn.execute(select(table)), self._stored.pop(table.name))
         return found[:limit] + ([f"and {len(found) - limit} more"] if len(found) > limit else [])
 
 
@@ -465,24 +479,36 @@ def _head_height(conn: Connection) -> int | None:
     return conn.execute(select(func.max(blocks.c.height))).scalar()
 
 
+def _primary_key(table: Any) -> list[int]:
+    """Positions of the primary key's columns in ``select(table)``'s rows."""
+    names = [c.name for c in table.columns]
+    return [names.index(c.name) for c in table.primary_key.columns]
+
+
 def _table_rows(conn: Connection, table: Any) -> Rows:
-    key = [c.name for c in table.primary_key.columns]
-    return {tuple(r._mapping[k] for k in key): dict(r._mapping) for r in conn.execute(select(table))}
+    key = _primary_key(table)
+    return {tuple(r[i] for i in key): tuple(r) for r in conn.execute(select(table))}
 
 
-def _table_differences(table: Any, expected: Rows, actual: Rows) -> list[str]:
-    """Reasons naming the table, the row's key and the column, for each row that differs."""
-    key = [c.name for c in table.primary_key.columns]
+def _table_differences(table: Any, expected: Iterable[Sequence[Any]], actual: Rows) -> list[str]:
+    """Reasons naming the table, the row's key and the column, for each row the chain derives
+    (``expected``, streamed) that the stored rows (``actual``, consumed) lack or hold otherwise,
+    then for each stored row the chain does not derive."""
+    key, columns = _primary_key(table), [c.name for c in table.columns]
 
     def row(pk: tuple[Any, ...]) -> str:
-        return f"table {table.name}: row " + ", ".join(f"{k}={v}" for k, v in zip(key, pk))
+        return f"table {table.name}: row " + ", ".join(f"{columns[i]}={v}" for i, v in zip(key, pk))
 
-    found = [f"{row(pk)} follows from the chain but is missing" for pk in sorted(expected.keys() - actual.keys())]
-    found += [f"{row(pk)} is not on the chain" for pk in sorted(actual.keys() - expected.keys())]
-    for pk in sorted(expected.keys() & actual.keys()):
-        found += [f"{row(pk)}: {column} is {_shown(actual[pk][column])}, the chain says {_shown(value)}"
-                  for column, value in expected[pk].items() if actual[pk][column] != value]
-    return found
+    found = []
+    for derived in expected:
+        pk = tuple(derived[i] for i in key)
+        stored = actual.pop(pk, None)
+        if stored is None:
+            found.append(f"{row(pk)} follows from the chain but is missing")
+            continue
+        found += [f"{row(pk)}: {column} is {_shown(value)}, the chain says {_shown(wanted)}"
+                  for column, value, wanted in zip(columns, stored, derived) if value != wanted]
+    return found + [f"{row(pk)} is not on the chain" for pk in sorted(actual)]
 
 
 def _shown(value: Any) -> str:
