@@ -277,20 +277,22 @@ class Exclusion(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SupernodeResult(_message.Message):
-    __slots__ = ("node_id", "partial_hash", "num_samples", "edges", "excluded", "aggregate")
+    __slots__ = ("node_id", "partial_hash", "num_samples", "edges", "excluded", "aggregate", "exclusion_records")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_HASH_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSION_RECORDS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     partial_hash: str
     num_samples: int
     edges: _containers.RepeatedCompositeFieldContainer[EdgeResult]
     excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
     aggregate: Transaction
-    def __init__(self, node_id: _Optional[str] = ..., partial_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeResult, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., aggregate: _Optional[_Union[Transaction, _Mapping]] = ...) -> None: ...
+    exclusion_records: _containers.RepeatedCompositeFieldContainer[Transaction]
+    def __init__(self, node_id: _Optional[str] = ..., partial_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeResult, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., aggregate: _Optional[_Union[Transaction, _Mapping]] = ..., exclusion_records: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ...) -> None: ...
 
 class NetworkInfo(_message.Message):
     __slots__ = ("ca_certificate", "entry_id", "genesis_hash")

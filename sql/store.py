@@ -265,6 +265,13 @@ class LedgerStore:
             select(transactions.c.hash).where(transactions.c.hash.in_(hashes))).scalars().all(),
             "look up transactions"))
 
+    def existing_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(job_ids))
+        if not ids:
+            return set()
+        return set(self._read(lambda c: c.execute(select(jobs.c.job_id).where(jobs.c.job_id.in_(ids))).scalars().all(),
+                              "look up jobs"))
+
     # --- reads -----------------------------------------------------------------------------------
     def block(self, height: int) -> Block | None:
         found = self.blocks_from(height, limit=1)

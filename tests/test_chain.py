@@ -37,6 +37,10 @@ class MemoryView:
         on_chain = {t.hash for b in self.chain for t in b.transactions}
         return set(hashes) & on_chain
 
+    def existing_jobs(self, job_ids):
+        on_chain = {t.payload["job_id"] for b in self.chain for t in b.transactions if t.kind == TxKind.JOB}
+        return set(job_ids) & on_chain
+
     def add(self, block):
         validate_block(block, self)
         self.chain.append(block)
@@ -109,6 +113,8 @@ def test_valid_chain_is_accepted(setup):
     ("duplicate_in_block", "holds the same transaction twice"),
     ("already_on_chain", "already on the chain"),
     ("altered_payload", "bad signature"),
+    ("job_twice_in_block", "starts job 'j1' again"),
+    ("job_already_on_chain", "starts job 'j1' again"),
 ])
 def test_invalid_blocks_are_refused_with_the_reason(setup, breakage, reason):
     view, proposer, edge = setup
@@ -131,6 +137,15 @@ def test_invalid_blocks_are_refused_with_the_reason(setup, breakage, reason):
         txs = [replace(tx, signature=Identity.generate().sign(bytes.fromhex(tx.hash)))]
     elif breakage == "altered_payload":  # payload changed after signing: hash moves, signature no longer fits
         txs = [replace(tx, payload={**tx.payload, "samples": 10**6})]
+    elif breakage.startswith("job_"):  # a job id names one job: two JOBs with it would split its records
+        def job(n: int) -> Transaction:
+            return Transaction.create(TxKind.JOB, {"job_id": "j1", "spec": {"n": n}}, proposer)
+
+        if breakage == "job_already_on_chain":
+            view.add(Block.create(head.height + 1, head.hash, [job(1)], proposer))
+            height, prev, txs = head.height + 2, view.head().hash, [job(2)]
+        else:
+            txs = [job(1), job(2)]
     block = Block.create(height, prev, txs, signer)
     if breakage == "merkle":
         block = replace(block, transactions=(model_update(edge, 1, 5),))

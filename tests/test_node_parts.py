@@ -211,6 +211,45 @@ def test_a_batch_of_transactions_is_admitted_in_order_like_single_submits(tmp_pa
         store.close()
 
 
+def test_transactions_submitted_together_are_sealed_in_one_block_or_not_admitted(tmp_path):
+    """A round's records go on the chain together: one bad record keeps all of them out of the
+    pool, and the good ones are sealed in one block even past block_max_txs."""
+    import dataclasses
+
+    from node.chain.ledger import Ledger
+    from node.roles.settings import NodeSettings
+    from node.roles.supernode import Supernode
+    from sql.store import LedgerStore
+
+    store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+    me = Identity.generate()
+    entry = Supernode(me, "127.0.0.1:1", Ledger(store), "127.0.0.1:1", True,
+                      NodeSettings(block_interval=0.05, block_max_txs=3))
+    entry.start()
+    try:
+        def score(r: int) -> Transaction:
+            return Transaction.create(TxKind.SCORE, {"job_id": "j", "round": r, "node": me.node_id, "score": "1"}, me)
+
+        round_records = [score(r) for r in range(1, 8)]
+        forged = dataclasses.replace(round_records[3], signature=Identity.generate().sign(bytes.fromhex(round_records[3].hash)))
+        bad = round_records[:3] + [forged] + round_records[4:]
+        assert _status(lambda: entry.submit_all(bad, together=True)) == grpc.StatusCode.UNAUTHENTICATED
+        assert entry.pending_count() == 0 and not store.existing_transactions([t.hash for t in round_records])
+        singles = [score(r) for r in (20, 21)]
+        entry.submit_all(singles[:1])
+        entry.submit_all(round_records, together=True)
+        entry.submit_all(singles[1:])
+        wait_until(lambda: entry.pending_count() == 0, 10, "the pool sealed")
+        where = {t.hash: h for h, t in store.transactions(kind="SCORE")}
+        heights = {where[t.hash] for t in round_records}
+        assert len(heights) == 1, heights  # seven records, one block, though blocks hold 3
+        assert store.existing_transactions([t.hash for t in singles]) == {t.hash for t in singles}
+        assert entry.submit_all(round_records, together=True) and entry.pending_count() == 0  # sealed: idempotent
+    finally:
+        entry.stop()
+        store.close()
+
+
 def test_an_upload_counts_as_a_heartbeat_and_an_edge_node_heartbeat_reads_no_ledger(tmp_path):
     from node.chain.ledger import Ledger
     from node.roles.membership import signed_heartbeat

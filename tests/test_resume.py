@@ -10,18 +10,16 @@ the job, which then completes."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from base_package import data_pb2 as pb
 from conftest import start_network
 from node.chain.identity import Identity
-from node.dev.launcher import NodeProcess, free_port, wait_until
+from node.dev.launcher import NodeProcess, wait_until
+from node.dev.mariadb import PrivateMariaDB, mariadb_available
 from node.net.wire import tx_from_pb
 
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "8",
@@ -53,8 +51,23 @@ def test_the_entry_node_killed_mid_job_resumes_it_after_a_restart(tmp_path, db_f
     wait_until(lambda: again.status().pending_transactions == 0, 20, "the last records to be sealed")
     assert _globals(again, started.job_id) == Counter({r: 1 for r in range(1, 9)})
     assert sum(n.alive for n in again.status().edge_nodes.nodes) == 4
+    curves = again.console("GetJob").metrics  # rebuilt after the restart: every round, evaluated
+    assert [m.round for m in curves] == list(range(1, 9)), [m.round for m in curves]
+    assert all(0 < m.acc_weighted <= 1 and m.participants == 4 for m in curves), curves
+    assert _round_records_complete(_records(again, started.job_id))
     verified = again.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
     assert verified.ok and verified.recompute.ok, verified
+
+
+def _round_records_complete(records: list) -> bool:
+    """Every MODEL_UPDATE of the job is listed by an AGGREGATE, and every AGGREGATE by a
+    GLOBAL_MODEL: no round left half on the chain."""
+    combined = {h for t in records if t.kind == "GLOBAL_MODEL" for h in t.payload["aggregates"]}
+    aggregates = [t for t in records if t.kind == "AGGREGATE"]
+    listed = {h for t in aggregates for h in t.payload["updates"]}
+    assert {t.hash for t in aggregates} == combined, "an AGGREGATE without its GLOBAL_MODEL"
+    assert {t.hash for t in records if t.kind == "MODEL_UPDATE"} == listed, "a MODEL_UPDATE without its AGGREGATE"
+    return True
 
 
 def _records(entry: NodeProcess, job_id: str) -> list:
@@ -85,6 +98,7 @@ def test_absent_edge_nodes_are_recorded_every_round_and_a_failed_round_is_retrie
     records = _records(entry, started.job_id)
     failed = [t for t in records if t.kind == "ROUND_FAILED"]
     assert failed and all("no edge node returned a usable update" in t.payload["reason"] for t in failed)
+    assert _round_records_complete(records)  # a failed attempt leaves its order and ROUND_FAILED only
     assert _globals(entry, started.job_id) == Counter({r: 1 for r in range(1, 31)})
     for node_id in ids:  # every round: an update, or an exclusion with its reason
         trained = {t.payload["round"] for t in records if t.kind == "MODEL_UPDATE" and t.sender == node_id}
@@ -95,45 +109,7 @@ def test_absent_edge_nodes_are_recorded_every_round_and_a_failed_round_is_retrie
     assert reasons & {"dead", "UNAVAILABLE", "missed the round deadline"}, reasons
 
 
-class PrivateMariaDB:
-    """A MariaDB server of the test's own (its datadir and port), to stop and start at will;
-    the system one is never touched."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={folder / 'data'}", "--user=root",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
-                       check=True, capture_output=True, timeout=120)
-        self.process: subprocess.Popen | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"mysql+pymysql://root@127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [shutil.which("mariadbd") or "/usr/sbin/mariadbd", "--no-defaults", f"--datadir={self.folder / 'data'}",
-             f"--port={self.port}", f"--socket={self.folder / 'sock'}", "--user=root", "--bind-address=127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=(self.folder / "server.log").open("a"))
-        wait_until(self._answers, 60, "the private MariaDB server")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def _answers(self) -> bool:
-        import pymysql
-
-        try:
-            pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1).close()
-            return True
-        except pymysql.MySQLError:
-            return False
-
-
-@pytest.mark.skipif(shutil.which("mariadb-install-db") is None and os.environ.get("CI") != "true",
+@pytest.mark.skipif(not mariadb_available() and os.environ.get("CI") != "true",
                     reason="MariaDB's server is not installed here")
 def test_a_database_outage_of_20_s_stalls_the_job_which_then_completes(tmp_path, nodes):
     database = PrivateMariaDB(tmp_path / "mariadb")
@@ -157,6 +133,7 @@ def test_a_database_outage_of_20_s_stalls_the_job_which_then_completes(tmp_path,
         assert done.state == "done", done.error
         wait_until(lambda: entry.status().pending_transactions == 0 and sn.head() == entry.head(), 30, "sealed")
         assert _globals(entry, started.job_id) == Counter({r: 1 for r in range(1, 11)})
+        assert _round_records_complete(_records(entry, started.job_id))
         verified = entry.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
         assert verified.ok and verified.recompute.ok, verified
     finally:
@@ -177,6 +154,7 @@ def test_a_killed_supernodes_edge_nodes_are_excluded_with_a_reason_until_they_re
     wait_until(lambda: entry.status().pending_transactions == 0, 20, "the last records to be sealed")
     records = _records(entry, started.job_id)
     assert _globals(entry, started.job_id) == Counter({r: 1 for r in range(1, rounds + 1)})
+    assert _round_records_complete(records)
     for node_id in orphans:
         trained = {t.payload["round"] for t in records if t.kind == "MODEL_UPDATE" and t.sender == node_id}
         absent = {t.payload["round"]: t.payload["reason"] for t in records

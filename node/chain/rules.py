@@ -407,6 +407,8 @@ class ChainView(Protocol):
 
     def existing_transactions(self, tx_hashes: Iterable[str]) -> set[str]: ...
 
+    def existing_jobs(self, job_ids: Iterable[str]) -> set[str]: ...
+
 
 def validate_block(block: Block, view: ChainView) -> None:
     """Raise :class:`InvalidBlock` (with the reason) unless ``block`` may extend ``view``'s head."""
@@ -436,6 +438,9 @@ def validate_block(block: Block, view: ChainView) -> None:
         raise InvalidBlock(f"block {block.height} holds the same transaction twice")
     if existing := view.existing_transactions(hashes):
         raise InvalidBlock(f"block {block.height} repeats transaction {sorted(existing)[0][:16]}… already on the chain")
+    job_ids = [t.payload["job_id"] for t in block.transactions if t.kind == TxKind.JOB]
+    if repeated := sorted({j for j in job_ids if job_ids.count(j) > 1} | view.existing_jobs(job_ids)):
+        raise InvalidBlock(f"block {block.height} starts job {repeated[0]!r} again: a job id is used once")
 
     senders = {t.sender for t in block.transactions} | {block.proposer}
     named = {t.payload["node"] for t in block.transactions if t.kind in (TxKind.ENROLL, TxKind.REVOKE)}

@@ -5,6 +5,8 @@ A transaction enters the pool only when its sender is registered (on the chain, 
 registration still in the pool), its kind fits the sender's role, and its signature holds. The
 pool is sealed every ``block_interval`` seconds or ``block_max_txs`` transactions, into blocks
 small enough to push in one gRPC message; one bad transaction never costs the others their place.
+Transactions submitted *together* (a round's updates, aggregates, exclusions and its global model)
+go into one block, all of them or none: a block may exceed ``block_max_txs`` for them.
 A block is final once a majority of the alive supernodes hold it.
 """
 
@@ -51,6 +53,7 @@ class BlockProducer:
         self.channels = channels
         self._pool: list[Transaction] = []
         self._pool_hashes: set[str] = set()
+        self._together: dict[str, int] = {}  # first transaction's hash -> how many are sealed as one unit
         self._pool_cond = threading.Condition()
         self._peer_heads: dict[str, int] = {}
         self._pushers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push")
@@ -79,46 +82,63 @@ class BlockProducer:
             log.exception("could not seal the last pending transactions")
         self._pushers.shutdown(wait=True, cancel_futures=False)
 
-    def submit_all(self, txs: list[Transaction]) -> list[str]:
-        """Admit ``txs`` in order, with one database read for them all (a round's updates,
-        exclusions and aggregate on the way to the next round). A repeat is the same transaction;
-        one already sealed is admitted again as a no-op."""
+    def submit_all(self, txs: list[Transaction], together: bool = False) -> list[str]:
+        """Admit ``txs`` in order, with one database read for them all. A repeat is the same
+        transaction; one already sealed is admitted again as a no-op. ``together``: every one of
+        them is checked before any enters the pool, and they are sealed in one block (a round's
+        records: all on the chain, or none)."""
         distinct = list({tx.hash: tx for tx in txs}.values())
         for tx in distinct:
             check_payload(tx)
         sealed = self.ledger.store.existing_transactions([tx.hash for tx in distinct])
         # database reads outside the lock
         registered = self.ledger.store.registrations(tx.sender for tx in distinct)
-        for tx in distinct:
-            if tx.hash not in sealed:
-                self._admit(tx, registered.get(tx.sender))
+        fresh = [tx for tx in distinct if tx.hash not in sealed]
+        if not together:
+            for tx in fresh:
+                self._admit([tx], registered)
+        elif fresh:
+            if sum(_block_bytes(tx) for tx in fresh) > MAX_BLOCK_BYTES:
+                raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{len(fresh)} transactions to seal together do not fit one block")
+            self._admit(fresh, registered)
         return [tx.hash for tx in txs]
 
-    def _admit(self, tx: Transaction, stored: Registration | None) -> None:
+    def _admit(self, unit: list[Transaction], registered: dict[str, Registration]) -> None:
+        """Check every transaction of ``unit`` (one, or several sealed together), then pool them."""
         with self._pool_cond:
-            if tx.hash in self._pool_hashes:
+            unit = [tx for tx in unit if tx.hash not in self._pool_hashes]
+            if not unit:
                 return
-            if len(self._pool) >= MAX_PENDING:
+            if len(self._pool) + len(unit) > MAX_PENDING:
                 raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"{len(self._pool)} transactions are waiting for a block; retry shortly")
-            key, role = self._pending_identity(tx, stored)
-            if key is None:
-                raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {tx.sender} is not a registered node")
-            try:
-                check_sender_role(tx, role, self.node_id)
-            except InvalidTransaction as exc:
-                raise refuse(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
-            if not tx.signed_by(key):
-                raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"transaction {tx.hash[:16]}… has a bad signature")
-            self.check_claims(tx)
-            if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
-                self.members.add(edge_member(tx, key))
-            if tx.kind == TxKind.REVOKE:
-                self.ledger.mark_revoked(tx.payload["node"])
-                self.members.remove(tx.payload["node"])
-            self._pool.append(tx)
-            self._pool_hashes.add(tx.hash)
+            for tx in unit:
+                self._check(tx, registered.get(tx.sender))
+            for tx in unit:
+                if tx.kind == TxKind.REGISTER and tx.payload["role"] == "EN":  # where it lives now
+                    self.members.add(edge_member(tx, bytes.fromhex(tx.payload["public_key"])))
+                if tx.kind == TxKind.REVOKE:
+                    self.ledger.mark_revoked(tx.payload["node"])
+                    self.members.remove(tx.payload["node"])
+            if len(unit) > 1:
+                self._together[unit[0].hash] = len(unit)
+            self._pool.extend(unit)
+            self._pool_hashes.update(tx.hash for tx in unit)
             self._pool_cond.notify_all()
+
+    def _check(self, tx: Transaction, stored: Registration | None) -> None:
+        """Raise the gRPC refusal for a transaction the pool must not take."""
+        key, role = self._pending_identity(tx, stored)
+        if key is None:
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {tx.sender} is not a registered node")
+        try:
+            check_sender_role(tx, role, self.node_id)
+        except InvalidTransaction as exc:
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+        if not tx.signed_by(key):
+            raise refuse(grpc.StatusCode.UNAUTHENTICATED, f"transaction {tx.hash[:16]}… has a bad signature")
+        self.check_claims(tx)
 
     def _pending_identity(self, tx: Transaction, stored: Registration | None) -> tuple[bytes | None, str | None]:
         """The sender's key and role: from the chain, or from a registration still in the pool.
@@ -194,41 +214,50 @@ class BlockProducer:
                 log.exception("sealing a block failed")
                 self._stop.wait(1.0)
 
-    def _next_batch(self) -> list[Transaction]:
-        """Pending transactions for one block: at most block_max_txs, and few enough bytes that the
-        block fits one gRPC message when pushed to the other supernodes."""
-        batch, size = [], 0
+    def _next_batch(self) -> list[list[Transaction]]:
+        """Pending units (a transaction, or several submitted together) for one block: at most
+        block_max_txs transactions, and few enough bytes that the block fits one gRPC message when
+        pushed to the other supernodes; a unit is never split."""
+        batch: list[list[Transaction]] = []
+        count = size = 0
         with self._pool_cond:
-            for tx in self._pool[: self.settings.block_max_txs]:
-                size += len(canonical_bytes(tx.payload)) + 512
-                if batch and size > MAX_BLOCK_BYTES:
+            pool, i = self._pool, 0
+            while i < len(pool):
+                unit = pool[i:i + self._together.get(pool[i].hash, 1)]
+                unit_size = sum(_block_bytes(tx) for tx in unit)
+                if batch and (count + len(unit) > self.settings.block_max_txs or size + unit_size > MAX_BLOCK_BYTES):
                     break
-                batch.append(tx)
+                batch.append(unit)
+                count, size, i = count + len(unit), size + unit_size, i + len(unit)
         return batch
 
     def _seal_pending(self) -> None:
-        batch = self._next_batch()
-        if not batch:
+        units = self._next_batch()
+        if not units:
             return
+        batch = [tx for unit in units for tx in unit]
         try:
             block = self.ledger.propose(batch, self.identity)
             stored = {t.hash for t in batch}
         except InvalidBlock as exc:  # one bad transaction: never lose the others to it
-            log.error("sealing %d transactions failed (%s); sealing them one by one", len(batch), exc)
+            log.error("sealing %d transactions failed (%s); sealing them unit by unit", len(batch), exc)
             block, stored = None, set()
-            for tx in batch:
+            for unit in units:
                 try:
-                    self.ledger.propose([tx], self.identity)
-                    stored.add(tx.hash)
+                    self.ledger.propose(unit, self.identity)
+                    stored.update(tx.hash for tx in unit)
                 except InvalidBlock as one:
-                    if self.ledger.store.existing_transactions([tx.hash]):  # sealed before (an earlier try)
-                        stored.add(tx.hash)
+                    if len(unit) == 1 and self.ledger.store.existing_transactions([unit[0].hash]):
+                        stored.add(unit[0].hash)  # sealed before (an earlier try)
                         continue
-                    log.error("dropped transaction %s (%s): %s", tx.hash[:16], tx.kind, one)
+                    log.error("dropped %d transaction(s) sealed as one, the first %s (%s): %s",
+                              len(unit), unit[0].hash[:16], unit[0].kind, one)
         with self._pool_cond:
             sealed = {t.hash for t in batch}
             self._pool = [t for t in self._pool if t.hash not in sealed]
             self._pool_hashes -= sealed
+            for unit in units:
+                self._together.pop(unit[0].hash, None)
             for tx_hash in stored:
                 self._sealed_recently[tx_hash] = None
             while len(self._sealed_recently) > RECENTLY_SEALED:
@@ -272,3 +301,8 @@ class BlockProducer:
                  if m.node_id != self.node_id]  # a peer cannot hold more than we made
         heights = sorted([own, *peers], reverse=True)
         return heights[len(heights) // 2]
+
+
+def _block_bytes(tx: Transaction) -> int:
+    """A transaction's share of a pushed block's bytes (its payload and the envelope around it)."""
+    return len(canonical_bytes(tx.payload)) + 512

@@ -2,10 +2,11 @@
 
 The chain holds the job (JOB) and every finished round's order and global model (ROUND,
 GLOBAL_MODEL); the entry node's models folder holds the global models' bytes. The rest is kept
-in ``<home>/jobs/<job_id>/``: whether the operator paused the job, and the strategy's server state
-(FedAvgM's velocity, FedAdam's moments) after each of the last two rounds: the newest may be ahead
+in ``<home>/jobs/<job_id>/``: whether the operator paused the job, the strategy's server state
+(FedAvgM's velocity, FedAdam's moments) after each of the last two rounds (the newest may be ahead
 of the chain when the node died before that round's GLOBAL_MODEL was sealed, and then the one
-before it is the one the chain's last round left.
+before it is the one the chain's last round left), and each round's metrics as evaluated (the
+accuracies are not on the chain), one JSON line per round.
 """
 
 from __future__ import annotations
@@ -54,6 +55,28 @@ class JobCheckpoint:
             return bool(json.loads(path.read_text(encoding="utf-8")).get("paused", False))
         except (OSError, ValueError, AttributeError):
             return False
+
+    def add_metrics(self, row: dict) -> None:
+        """Append one round's metrics (a JSON object with a ``round``)."""
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with (self.folder / "metrics.jsonl").open("a", encoding="utf-8") as out:
+                out.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def metrics(self, up_to: int) -> list[dict]:
+        """The saved metrics of rounds 1..``up_to``, one per round (the last saved), in order; a
+        line torn by a crash is skipped."""
+        if self.folder is None or not (self.folder / "metrics.jsonl").exists():
+            return []
+        rows: dict[int, dict] = {}
+        for line in (self.folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                if isinstance(row, dict) and isinstance(row.get("round"), int) and 1 <= row["round"] <= up_to:
+                    rows[row["round"]] = row
+            except ValueError:
+                continue
+        return [rows[r] for r in sorted(rows)]
 
     def _state_path(self, round_number: int) -> Path:
         assert self.folder is not None

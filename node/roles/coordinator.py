@@ -7,8 +7,11 @@ AGGREGATE (its edge nodes' signed updates of this round, each once, their sample
 its exact partial sum (a rule that decomposes) or every update it lists (median, trimmed mean,
 Krum); a supernode whose result does not hold is left out of the round (an EXCLUDED
 transaction). The job's strategy then makes H(r+1) (``finalize``), signed in a GLOBAL_MODEL
-transaction that names the AGGREGATEs it combined. With ``openEval`` every edge node then
-evaluates H(r+1) with its own head.
+transaction that names the AGGREGATEs it combined, and submitted together with every record
+the round combined (the edge nodes' MODEL_UPDATEs, the supernodes' AGGREGATEs and EXCLUDEDs, its
+own EXCLUDEDs): one block holds the whole round, or none of it (a failed attempt leaves only its
+ROUND order and a ROUND_FAILED). With ``openEval`` every edge node then evaluates H(r+1) with its
+own head.
 
 A round changes the job's state (global model, round, server-optimiser state) only once its
 GLOBAL_MODEL is sealed in a block (the global model and the strategy's state are on disk before),
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import json_format
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
@@ -131,6 +135,8 @@ class Coordinator:
             except ValueError as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job cannot start: {exc}") from None
             job_id = f"job-{now_ms()}"
+            if self.node.ledger.store.existing_jobs([job_id]):  # a clock set back: the id is taken
+                job_id = f"job-{now_ms()}-{self.node.ledger.head().height + 1}"
             try:  # the job's initial model, the same on every node: built before anything is recorded
                 spec.check_model_fits()
                 initial = initial_model(spec)
@@ -266,6 +272,7 @@ class Coordinator:
                 return
             self.node.models.put(self.global_model)
             self._restore_edge_nodes(job)
+            self._restore_metrics(job, checkpoint, recorded)
             if done >= job.spec.rounds:
                 self.state = JobState.DONE
             elif checkpoint.paused():
@@ -274,6 +281,29 @@ class Coordinator:
                 self._launch(wait_for_participants=self.node.settings.dead_after * 5)
         log.info("job %s recovered from the chain after round %d of %d: %s", job.job_id, done, job.spec.rounds,
                  self.state)
+
+    def _restore_metrics(self, job: Job, checkpoint: JobCheckpoint, recorded: dict[int, Transaction]) -> None:
+        """Every finished round's metrics: as saved in the checkpoint, or, for a round sealed after
+        the last save, from its chain records (train loss, updates, exclusions; the accuracy
+        of the last such round comes from the next round's evaluation, as it would have)."""
+        saved = {row["round"]: json_format.ParseDict(row, pb.RoundMetrics(), ignore_unknown_fields=True)
+                 for row in checkpoint.metrics(self.round)}
+        missing = [r for r in sorted(recorded) if r not in saved]
+        excluded: dict[int, list[pb.Exclusion]] = {}
+        if missing:
+            for _, tx in self.node.ledger.store.transactions(kind=TxKind.EXCLUDED, job_id=job.job_id):
+                excluded.setdefault(tx.payload["round"], []).append(pb.Exclusion(node_id=tx.payload["node"],
+                                                                                  reason=tx.payload["reason"]))
+        for r in missing:
+            p = recorded[r].payload
+            metrics = p.get("metrics") if isinstance(p.get("metrics"), dict) else {}
+            saved[r] = pb.RoundMetrics(round=r, train_loss=_number(metrics.get("train_loss")),
+                                       participants=int(_number(metrics.get("updates"), 0)), excluded=excluded.get(r, []),
+                                       global_hash=p["hash"], **{k: math.nan for k in ("acc_weighted", "acc_mean",
+                                                                                       "acc_min", "acc_max", "loss")})
+        if self.round in missing and self.round < job.spec.rounds:  # evaluated with the next round, then published
+            self._unevaluated = saved.pop(self.round)
+        self.metrics = [saved[r] for r in sorted(saved)]
 
     def _recovered_model(self, job: Job, global_tx: Transaction | None) -> ReceivedModel:
         """The job's current global model: the last sealed GLOBAL_MODEL's, else its initial one."""
@@ -484,21 +514,26 @@ class Coordinator:
         excluded: list[pb.Exclusion] = []  # as the supernodes report them (on the chain from them)
         mine: list[pb.Exclusion] = []  # the entry node's own findings (on the chain from it)
         aggregates, parts, edges = [], [], []
+        records: list[Transaction] = []  # the supernodes' signed records of what this round combines
         for sn, result in results:
-            excluded.extend(result.excluded)
-            if not result.num_samples:
-                continue
             try:
-                aggregate, part = self._contribution(job, round_number, sn, result, reference, strategy)
+                exclusions = self._exclusion_records(job, round_number, sn, result)
+                if result.num_samples:
+                    aggregate, part = self._contribution(job, round_number, sn, result, reference, strategy)
             except Exception as exc:  # noqa: BLE001 - a supernode whose result does not hold is left out
                 reason = f"its round result was refused: {status_for(exc)[1]}"
                 log.warning("job %s round %d: supernode %s left out: %s", job.job_id, round_number, sn.node_id, reason)
                 mine.append(pb.Exclusion(node_id=sn.node_id, reason=reason))
                 lost[sn.node_id] = reason
                 continue
+            excluded.extend(pb.Exclusion(node_id=t.payload["node"], reason=t.payload["reason"]) for t in exclusions)
+            records.extend(exclusions)
+            if not result.num_samples:
+                continue
             aggregates.append(aggregate)
             parts.append(part)
             edges.extend(result.edges)
+            records.extend([*(tx_from_pb(e.update) for e in result.edges), aggregate])
         accounted = {e.node_id for e in edges} | {x.node_id for x in excluded}
         mine += [pb.Exclusion(node_id=n, reason=self._absence(n, lost)) for n in job.participants if n not in accounted]
         excluded += mine
@@ -523,7 +558,7 @@ class Coordinator:
                                                         "reason": x.reason[:500]}, node.identity) for x in mine]
         node.models.keep(global_model)  # on disk, as the strategy's state: before the chain can hold the round
         self._checkpoint().save_round(round_number, strategy.state_dict())
-        node.submit_all([*refused, global_tx])
+        node.submit_all([*records, *refused, global_tx], together=True)  # one block: the whole round, or none of it
         self._unsealed = _Unsealed(round_number, strategy, global_model, global_tx, current.header.model_hash,
                                    pb.RoundMetrics(round=round_number, train_loss=train_loss,
                                                    seconds=time.perf_counter() - started, participants=len(edges),
@@ -564,6 +599,27 @@ class Coordinator:
                          f"supernode {sn.node_id}'s partial sum {result.partial_hash[:16]}… is not the sum of the "
                          f"{len(updates)} updates it lists")
         return aggregate, partial
+
+    def _exclusion_records(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult) -> list[Transaction]:
+        """The supernode's signed EXCLUDED records: of this round, of the job's edge nodes it did not
+        also report an update of, each once."""
+        member = self.node.members.get(sn.node_id)
+        updated = {tx_from_pb(e.update).sender for e in result.edges}
+        records, named = [], set()
+        for record in map(tx_from_pb, result.exclusion_records):
+            check_payload(record)
+            p = record.payload
+            if record.kind != TxKind.EXCLUDED or record.sender != sn.node_id or member is None \
+                    or not record.signed_by(member.public_key):
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"supernode {sn.node_id} sent an exclusion it did not sign")
+            if p["job_id"] != job.job_id or p["round"] != round_number or p["node"] not in job.participants \
+                    or p["node"] in updated or p["node"] in named:
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"supernode {sn.node_id} excluded {p['node']}, which is not an edge node of this round "
+                             f"without an update, or twice")
+            named.add(p["node"])
+            records.append(record)
+        return records
 
     def _check_partial(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
                        strategy: Strategy) -> Transaction:
@@ -622,6 +678,7 @@ class Coordinator:
                 setattr(metrics, key, value)
             metrics.excluded.extend(report.excluded)
         self.metrics.append(metrics)
+        self._checkpoint().add_metrics(json_format.MessageToDict(metrics, preserving_proto_field_name=True))
         log.info("round %d: accuracy %.4f (mean %.4f), %.2f s", metrics.round, metrics.acc_weighted,
                  metrics.acc_mean, metrics.seconds)
 
@@ -662,6 +719,14 @@ class Coordinator:
             self.delivered.record(sn.node_id, model.header.model_hash)
         return stub.RunRound(request, timeout=timeout)
 
+
+
+def _number(text: Any, default: float = math.nan) -> float:
+    """A recorded metric (a decimal string on the chain) as a float; ``default`` when absent or bad."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
 
 
 def _samples(edge: pb.EdgeResult) -> int:

@@ -3,13 +3,13 @@
 For each of its edge nodes in the job, in parallel: send the global model if that node does not
 have it yet, then ask it to train (or evaluate) before the round's deadline. An edge node that
 fails, times out, or returns an update that does not fit (unsigned, wrong job or round, missing
-bytes, wrong keys/shapes/dtypes, NaN) is left out with the reason, recorded on the chain in an
-EXCLUDED transaction. The job's strategy checks every update (``Strategy.validate``); when its rule
+bytes, wrong keys/shapes/dtypes, NaN) is left out with the reason, in an EXCLUDED transaction. The job's strategy checks every update (``Strategy.validate``); when its rule
 decomposes (a mean, FedAvgM, FedAdam) the supernode folds the updates into an exact partial sum
 (``ExactSum``: the same bytes whatever the order or grouping) as they arrive, otherwise (median,
 trimmed mean, Krum) it only lists them and the entry node works from the updates themselves. The
-edge nodes' signed MODEL_UPDATE transactions and the supernode's AGGREGATE (the updates it
-checked, and the partial's hash when there is one) go to the entry node for the next block.
+edge nodes' signed MODEL_UPDATE transactions, the supernode's EXCLUDED records and its AGGREGATE
+(the updates it checked, and the partial's hash when there is one) go back to the entry node,
+which seals them with the round's global model in one block, or not at all.
 """
 
 from __future__ import annotations
@@ -147,14 +147,15 @@ class RoundRunner:
 
     def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
                  reply: pb.SupernodeResult) -> pb.SupernodeResult:
-        """Send the round's transactions to the entry node (in one batch): the edge nodes' signed
-        updates, the exclusions, and the AGGREGATE listing the MODEL_UPDATE transactions this
-        supernode checked (also in the reply, so the entry node knows what it combines). When the
-        job's rule decomposes, the AGGREGATE names the partial sum, kept for download."""
+        """The round's records, signed, in the reply for the entry node to seal with the round's
+        global model (all of them, or none when the round fails): an EXCLUDED per edge node left
+        out, and the AGGREGATE listing the MODEL_UPDATE transactions this supernode checked (the
+        edge nodes' signed updates travel in ``reply.edges``). When the job's rule decomposes, the
+        AGGREGATE names the partial sum, kept for download."""
         node = self.node
-        records = txs + [Transaction.create(TxKind.EXCLUDED, {
+        reply.exclusion_records.extend(tx_to_pb(Transaction.create(TxKind.EXCLUDED, {
             "job_id": job.job_id, "round": round_number, "node": exclusion.node_id,
-            "reason": exclusion.reason[:500]}, node.identity) for exclusion in reply.excluded]
+            "reason": exclusion.reason[:500]}, node.identity)) for exclusion in reply.excluded)
         if txs:
             samples = sum(int(t.payload["samples"]) for t in txs)
             loss = sum(r.train_loss * int(t.payload["samples"]) for r, t in zip(reply.edges, txs)) / samples
@@ -168,9 +169,7 @@ class RoundRunner:
                 node.models.put(ReceivedModel.of(header, data))
                 aggregate["hash"] = reply.partial_hash = header.model_hash
             reply.num_samples = samples
-            records.append(Transaction.create(TxKind.AGGREGATE, aggregate, node.identity))
-            reply.aggregate.CopyFrom(tx_to_pb(records[-1]))
-        node.submit_all(records)
+            reply.aggregate.CopyFrom(tx_to_pb(Transaction.create(TxKind.AGGREGATE, aggregate, node.identity)))
         return reply
 
     def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int, reference: dict[str, Any],

@@ -253,10 +253,12 @@ class Supernode:
         """Admit ``tx`` into the entry node's pool (forwarding it there from other supernodes)."""
         return self.submit_all([tx])[0]
 
-    def submit_all(self, txs: list[Transaction]) -> list[str]:
-        """Admit ``txs`` into the entry node's pool, in order (other supernodes forward them)."""
+    def submit_all(self, txs: list[Transaction], together: bool = False) -> list[str]:
+        """Admit ``txs`` into the entry node's pool, in order (other supernodes forward them);
+        ``together`` (the entry node's own round records): sealed in one block, or not at all."""
         if self.producer is not None:
-            return self.producer.submit_all(txs)
+            return self.producer.submit_all(txs, together)
+        assert not together, "only the entry node seals transactions together"
         stub = self._entry_stub(rpc_pb.LedgerStub)
         return [stub.SubmitTransaction(tx_to_pb(tx), timeout=10).tx_hash for tx in txs]
 
