@@ -207,11 +207,12 @@ def chain_report(net: Network, job_id: str, seen: Observed, rounds: int) -> dict
     heads = {name: node.head() for name, node in net.nodes.items() if name == "entry" or name.startswith("sn")}
     verified = {name: net.nodes[name].console("Verify", pb.VerifyRequest(recompute=name == "entry"), timeout=300)
                 for name in heads}
-    audit = all(v.ok for v in verified.values()) and verified["entry"].recompute.ok
+    failed = {name: v.reason or v.recompute.reason for name, v in verified.items()
+              if not v.ok or (name == "entry" and not v.recompute.ok)}
     return {"rounds": len(globals_), "attempts": sum(tx.kind == "ROUND" for tx in mine),
             "failed": sum(tx.kind == "ROUND_FAILED" for tx in mine), "lost": lost, "doubled": doubled,
             "half": half, "unrecorded": unrecorded, "equal": all(h == heads["entry"] for h in heads.values()),
-            "audit": "OK" if audit else "; ".join(f"{n}: {v.reason or v.recompute.reason}" for n, v in verified.items()),
+            "audit": "; ".join(f"{name}: {reason}" for name, reason in failed.items()) or "OK",
             "recompute": str(verified["entry"].recompute.rounds), "blocks": head.height + 1,
             "reasons": Counter(tx.payload["reason"][:70] for tx in mine if tx.kind == "ROUND_FAILED")}
 

@@ -113,6 +113,23 @@ def test_model_store_moves_models_to_disk_keeps_them_across_restarts_and_within_
     assert small.get(models[1].header.model_hash) is None  # never served altered
 
 
+def test_updates_are_on_disk_before_a_supernode_reports_them(tmp_path):
+    """wait_stored spills and returns once the files are written (a kill -9 right after loses
+    nothing the chain names); without a directory nothing is stored and it says so at once."""
+    me = Identity.generate()
+    models = [ReceivedModel.of(make_header(me, bytes([i]) * 5000, "job", 1, 10), bytes([i]) * 5000) for i in range(3)]
+    store = ModelCache(max_bytes=1 << 20, directory=tmp_path / "models")
+    for m in models:
+        store.put(m)
+    hashes = [m.header.model_hash for m in models]
+    assert store.wait_stored(hashes, timeout=10) == []
+    assert all((tmp_path / "models" / f"{h}.model").stat().st_size > 5000 for h in hashes)
+    store.close()
+    memory_only = ModelCache(max_bytes=1 << 20)
+    memory_only.put(models[0])
+    assert memory_only.wait_stored(hashes[:1], timeout=10) == hashes[:1]
+
+
 def test_a_model_the_disk_cannot_take_stays_in_memory_and_so_does_one_spilled_after_close(tmp_path):
     import shutil
 

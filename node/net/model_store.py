@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,7 @@ class ModelCache:
         self._size = 0  # bytes held in memory, those waiting to be written included
         self._disk_size = 0
         self._lock = threading.Lock()
+        self._stored = threading.Condition(self._lock)  # notified as each write finishes
         self._writer: ThreadPoolExecutor | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -166,6 +168,21 @@ class ModelCache:
         with self._lock:
             if self._writer is not None and model_hash in self._models:
                 self._evict(model_hash, overflow=False)
+
+    def wait_stored(self, hashes: list[str], timeout: float) -> list[str]:
+        """Spill ``hashes`` and wait until they are on disk: a supernode reports updates for the
+        chain only once they survive its crash (an auditor recomputing the round fetches them).
+        Returns those not on disk when ``timeout`` passed (all of them without a directory)."""
+        for model_hash in hashes:
+            self.spill(model_hash)
+        deadline = time.monotonic() + timeout
+        with self._stored:
+            while True:
+                pending = [h for h in hashes if h not in self._on_disk]
+                left = deadline - time.monotonic()
+                if not pending or self._writer is None or left <= 0:
+                    return pending
+                self._stored.wait(left)
 
     def close(self) -> None:
         """Finish the writes under way; later spills keep their models in memory."""
@@ -222,6 +239,7 @@ class ModelCache:
             tmp.unlink(missing_ok=True)
         doomed = []
         with self._lock:
+            self._stored.notify_all()
             self._writing.pop(model_hash, None)
             if not stored:
                 self._models[model_hash] = model

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STORE_TIMEOUT_S = 30.0  # how long a round's updates may take to reach the supernode's disk
+
 
 class RoundRunner:
     def __init__(self, node: Supernode) -> None:
@@ -121,7 +123,19 @@ class RoundRunner:
             txs.append(tx)
             reply.edges.append(result)
             self.node.models.spill(update.model_hash)  # checked (and summed): memory for the next, disk for audits
-        return self._publish(job, round_number, partial, txs, reply)
+        return self._publish(job, round_number, partial, self._durable(txs), reply)
+
+    def _durable(self, txs: list[Transaction]) -> list[Transaction]:
+        """``txs`` once their updates' bytes are on this supernode's disk: the chain will name
+        them and an audit fetches them from here, after a crash too. A disk that cannot keep up
+        fails this supernode's part of the round (its edge nodes are excluded with the reason)."""
+        if self.node.models.directory is None:
+            return txs
+        unstored = self.node.models.wait_stored([t.payload["hash"] for t in txs], STORE_TIMEOUT_S)
+        if unstored:
+            raise refuse(grpc.StatusCode.UNAVAILABLE, f"{len(unstored)} update(s) could not be stored on this "
+                         f"supernode's disk within {STORE_TIMEOUT_S:g} s")
+        return txs
 
     def _strategy(self, job: Job) -> Strategy:
         """The job's strategy (the supernode only validates and sums: it keeps no server state)."""
