@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, MODELS, PARTITIONS, STRATEGIES
+from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_MECHANISMS, MODELS, PARTITIONS, STRATEGIES
 from fl.options import OPTION_RULES, check_options
 
 my_conf: dict[str, Any] = {
@@ -56,6 +56,11 @@ my_conf: dict[str, Any] = {
     "trim_beta": 0.2,  # trimmed_mean: share cut at each end per coordinate, int(beta*n) updates
     "krum_f": 1,  # krum: attackers assumed (needs clients >= 2f+3)
     "krum_m": 1,  # krum: updates selected (m > 1: Multi-Krum, their mean)
+    "dp": "off",  # differential privacy: off | central | central_client | local | dpsgd (fl/privacy.py)
+    "dp_clip": 1.0,  # dp: the L2 clip norm C of each edge node's contribution
+    "dp_noise": 0.0,  # dp: the noise multiplier z (noise stddev = z*C); 0 with dp_epsilon: calibrated
+    "dp_epsilon": 0.0,  # dp: the job's target epsilon (0: none, then dp_noise must be set)
+    "dp_delta": 1e-5,  # dp: delta of the (epsilon, delta) guarantee
     "model": "auto",  # auto (by dataset) | mlp | cnn_mnist | cnn_cifar
     "head_layers": 1,  # how many of the last parameterised layers form the head
     "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
@@ -120,6 +125,11 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "strategy": _choice(*STRATEGIES),
     "aggregation": _choice(*AGGREGATIONS),
     **OPTION_RULES,
+    "dp": _choice(*DP_MECHANISMS),
+    "dp_clip": _positive,
+    "dp_noise": _at_least(0),
+    "dp_epsilon": _at_least(0),
+    "dp_delta": _fraction,
     "model": _choice(*MODELS),
     "head_layers": _at_least(1),
     "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",
@@ -147,7 +157,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "stream_idle_s": _positive,
 }
 
-_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device"}
+_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -294,6 +294,37 @@ class SupernodeResult(_message.Message):
     exclusion_records: _containers.RepeatedCompositeFieldContainer[Transaction]
     def __init__(self, node_id: _Optional[str] = ..., partial_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeResult, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., aggregate: _Optional[_Union[Transaction, _Mapping]] = ..., exclusion_records: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ...) -> None: ...
 
+class PrivacyRound(_message.Message):
+    __slots__ = ("round", "record")
+    class RecordEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    record: _containers.ScalarMap[str, str]
+    def __init__(self, round: _Optional[int] = ..., record: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class JobPrivacy(_message.Message):
+    __slots__ = ("job_id", "rounds", "stopped")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rounds: _containers.RepeatedCompositeFieldContainer[PrivacyRound]
+    stopped: str
+    def __init__(self, job_id: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[PrivacyRound, _Mapping]]] = ..., stopped: _Optional[str] = ...) -> None: ...
+
+class PrivacyReport(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobPrivacy]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobPrivacy, _Mapping]]] = ...) -> None: ...
+
 class NetworkInfo(_message.Message):
     __slots__ = ("ca_certificate", "entry_id", "genesis_hash")
     CA_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]

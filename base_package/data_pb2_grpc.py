@@ -869,6 +869,11 @@ class ConsoleStub:
                 request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
                 response_deserializer=base__package_dot_data__pb2.EnrolmentList.FromString,
                 _registered_method=True)
+        self.Privacy = channel.unary_unary(
+                '/fedledger.Console/Privacy',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.PrivacyReport.FromString,
+                _registered_method=True)
         self.Revoke = channel.unary_unary(
                 '/fedledger.Console/Revoke',
                 request_serializer=base__package_dot_data__pb2.RevokeRequest.SerializeToString,
@@ -961,6 +966,13 @@ class ConsoleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Privacy(self, request, context):
+        """privacy(): every DP job's budget, from the chain
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Revoke(self, request, context):
         """revoke(): entry node only
         """
@@ -1030,6 +1042,11 @@ def add_ConsoleServicer_to_server(servicer, server):
                     servicer.ListEnrolments,
                     request_deserializer=base__package_dot_data__pb2.Empty.FromString,
                     response_serializer=base__package_dot_data__pb2.EnrolmentList.SerializeToString,
+            ),
+            'Privacy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Privacy,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.PrivacyReport.SerializeToString,
             ),
             'Revoke': grpc.unary_unary_rpc_method_handler(
                     servicer.Revoke,
@@ -1364,6 +1381,33 @@ class Console:
             '/fedledger.Console/ListEnrolments',
             base__package_dot_data__pb2.Empty.SerializeToString,
             base__package_dot_data__pb2.EnrolmentList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Privacy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/Privacy',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.PrivacyReport.FromString,
             options,
             channel_credentials,
             insecure,

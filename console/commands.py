@@ -200,13 +200,48 @@ def save(session: Session, path: str | None = None) -> bool:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["round"])
         writer.writeheader()
         writer.writerows(rows)
+    written = ["global_model.safetensors", "metrics.json", "metrics.csv", "accuracy.png"]
+    budget = next((j for j in session.client.call("Privacy").jobs if j.job_id == status.job_id), None)
+    if budget is not None:  # a DP job: its budget per round, as the chain records it
+        (folder / "privacy.json").write_text(json.dumps(_privacy_dict(budget), indent=2))
+        written.append("privacy.json")
     from fl.plot import plot_accuracy
 
     plot_accuracy({status.job_id: list(status.metrics)}, folder / "accuracy.png", f"{status.job_id} (FedLedger)")
     reply = session.client.call("RecordSave", pb.SaveRequest(job_id=status.job_id, model_hash=digest,
                                                              path=str(folder)))
-    session.out.print(f"saved {status.job_id} into {folder}/ (global_model.safetensors, metrics.json, metrics.csv, "
-                      f"accuracy.png); SAVE transaction {reply.tx_hash[:16]}… records model {digest[:16]}…")
+    session.out.print(f"saved {status.job_id} into {folder}/ ({', '.join(written)}); SAVE transaction "
+                      f"{reply.tx_hash[:16]}… records model {digest[:16]}…")
+    return True
+
+
+def _privacy_dict(job: pb.JobPrivacy) -> dict[str, Any]:
+    return {"job_id": job.job_id, "stopped": job.stopped or None,
+            "rounds": [{"round": r.round, **dict(sorted(r.record.items()))} for r in job.rounds]}
+
+
+@command("privacy()", "every differentially private job's budget from the chain: mechanism, noise, clip norm, "
+         "epsilon spent after each round, and why a job stopped")
+def privacy(session: Session) -> bool:
+    report = session.client.call("Privacy")
+    if not report.jobs:
+        session.out.print("no job on the chain uses differential privacy (start one with dp='central' and dp_noise "
+                          "or dp_epsilon)")
+        return True
+    for job in report.jobs:
+        first = dict(job.rounds[0].record) if job.rounds else {}
+        target = first.get("target_epsilon")
+        table = Table(title=f"{job.job_id}: dp={first.get('mechanism', '?')}, clip norm {first.get('clip_norm', '?')}, "
+                            f"noise multiplier {first.get('noise_multiplier', '?')}, δ = {first.get('delta', '?')}"
+                            + (f", budget ε = {target}" if target else ""))
+        for name in ("round", "ε spent", "noise stddev (on the mean)", "updates", "sampling rate", "steps"):
+            table.add_column(name)
+        for r in job.rounds:
+            table.add_row(str(r.round), r.record.get("epsilon", "?"), r.record.get("noise_stddev", "?"),
+                          r.record.get("updates", "?"), r.record.get("sample_rate", "?"), r.record.get("steps", "?"))
+        session.out.print(table)
+        if job.stopped:
+            session.out.print(f"[yellow]stopped[/yellow]: {job.stopped}")
     return True
 
 

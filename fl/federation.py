@@ -20,7 +20,7 @@ import torch
 from fl.datasets import Dataset, load_dataset
 from fl.models import SplitModel, StateDict, build_model
 from fl.partition import ClientIndices, client_split, partition
-from fl.names import INPUT_SHAPES, OPTION_DEFAULTS
+from fl.names import DP_OPTIONS, INPUT_SHAPES, OPTION_DEFAULTS
 from fl.strategy import Strategy, TrainHook, strategy_for_job
 from fl.train import ClientData, EvalResult, TrainStats, evaluate, train_local
 
@@ -59,6 +59,12 @@ class JobSpec:
     trim_beta: float = OPTION_DEFAULTS["trim_beta"]
     krum_f: int = OPTION_DEFAULTS["krum_f"]
     krum_m: int = OPTION_DEFAULTS["krum_m"]
+    # differential privacy (fl/privacy.py): the mechanism and its settings
+    dp: str = "off"
+    dp_clip: float = DP_OPTIONS["dp_clip"]
+    dp_noise: float = DP_OPTIONS["dp_noise"]
+    dp_epsilon: float = DP_OPTIONS["dp_epsilon"]
+    dp_delta: float = DP_OPTIONS["dp_delta"]
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any]) -> "JobSpec":
@@ -82,6 +88,8 @@ class JobSpec:
             seed=conf["seed"],
             aggregation=conf.get("aggregation", "mean"),
             **{key: type(default)(conf.get(key, default)) for key, default in OPTION_DEFAULTS.items()},
+            dp=conf.get("dp", "off"),
+            **{key: float(conf.get(key, default)) for key, default in DP_OPTIONS.items()},
         )
 
     def build_model(self, num_classes: int = 10) -> SplitModel:
@@ -104,9 +112,10 @@ class JobSpec:
             raise ValueError(f"model {self.model!r} does not accept {self.dataset} samples of shape {shape}: "
                              f"{str(exc).splitlines()[0]}") from None
 
-    def get_strategy(self) -> Strategy:
-        """The job's strategy (sharing, aggregation rule and its options)."""
-        return strategy_for_job(self)
+    def get_strategy(self, min_samples: int = 0) -> Strategy:
+        """The job's strategy (sharing, aggregation rule and its options; DP around it when set).
+        ``min_samples``: the fewest training samples of a client (accounts DP-SGD)."""
+        return strategy_for_job(self, min_samples)
 
     def round_seed(self, round_number: int, client: int) -> int:
         """A distinct, reproducible seed for one client's training in one round."""
@@ -221,7 +230,7 @@ class ClientWorker:
         state = self.model.full_state()
         return ClientResult(
             client=client,
-            shared={k: state[k] for k in self.shared_keys},
+            shared=hook.finish({k: state[k] for k in self.shared_keys}, shared),  # (clipped, noised: DP)
             personal={k: state[k] for k in self.personal_keys},
             stats=stats,
             local_eval=evaluate(self.model, data.x_test, data.y_test) if local_eval else None,

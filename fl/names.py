@@ -25,6 +25,10 @@ AGGREGATION_OPTIONS: dict[str, dict[str, float | int]] = {
 # distance from the global model (update_norm_bound: at most that multiple of the global model's
 # norm, 0 = no bound; update_norm_clip: 0 refuses an update beyond it, 1 scales it back to it).
 COMMON_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0, "update_norm_bound": 0.0, "update_norm_clip": 0}
+# Differential privacy (fl/privacy.py): the mechanism (config key ``dp``) and its settings: the
+# clip norm C, the noise multiplier z (0 with a target ε: calibrated), the target ε (0: none), δ.
+DP_MECHANISMS = ("off", "central", "central_client", "local", "dpsgd")
+DP_OPTIONS: dict[str, float] = {"dp_clip": 1.0, "dp_noise": 0.0, "dp_epsilon": 0.0, "dp_delta": 1e-5}
 OPTION_DEFAULTS: dict[str, float | int] = {
     **{k: v for options in AGGREGATION_OPTIONS.values() for k, v in options.items()},
     **COMMON_OPTIONS,

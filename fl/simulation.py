@@ -42,6 +42,7 @@ class RoundMetrics:
     seconds: float
     local_acc_weighted: float | None = None
     client_acc: list[float] = field(default_factory=list)
+    privacy: dict[str, str] | None = None  # a DP job: the round's mechanism, noise, clip norm, ε so far
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for JSON; rounds that were not evaluated hold None, not NaN."""
@@ -57,6 +58,7 @@ class SimulationResult:
     histogram: list[list[int]]
     num_train: list[int]
     num_test: list[int]
+    stopped: str = ""  # why the job stopped before its last round (a privacy budget spent)
 
     @property
     def best_accuracy(self) -> float:
@@ -169,6 +171,7 @@ def run_simulation(
     elif splits is None:
         splits = client_indices(dataset.y.numpy(), job)
     clients = [client_data(dataset, s, device) for s in splits]
+    strategy = job.get_strategy(min(c.num_train for c in clients))  # (DP-SGD's accounting needs the sizes)
     histogram = class_histogram(dataset.y.numpy(), [s.train for s in splits], dataset.num_classes)
 
     server = ClientWorker(job, dataset.num_classes, torch.device("cpu"))
@@ -181,9 +184,12 @@ def run_simulation(
     workers = conf["workers"] or default_workers(job.num_clients)
     runner = _Runner(job, clients, dataset.num_classes, device, workers)
     rounds: list[RoundMetrics] = []
+    stopped: str | None = None
     try:
         for round_number in range(1, job.rounds + 1):
             started = time.perf_counter()
+            if (stopped := strategy.can_run(round_number)) is not None:  # a privacy budget spent
+                break
             config = strategy.configure_train(round_number)
             tasks = [(i, round_number, shared, personal_bytes[i], conf["local_OpenEval"], config)
                      for i in range(len(clients))]
@@ -212,6 +218,7 @@ def run_simulation(
                 seconds=time.perf_counter() - started,
                 local_acc_weighted=summarize(local)["acc_weighted"] if local else None,
                 client_acc=client_acc,
+                privacy=strategy.round_record().get("privacy"),
                 **summary,
             )
             rounds.append(metrics)
@@ -227,6 +234,7 @@ def run_simulation(
         histogram=histogram.tolist(),
         num_train=[c.num_train for c in clients],
         num_test=[c.num_test for c in clients],
+        stopped=stopped or "",
     )
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from fl.strategy.fedprox import TrainHook
+    from fl.strategy.client import TrainHook
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -82,8 +82,15 @@ def train_local(
     """Plain SGD over ``epochs`` shuffled passes; the shuffle is seeded, so runs repeat.
 
     ``hook`` (from the round's ``Strategy.configure_train``) may change the gradients of the
-    ``shared_keys`` parameters before each step (FedProx's proximal term); without one, or with
-    one that has nothing to do, training is exactly as before."""
+    ``shared_keys`` parameters before each step (FedProx's proximal term) or make the training
+    DP-SGD (``fl.privacy.train_private``); without one, or with one that has nothing to do,
+    training is exactly as before."""
+    if hook is not None and hook.dpsgd:  # DP-SGD: per-example clipping and noise (Opacus)
+        from fl.privacy import train_private
+
+        samples, loss = train_private(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                                      seed=seed, clip_norm=hook.dpsgd_clip, noise_multiplier=hook.dpsgd_noise)
+        return TrainStats(num_samples=samples, loss=loss)
     n = int(y.shape[0])
     if n == 0:
         raise ValueError("no training samples")

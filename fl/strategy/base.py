@@ -119,12 +119,19 @@ def bound_update(reference: Mapping[str, torch.Tensor], update: Update, bound: f
     if not clip:
         raise InvalidUpdate(f"the update is {distance:.6g} away from the global model; the job allows at most "
                             f"{bound:g} × its norm = {limit:.6g} (update_norm_bound)")
-    scale = math.floor(limit / distance * CLIP_GRID) / CLIP_GRID
-    state = dict(update.state)
+    return Update(scale_delta(update.state, reference, keys, math.floor(limit / distance * CLIP_GRID) / CLIP_GRID),
+                  update.num_samples, update.model_hash)
+
+
+def scale_delta(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], keys: Sequence[str],
+                scale: float) -> dict[str, torch.Tensor]:
+    """``state`` with its delta from ``reference`` over ``keys`` multiplied by ``scale``:
+    r + (s − r)·scale, elementwise in float64 (the same bits everywhere), in ``state``'s dtypes."""
+    out = dict(state)
     for key in keys:
         ref = reference[key].double()
-        state[key] = (ref + (update.state[key].double() - ref) * scale).to(reference[key].dtype)
-    return Update(state, update.num_samples, update.model_hash)
+        out[key] = (ref + (state[key].double() - ref) * scale).to(state[key].dtype)
+    return out
 
 
 def int_maximum(updates: Sequence[Update], key: str) -> torch.Tensor:
@@ -242,6 +249,35 @@ class Strategy(ABC):
             raise ValueError(f"{key}: shape {tuple(like.shape)} differs from the optimiser state's "
                              f"{tuple(state.shape)}; a strategy instance serves one job")
         return state
+
+    def weight(self, samples: int) -> int:
+        """The weight an update of ``samples`` training samples gets in the sum (``validate`` sets
+        it): its sample count, as FedAvg weighs; a rule may weigh every update alike."""
+        return samples
+
+    # --- the round's record ---------------------------------------------------------------------
+    def can_run(self, round_number: int) -> str | None:
+        """Why round ``round_number`` must not run (a privacy budget it would exceed), or None."""
+        return None
+
+    def round_record(self) -> dict[str, Any]:
+        """What the last ``finalize`` did beyond the model: sections for the round's record
+        (the GLOBAL_MODEL's payload on the network; values are strings, ints and dicts of them)."""
+        return {}
+
+    def round_models(self) -> dict[str, StateDict]:
+        """States the last ``finalize`` made that the record names by hash (kept for audits)."""
+        return {}
+
+    def replay(self, global_shared: Mapping[str, torch.Tensor], combined: "ExactSum | Sequence[Update]",
+               record: Mapping[str, Any], models: Mapping[str, StateDict]) -> StateDict:
+        """An auditor's ``finalize``: the next global state from the recorded inputs (``record``:
+        the round's record, ``round_record``'s sections included), raising ValueError where the
+        record does not follow from them. A deterministic rule just finalizes again (the same
+        bytes); a rule with secret randomness checks what it can and uses the recorded values it
+        cannot recompute (``models``: by the names ``round_models`` gave, fetched and checked
+        against the record's hashes)."""
+        return self.finalize(global_shared, combined)
 
     @abstractmethod
     def finalize(self, global_shared: Mapping[str, torch.Tensor],

@@ -93,6 +93,7 @@ class JobState(StrEnum):
     PAUSED = "paused"
     DONE = "done"
     FAILED = "failed"  # a round failed; train() resumes at that round
+    STOPPED = "stopped"  # its strategy refused the next round (a privacy budget spent): for good
 
 
 class Coordinator:
@@ -143,6 +144,15 @@ class Coordinator:
             except ValueError as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
             samples = None if conf["own_data"] else self._shard_sizes(spec)
+            if spec.dp == "dpsgd":  # accounted on the edge node with the fewest samples: they must be known
+                if samples is None:
+                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "dp=dpsgd cannot be accounted in an own_data job "
+                                 "(the edge nodes' sample counts are not known); use the job's partition")
+                try:
+                    strategy = strategy_for_job(spec, min(samples))
+                    strategy.check_fits(len(participants))
+                except ValueError as exc:
+                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job cannot start: {exc}") from None
             caps = self._enrolled_caps(participants) if conf["own_data"] else None
             tx = Transaction.create(TxKind.JOB, job_payload(job_id, spec, participants, conf, samples, caps),
                                     self.node.identity)
@@ -275,6 +285,8 @@ class Coordinator:
             self._restore_metrics(job, checkpoint, recorded)
             if done >= job.spec.rounds:
                 self.state = JobState.DONE
+            elif (reason := self.strategy.can_run(done + 1)) is not None:
+                self.state, self.error = JobState.STOPPED, reason
             elif checkpoint.paused():
                 self.state = JobState.PAUSED
             else:
@@ -386,6 +398,9 @@ class Coordinator:
                             self._checkpoint().set_paused(True)
                             log.info("job %s paused after round %d", job.job_id, self.round)
                             return
+                if (reason := self.strategy.can_run(self.round + 1)) is not None:
+                    self._stop(job, reason)
+                    return
                 try:
                     self._round(job, self.round + 1, attempt)
                     attempt, failures = 1, 0
@@ -473,6 +488,20 @@ class Coordinator:
                 log.warning("job %s: %s", job.job_id, self.error)
                 self._stop_waiting.wait(2.0)
 
+    def _stop(self, job: Job, reason: str) -> None:
+        """End the job before its next round, for good, on the chain with the reason (a
+        ROUND_FAILED of attempt 0: the round was not tried)."""
+        log.warning("job %s stopped before round %d: %s", job.job_id, self.round + 1, reason)
+        self._evaluate_pending(job)
+        try:
+            self.node.submit(Transaction.create(TxKind.ROUND_FAILED, {
+                "job_id": job.job_id, "round": self.round + 1, "attempt": 0, "reason": reason[:1000]},
+                self.node.identity))
+        except Exception as failed:  # noqa: BLE001 - the pool refused it: the log keeps it
+            log.error("could not record why job %s stopped: %s", job.job_id, failed)
+        with self._lock:
+            self.state, self.error = JobState.STOPPED, reason
+
     def _record_failure(self, job: Job, round_number: int, attempt: int, exc: Exception, outage: float = 0.0) -> None:
         """A ROUND_FAILED on the chain: which attempt at which round failed, and why."""
         reason = status_for(exc)[1] if not isinstance(exc, RuntimeError) else str(exc)
@@ -550,10 +579,13 @@ class Coordinator:
         samples = sum(a.payload["samples"] for a in aggregates)
         global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
         train_loss = sum(e.train_loss * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
-        global_tx = Transaction.create(TxKind.GLOBAL_MODEL, {
-            "job_id": job.job_id, "round": round_number, "hash": global_model.header.model_hash, "samples": samples,
-            "aggregates": sorted(a.hash for a in aggregates),  # exactly what was combined: what an audit uses
-            "metrics": {"train_loss": fixed(train_loss), "updates": str(len(edges))}}, node.identity)
+        record = {**strategy.round_record(),  # what the rule did beyond the model (a DP round's privacy)
+                  "job_id": job.job_id, "round": round_number, "hash": global_model.header.model_hash, "samples": samples,
+                  "aggregates": sorted(a.hash for a in aggregates),  # exactly what was combined: what an audit uses
+                  "metrics": {"train_loss": fixed(train_loss), "updates": str(len(edges))}}
+        if made := strategy.round_models():  # kept here, named by hash (a DP round's noised mean)
+            record["models"] = {name: self._keep(job, round_number, state) for name, state in sorted(made.items())}
+        global_tx = Transaction.create(TxKind.GLOBAL_MODEL, record, node.identity)
         refused = [Transaction.create(TxKind.EXCLUDED, {"job_id": job.job_id, "round": round_number, "node": x.node_id,
                                                         "reason": x.reason[:500]}, node.identity) for x in mine]
         node.models.keep(global_model)  # on disk, as the strategy's state: before the chain can hold the round
@@ -572,6 +604,13 @@ class Coordinator:
         if not job.evaluate_every_round and round_number < job.spec.rounds:
             self._finish_metrics(None)
 
+    def _keep(self, job: Job, round_number: int, state: dict[str, Any]) -> str:
+        """Store a state the round's record names (on disk before the record exists): its hash."""
+        data = state_to_bytes(state)
+        model = ReceivedModel.of(make_header(self.node.identity, data, job.job_id, round_number, 0), data)
+        self.node.models.keep(model)
+        return model.header.model_hash
+
     def _contribution(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
                       reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, ExactSum | list[Update]]:
         """One supernode's part, checked: its signed AGGREGATE (against what it returned), and its
@@ -583,7 +622,8 @@ class Coordinator:
         if strategy.decomposable and not job.recompute_partials:
             limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
             state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit, sn.node_id).data)
-            return aggregate, ExactSum.from_state(state, result.num_samples, reference)
+            weight = sum(strategy.weight(_samples(e)) for e in result.edges)  # (its updates' samples, or 1 each)
+            return aggregate, ExactSum.from_state(state, weight, reference)
         updates = []
         for edge in result.edges:
             tx = tx_from_pb(edge.update)

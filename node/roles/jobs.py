@@ -66,8 +66,8 @@ class Job:
 
     def strategy(self) -> Strategy:
         """A fresh instance of the job's strategy (its rule, sharing and options from the JOB)."""
-        try:
-            return strategy_for_job(self.spec)
+        try:  # (the fewest samples of a participant account DP-SGD; unknown in an own-data job)
+            return strategy_for_job(self.spec, min(self.samples.values()) if self.samples else 0)
         except ValueError as exc:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the JOB's strategy cannot be used: {exc}") from None
 

@@ -14,7 +14,10 @@ OK with counts, or the first round and node whose record does not follow from it
 supernode whose partial sum is not the sum of the updates it lists, or that lists an update of
 another round, of a non-participant, or an edge node twice; or an entry node whose round order or
 global model is not what the job's strategy makes of its inputs. An update that cannot be found
-stops the recompute as CANNOT CHECK (``missing``), which is not a mismatch.
+stops the recompute as CANNOT CHECK (``missing``), which is not a mismatch. A round with secret
+randomness (a DP round's noise) is checked by ``Strategy.replay`` for everything but the noise's
+values: its recorded settings and ε, the clipped mean, the noise's statistics, and the step the
+rule took from the recorded noised mean, bit for bit.
 """
 
 from __future__ import annotations
@@ -121,14 +124,30 @@ class _JobReplay:
                 raise _Mismatch(round_number, self.entry, f"the GLOBAL_MODEL weighs {recorded.payload['samples']} "
                                 f"samples; the AGGREGATEs it names hold {samples}")
             try:
-                current = state_to_bytes(self.strategy.finalize(reference, combined))
+                models = self._recorded_models(round_number, recorded)
+                current = state_to_bytes(self.strategy.replay(reference, combined, recorded.payload, models))
             except (InvalidUpdate, ValueError) as exc:
-                raise _Mismatch(round_number, self.entry, f"the recorded updates cannot be aggregated: {exc}") from None
+                raise _Mismatch(round_number, self.entry, f"the round does not follow from its records: {exc}") from None
             if model_hash(current) != recorded.payload["hash"]:
                 raise _Mismatch(round_number, self.entry, f"the GLOBAL_MODEL {recorded.payload['hash'][:16]}… is not "
                                 f"what the {self.strategy.name} rule makes of the recorded updates "
                                 f"({model_hash(current)[:16]}…)")
             self.rounds += 1
+
+    def _recorded_models(self, round_number: int, recorded: Transaction) -> dict[str, dict[str, torch.Tensor]]:
+        """The states the GLOBAL_MODEL names beside the model (a DP round's noised mean), fetched
+        from the entry node and checked against their hashes."""
+        named = recorded.payload.get("models", {})
+        if not isinstance(named, dict):
+            raise _Mismatch(round_number, self.entry, "the GLOBAL_MODEL's models field is not a mapping")
+        found = {}
+        for name, state_hash in named.items():
+            data = self.fetch(str(state_hash), self.entry)
+            if data is None:
+                raise _Mismatch(round_number, self.entry, f"the round's {name} state {str(state_hash)[:16]}… cannot be "
+                                "found on the entry node", missing=True)
+            found[name] = dict(state_views(data))
+        return found
 
     def _combine(self, round_number: int, recorded: Transaction,
                  reference: dict[str, torch.Tensor]) -> tuple[ExactSum | list[Update], int]:
@@ -150,9 +169,10 @@ class _JobReplay:
         for aggregate in sorted(aggregates, key=lambda t: t.sender):
             sn = aggregate.sender
             mine = [self._update(round_number, sn, h, reference, senders) for h in aggregate.payload["updates"]]
-            if sum(u.num_samples for u in mine) != aggregate.payload["samples"]:
+            claimed = sum(self.model_updates[h].payload["samples"] for h in aggregate.payload["updates"])
+            if claimed != aggregate.payload["samples"]:
                 raise _Mismatch(round_number, sn, f"the AGGREGATE weighs {aggregate.payload['samples']} samples; "
-                                f"its updates hold {sum(u.num_samples for u in mine)}")
+                                f"its updates hold {claimed}")
             samples += aggregate.payload["samples"]
             if merged is None:
                 updates.extend(mine)

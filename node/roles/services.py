@@ -224,6 +224,19 @@ class ConsoleService(rpc_pb.ConsoleServicer):
                  for r in self.node.ledger.store.enrolment_records()]
         return pb.EnrolmentList(tokens=tokens, nodes=nodes)
 
+    def Privacy(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.PrivacyReport:
+        store, jobs = self.node.ledger.store, {}
+        for _, tx in store.transactions(kind=TxKind.GLOBAL_MODEL):
+            section = tx.payload.get("privacy")
+            if isinstance(section, dict):
+                job = jobs.setdefault(tx.payload["job_id"], pb.JobPrivacy(job_id=tx.payload["job_id"]))
+                job.rounds.append(pb.PrivacyRound(round=tx.payload["round"],
+                                                  record={str(k): str(v) for k, v in section.items()}))
+        for _, tx in store.transactions(kind=TxKind.ROUND_FAILED):
+            if tx.payload["job_id"] in jobs and tx.payload["attempt"] == 0:  # stopped before a round, for good
+                jobs[tx.payload["job_id"]].stopped = tx.payload["reason"]
+        return pb.PrivacyReport(jobs=list(jobs.values()))
+
     def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
         return pb.SubmitReply(tx_hash=_enroller(self.node).revoke(request.id, request.reason))
 

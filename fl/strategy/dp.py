@@ -1,0 +1,221 @@
+"""Differential privacy as a wrapper around a strategy, not a fork of it (as Flower's DP wrappers),
+fitted to the hierarchy: clipping where an update is checked, noise once where the whole aggregate
+is formed. The mechanisms, their accounting and the noise are in :mod:`fl.privacy`.
+
+The wrapped rule must average (``mean``, ``fedavgm``, ``fedadam``): the Gaussian mechanism's
+analysis is for a sum whose every term is bounded; a median or Krum has no such analysis here and
+is refused. Per round, with C the clip norm and z the noise multiplier:
+
+- ``configure_train`` adds to the clients' options what their side needs (the clip norm, the
+  local noise, DP-SGD's settings): on the network, signed into the round order, so every round's
+  settings are on the chain;
+- ``validate`` (a supernode, for each update) gives the update equal weight and, for ``central``,
+  clips its delta to C (deterministically: any supernode recomputing gets the same bytes); for
+  ``central_client`` refuses an update beyond C; for ``local`` refuses one whose size the
+  recorded noise cannot explain;
+- ``finalize`` (the entry node) forms the exact mean, adds N(0, (zC/n)²) for the central
+  mechanisms, and lets the wrapped rule take its step from the noised mean (FedAvgM's momentum
+  sees only noised data);
+- ``can_run`` says why a round must not run (it would spend more than the job's target ε) and
+  ``round_record`` what the round's GLOBAL_MODEL records: mechanism, z, C, sampling rate, steps,
+  δ, ε spent so far, the noise's standard deviation and n. ``round_models`` gives the noised mean,
+  kept and named by hash, so an auditor holding the updates can check the noise's statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fl.privacy import (Accounting, PrivacySpec, accounting, add_noise, calibrate, clip_delta, delta_norm,
+                        epsilon, noise_fits)
+from fl.strategy.base import InvalidUpdate, StateDict, Strategy, Update, float_keys
+from fl.strategy.exact import ExactSum
+
+LOCAL_NORM_SLACK = 10.0  # a local-DP update's delta may be C + zC·(√D + this) long (the noise's norm is ≈ zC·√D ± zC)
+
+
+class DifferentialPrivacy(Strategy):
+    """``inner`` (a decomposable strategy) under ``spec``'s mechanism for a job of ``rounds``
+    rounds; ``min_samples``, ``batch_size`` and ``local_epochs`` account DP-SGD (the edge node
+    with the fewest samples spends the most)."""
+
+    decomposable = True
+
+    def __init__(self, inner: Strategy, spec: PrivacySpec, rounds: int, *, min_samples: int = 0,
+                 batch_size: int = 0, local_epochs: int = 1) -> None:  # noqa: D107 - no Strategy.__init__: the inner's options
+        if not spec.enabled:
+            raise ValueError("DifferentialPrivacy needs a mechanism other than 'off'")
+        if not inner.decomposable:
+            raise ValueError(f"dp={spec.mechanism} needs a rule that averages (mean, fedavgm, fedadam), "
+                             f"not aggregation={inner.name!r}")
+        self.inner, self.spec, self.rounds = inner, spec, rounds
+        self.name, self.sharing, self.options = inner.name, inner.sharing, inner.options
+        self.proximal_mu = inner.proximal_mu
+        self.state_names = inner.state_names
+        self._population = (min_samples, batch_size, local_epochs)
+        self._noise: float | None = None
+        self.round = 0  # the round being configured (configure_train)
+        self._record: dict[str, Any] = {}
+        self._noised: StateDict | None = None
+
+    def __repr__(self) -> str:
+        return f"DifferentialPrivacy({self.inner!r}, {self.spec!r})"
+
+    # --- the budget ----------------------------------------------------------------------------
+    @property
+    def noise_multiplier(self) -> float:
+        """z: as given, or calibrated to the target ε over the job's rounds (once)."""
+        if self._noise is None:
+            self._noise = calibrate(self.spec, self.rounds, *self._population)
+        return self._noise
+
+    @property
+    def per_round(self) -> Accounting:
+        return accounting(self.spec, self.noise_multiplier, *self._population)
+
+    def epsilon_after(self, rounds: int) -> float:
+        """ε spent after ``rounds`` rounds (for the job's δ)."""
+        return epsilon(self.per_round, rounds, self.spec.delta)
+
+    def can_run(self, round_number: int) -> str | None:
+        target = self.spec.target_epsilon
+        if target > 0 and (spent := self.epsilon_after(round_number)) > target * (1 + 1e-9):
+            return (f"the privacy budget is spent: round {round_number} would bring ε to {spent:.4g}, beyond the "
+                    f"job's ε = {target:g} (δ = {self.spec.delta:g})")
+        return None
+
+    # --- the client side -----------------------------------------------------------------------
+    def shared_keys(self, base_keys: Sequence[str], head_keys: Sequence[str]) -> list[str]:
+        return self.inner.shared_keys(base_keys, head_keys)
+
+    def check_fits(self, num_clients: int) -> None:
+        self.inner.check_fits(num_clients)
+        if self.spec.mechanism != "dpsgd" or self._population[0] > 0:  # (DP-SGD's needs the sample counts)
+            self.noise_multiplier  # noqa: B018 - a target that cannot be met is said now, not in round 1
+
+    def configure_train(self, round_number: int) -> dict[str, str]:
+        self.round = round_number
+        config = dict(self.inner.configure_train(round_number))
+        clip, noise = repr(float(self.spec.clip_norm)), repr(float(self.noise_multiplier))
+        if self.spec.mechanism == "central_client":
+            config["dp_clip"] = clip
+        elif self.spec.mechanism == "local":
+            config.update(dp_clip=clip, dp_noise=noise)
+        elif self.spec.mechanism == "dpsgd":
+            config.update(dpsgd_clip=clip, dpsgd_noise=noise)
+        return config
+
+    # --- the server side -----------------------------------------------------------------------
+    def validate(self, reference: Mapping[str, torch.Tensor], update: Update) -> Update:
+        checked = self.inner.validate(reference, update)
+        keys, clip = float_keys(reference), self.spec.clip_norm
+        state = checked.state
+        if self.spec.mechanism == "dpsgd":  # the guarantee lives on the edge node: nothing to clip here
+            pass
+        elif self.spec.mechanism == "central":
+            state, _ = clip_delta(state, reference, keys, clip)
+        else:
+            norm = delta_norm(state, reference, keys)
+            limit = clip * (1 + 1e-6)
+            if self.spec.mechanism == "local":
+                size = sum(reference[k].numel() for k in keys)
+                limit = clip + self.noise_multiplier * clip * (math.sqrt(size) + LOCAL_NORM_SLACK)
+            if norm > limit:
+                raise InvalidUpdate(f"the update's delta has norm {norm:.6g}, beyond the {limit:.6g} that "
+                                    f"dp={self.spec.mechanism} with clip norm {clip:g} allows")
+        return Update(state, self.weight(checked.num_samples), checked.model_hash)
+
+    def weight(self, samples: int) -> int:
+        """Every update alike: a weight must not depend on private data, and one node's influence
+        on the mean is then at most C/n (the sensitivity the noise is scaled to)."""
+        return 1
+
+    def accumulator(self, reference: Mapping[str, torch.Tensor] | None = None) -> ExactSum:
+        return self.inner.accumulator(reference)
+
+    def finalize(self, global_shared: Mapping[str, torch.Tensor],
+                 combined: ExactSum | Sequence[Update]) -> StateDict:
+        total = self.inner.combined_sum(global_shared, combined)
+        self._noised = None
+        if self.spec.central:
+            mean = total.mean({k: v.dtype for k, v in global_shared.items()})
+            self._noised = add_noise(mean, float_keys(global_shared), self._stddev(total.total))
+            result = self.inner.finalize(global_shared, _single(global_shared, self._noised))
+        else:
+            result = self.inner.finalize(global_shared, total)
+        self._record = {"privacy": self._privacy_record(total.total)}
+        return result
+
+    def replay(self, global_shared: Mapping[str, torch.Tensor], combined: ExactSum | Sequence[Update],
+               record: Mapping[str, Any], models: Mapping[str, StateDict]) -> StateDict:
+        """Everything about the round that does not reveal the noise: its recorded settings and
+        ε against the job's (ε recomputed by the accountant), the mean of the clipped updates
+        (recomputed), and that the recorded noised mean differs from it by noise of the recorded
+        standard deviation (mean and spread, statistically); then the wrapped rule's step from
+        the noised mean, which must give the recorded model bit for bit."""
+        total = self.inner.combined_sum(global_shared, combined)
+        expected, given = self._privacy_record(total.total), record.get("privacy")
+        if not isinstance(given, Mapping):
+            raise ValueError("the round's record holds no privacy section, though the job sets dp")
+        for key, value in expected.items():
+            if given.get(key) != value:
+                raise ValueError(f"the recorded privacy {key} is {given.get(key)!r}; the job's settings and "
+                                 f"the recorded updates give {value!r}")
+        if not self.spec.central:
+            return self.inner.finalize(global_shared, total)
+        noised = models.get("noised")
+        if noised is None:
+            raise ValueError("the noised mean the round names is not available")
+        mean = total.mean({k: v.dtype for k, v in global_shared.items()})
+        keys = float_keys(global_shared)
+        if set(noised) != set(global_shared) or any(not torch.equal(noised[k], mean[k]) for k in global_shared
+                                                    if k not in keys):
+            raise ValueError("the noised mean does not fit the model (keys, or values that take no noise)")
+        problem = noise_fits([noised[k].double() - mean[k].double() for k in keys], self._stddev(total.total))
+        if problem is not None:
+            raise ValueError(f"the noised mean is not the mean plus the recorded noise: {problem}")
+        return self.inner.finalize(global_shared, _single(global_shared, noised))
+
+    def _stddev(self, count: int) -> float:
+        """The noise's standard deviation on the mean of ``count`` clipped updates (central DP)."""
+        return self.noise_multiplier * self.spec.clip_norm / count if self.spec.central else 0.0
+
+    def _privacy_record(self, count: int) -> dict[str, str]:
+        shape = self.per_round
+        record = {"mechanism": self.spec.mechanism, "noise_multiplier": repr(float(self.noise_multiplier)),
+                  "clip_norm": repr(float(self.spec.clip_norm)), "sample_rate": repr(shape.sample_rate),
+                  "steps": str(shape.steps), "delta": repr(float(self.spec.delta)),
+                  "epsilon": f"{self.epsilon_after(self.round):.6g}", "noise_stddev": repr(self._stddev(count)),
+                  "updates": str(count)}
+        if self.spec.target_epsilon > 0:
+            record["target_epsilon"] = repr(float(self.spec.target_epsilon))
+        return record
+
+    def round_record(self) -> dict[str, Any]:
+        return dict(self._record)
+
+    def round_models(self) -> dict[str, StateDict]:
+        return {"noised": self._noised} if self._noised is not None else {}
+
+    # --- server state ----------------------------------------------------------------------------
+    def state_dict(self) -> StateDict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)
+
+    def __getattr__(self, name: str) -> Any:  # the inner rule's own settings (server_lr …), read-only
+        if name in ("inner", "spec"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def _single(global_shared: Mapping[str, torch.Tensor], state: StateDict) -> ExactSum:
+    """``state`` as an exact sum of one update (what the wrapped rule's ``finalize`` takes)."""
+    total = ExactSum(global_shared)
+    total.add(Update(state, 1))
+    return total
