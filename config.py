@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_MECHANISMS, MODELS, PARTITIONS, STRATEGIES
+from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_CLIPPINGS, DP_MECHANISMS, MODELS, PARTITIONS, STRATEGIES
 from fl.options import OPTION_RULES, check_options
 
 my_conf: dict[str, Any] = {
@@ -61,6 +61,10 @@ my_conf: dict[str, Any] = {
     "dp_noise": 0.0,  # dp: the noise multiplier z (noise stddev = z*C); 0 with dp_epsilon: calibrated
     "dp_epsilon": 0.0,  # dp: the job's target epsilon (0: none, then dp_noise must be set)
     "dp_delta": 1e-5,  # dp: delta of the (epsilon, delta) guarantee
+    "dp_clipping": "fixed",  # dp=central: fixed | adaptive (the clip norm tracks a quantile of the update norms)
+    "dp_target_quantile": 0.5,  # adaptive clipping: the share of updates the clip norm should leave unclipped
+    "dp_clip_lr": 0.2,  # adaptive clipping: the clip norm's (geometric) learning rate
+    "dp_count_noise": 0.0,  # adaptive clipping: stddev of the noise on the unclipped count (0: max(n/20, z))
     "model": "auto",  # auto (by dataset) | mlp | cnn_mnist | cnn_cifar
     "head_layers": 1,  # how many of the last parameterised layers form the head
     "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
@@ -130,6 +134,10 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "dp_noise": _at_least(0),
     "dp_epsilon": _at_least(0),
     "dp_delta": _fraction,
+    "dp_clipping": _choice(*DP_CLIPPINGS),
+    "dp_target_quantile": _fraction,
+    "dp_clip_lr": _positive,
+    "dp_count_noise": _at_least(0),
     "model": _choice(*MODELS),
     "head_layers": _at_least(1),
     "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",
@@ -157,7 +165,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "stream_idle_s": _positive,
 }
 
-_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp"}
+_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp", "dp_clipping"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

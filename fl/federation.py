@@ -65,6 +65,10 @@ class JobSpec:
     dp_noise: float = DP_OPTIONS["dp_noise"]
     dp_epsilon: float = DP_OPTIONS["dp_epsilon"]
     dp_delta: float = DP_OPTIONS["dp_delta"]
+    dp_clipping: str = "fixed"
+    dp_target_quantile: float = DP_OPTIONS["dp_target_quantile"]
+    dp_clip_lr: float = DP_OPTIONS["dp_clip_lr"]
+    dp_count_noise: float = DP_OPTIONS["dp_count_noise"]
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any]) -> "JobSpec":
@@ -89,6 +93,7 @@ class JobSpec:
             aggregation=conf.get("aggregation", "mean"),
             **{key: type(default)(conf.get(key, default)) for key, default in OPTION_DEFAULTS.items()},
             dp=conf.get("dp", "off"),
+            dp_clipping=conf.get("dp_clipping", "fixed"),
             **{key: float(conf.get(key, default)) for key, default in DP_OPTIONS.items()},
         )
 

@@ -27,8 +27,12 @@ AGGREGATION_OPTIONS: dict[str, dict[str, float | int]] = {
 COMMON_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0, "update_norm_bound": 0.0, "update_norm_clip": 0}
 # Differential privacy (fl/privacy.py): the mechanism (config key ``dp``) and its settings: the
 # clip norm C, the noise multiplier z (0 with a target ε: calibrated), the target ε (0: none), δ.
+# Adaptive clipping (dp_clipping=adaptive, Andrew et al. 2021): the quantile of update norms the clip
+# norm tracks, its learning rate, and the noise on the count of unclipped updates (0: automatic).
 DP_MECHANISMS = ("off", "central", "central_client", "local", "dpsgd")
-DP_OPTIONS: dict[str, float] = {"dp_clip": 1.0, "dp_noise": 0.0, "dp_epsilon": 0.0, "dp_delta": 1e-5}
+DP_CLIPPINGS = ("fixed", "adaptive")
+DP_OPTIONS: dict[str, float] = {"dp_clip": 1.0, "dp_noise": 0.0, "dp_epsilon": 0.0, "dp_delta": 1e-5,
+                                "dp_target_quantile": 0.5, "dp_clip_lr": 0.2, "dp_count_noise": 0.0}
 OPTION_DEFAULTS: dict[str, float | int] = {
     **{k: v for options in AGGREGATION_OPTIONS.values() for k, v in options.items()},
     **COMMON_OPTIONS,

@@ -53,12 +53,23 @@ class PrivacySpec:
     noise_multiplier: float = 0.0  # z; 0 with a target ε: calibrated to it
     target_epsilon: float = 0.0  # 0: no target (then z must be given)
     delta: float = 1e-5
+    clipping: str = "fixed"  # or "adaptive" (dp=central): the clip norm follows a quantile of the norms
+    target_quantile: float = 0.5  # γ: the share of updates left unclipped that the clip norm aims at
+    clip_lr: float = 0.2  # η: C ← C·exp(−η(b̃ − γ)), b̃ the noised share of unclipped updates
+    count_noise: float = 0.0  # σ_b: stddev of the noise on the unclipped count (0: max(n/20, z))
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
             raise ValueError(f"dp: unknown mechanism {self.mechanism!r}; choose one of {', '.join(MECHANISMS)}")
         if not self.enabled:
             return
+        if self.clipping not in ("fixed", "adaptive"):
+            raise ValueError(f"dp_clipping: {self.clipping!r} must be fixed or adaptive")
+        if self.adaptive and self.mechanism != "central":
+            raise ValueError(f"dp_clipping=adaptive needs dp=central (the supernode sees each update's norm before "
+                             f"clipping it), not dp={self.mechanism}")
+        if self.adaptive and not (0 < self.target_quantile < 1 and self.clip_lr > 0 and self.count_noise >= 0):
+            raise ValueError("adaptive clipping needs 0 < dp_target_quantile < 1, dp_clip_lr > 0, dp_count_noise >= 0")
         if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise ValueError(f"dp_clip: {self.clip_norm!r} must be > 0")
         if not (0 < self.delta < 1):
@@ -72,6 +83,10 @@ class PrivacySpec:
     @property
     def enabled(self) -> bool:
         return self.mechanism != "off"
+
+    @property
+    def adaptive(self) -> bool:
+        return self.clipping == "adaptive"
 
     @property
     def central(self) -> bool:

@@ -182,3 +182,55 @@ def test_every_mechanism_runs_in_the_simulation_and_records_its_budget(mechanism
     record = result.rounds[-1].privacy
     assert record["mechanism"] == mechanism and record["updates"] == "4" and float(record["epsilon"]) > 0
     assert all(math.isfinite(r.acc_weighted) for r in result.rounds)
+
+
+def test_adaptive_clipping_tracks_the_quantile_composes_exactly_and_replays():
+    reference = _reference()
+    spec = PrivacySpec("central", clip_norm=0.5, noise_multiplier=0.2, clipping="adaptive", target_quantile=0.5,
+                       clip_lr=0.2, count_noise=0.5)
+    entry = DifferentialPrivacy(Mean("fedavg"), spec, 30, clients=8)
+    assert entry.update_noise_multiplier == pytest.approx((25 - 1) ** -0.5)  # z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)
+    updates = _updates(reference, 8, scale=0.05)  # every delta ≈ 3.2: all beyond C = 0.5
+    clips = []
+    for round_number in (1, 2, 3):
+        entry.configure_train(round_number)
+        assert entry.validate_config(round_number) == {"dp_clip": repr(entry.clip_norm)}
+        clips.append(entry.clip_norm)
+        halves = [entry.accumulator(reference), entry.accumulator(reference)]  # two supernodes
+        for i, update in enumerate(updates):
+            halves[i % 2].add(entry.validate(reference, update), checked=True)
+        halves[0].merge(halves[1])
+        entry.finalize(reference, halves[0])
+        record = entry.round_record()["privacy"]
+        assert record["unclipped"] == "0" and record["clipping"] == "adaptive"
+        assert float(record["next_clip_norm"]) == entry.clip_norm
+    assert clips[0] < clips[1] < clips[2] < entry.clip_norm  # none within C: C grows (b̃/n − γ < 0 unless N(0,1) > 8)
+    assert entry.state_dict()["clip_norm.value"].item() == entry.clip_norm
+
+    auditor = DifferentialPrivacy(Mean("fedavg"), spec, 30, clients=8)
+    auditor.configure_train(1)
+    auditor.set_validate_config({"dp_clip": repr(0.5)})
+    total = auditor.accumulator(reference)
+    for update in updates:
+        total.add(auditor.validate(reference, update), checked=True)
+    first = DifferentialPrivacy(Mean("fedavg"), spec, 30, clients=8)
+    first.configure_train(1)
+    first.finalize(reference, total)
+    auditor.replay(reference, total, first.round_record(), first.round_models())
+    assert auditor.clip_norm == first.clip_norm  # the next round's C follows from the record
+    lying = {"privacy": {**first.round_record()["privacy"], "unclipped_noised": "4.0"}}
+    with pytest.raises(ValueError, match="6 σ_b"):
+        DifferentialPrivacy(Mean("fedavg"), spec, 30, clients=8).replay(reference, total, lying, first.round_models())
+    with pytest.raises(ValueError, match="needs dp=central"):
+        PrivacySpec("local", noise_multiplier=1.0, clipping="adaptive")
+    with pytest.raises(ValueError, match="2·dp_count_noise > z"):
+        DifferentialPrivacy(Mean("fedavg"), PrivacySpec("central", noise_multiplier=3.0, clipping="adaptive",
+                                                        count_noise=1.0), 5).check_fits(4)
+
+
+def test_adaptive_clipping_runs_in_the_simulation():
+    result = run_simulation(_conf(dp="central", dp_noise=0.5, dp_clip=0.1, dp_clipping="adaptive", gobal_epoch=3),
+                            dataset=DIGITS)
+    norms = [float(r.privacy["clip_norm"]) for r in result.rounds]
+    assert len(set(norms)) == 3 and all(n > 0 for n in norms)
+    assert float(result.rounds[0].privacy["next_clip_norm"]) == norms[1]

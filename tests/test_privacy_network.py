@@ -85,3 +85,16 @@ def test_a_local_dp_job_completes_and_its_rounds_recompute_exactly(network):
     assert "models" not in globals_[0].payload  # the edge nodes added the noise: nothing secret at the entry node
     verified = network.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
     assert verified.ok and verified.recompute.ok, verified
+
+
+def test_adaptive_clipping_over_the_network_signs_each_rounds_clip_norm_and_recomputes(network):
+    done = _finish(network, {**JOB, "rounds": "3", "aggregation": "fedavgm", "dp": "central", "dp_noise": "0.5",
+                             "dp_clip": "0.05", "dp_clipping": "adaptive"})
+    assert done.state == "done", done.error
+    orders = {t.payload["round"]: t for t in _records(network, done.job_id, "ROUND")}
+    globals_ = {g.payload["round"]: g for g in _records(network, done.job_id, "GLOBAL_MODEL")}
+    assert orders[1].payload["validate"] == {"dp_clip": repr(0.05)}
+    for r in (1, 2):  # each round's clip norm is the one the round before recorded as next, in its signed order
+        assert orders[r + 1].payload["validate"]["dp_clip"] == globals_[r].payload["privacy"]["next_clip_norm"]
+    verified = network.console("Verify", pb.VerifyRequest(recompute=True), timeout=120)
+    assert verified.ok and verified.recompute.ok, verified

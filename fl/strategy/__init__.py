@@ -65,9 +65,10 @@ def strategy_for_job(job: Any, min_samples: int = 0) -> Strategy:
     strategy = build_strategy(job.strategy, job.aggregation, **{k: getattr(job, k) for k in sorted(keys)})
     if getattr(job, "dp", "off") == "off":
         return strategy
-    spec = PrivacySpec(job.dp, job.dp_clip, job.dp_noise, job.dp_epsilon, job.dp_delta)
-    return DifferentialPrivacy(strategy, spec, job.rounds, min_samples=min_samples, batch_size=job.batch_size,
-                               local_epochs=job.local_epochs)
+    spec = PrivacySpec(job.dp, job.dp_clip, job.dp_noise, job.dp_epsilon, job.dp_delta, job.dp_clipping,
+                       job.dp_target_quantile, job.dp_clip_lr, job.dp_count_noise)
+    return DifferentialPrivacy(strategy, spec, job.rounds, clients=job.num_clients, min_samples=min_samples,
+                               batch_size=job.batch_size, local_epochs=job.local_epochs)
 
 
 def check_fits(strategy: Strategy, num_clients: int) -> None:

@@ -250,6 +250,22 @@ class Strategy(ABC):
                              f"{tuple(state.shape)}; a strategy instance serves one job")
         return state
 
+    def validate_config(self, round_number: int) -> dict[str, str]:
+        """Options the checkers of updates (supernodes, the entry node, an auditor) need this
+        round, as canonical strings: on the network signed into the round order (``validate``)
+        beside the clients' ``configure_train``; {} for rules whose checks never change."""
+        return {}
+
+    def set_validate_config(self, config: Mapping[str, str]) -> None:
+        """Take the round's ``validate_config`` on a checker; anything unexpected is a ValueError."""
+        if config:
+            raise ValueError(f"{self.name} takes no per-round options for checking updates, got {dict(config)!r}")
+
+    def sum_layout(self, reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the exact sum holds: the shared tensors of ``reference``, plus any statistic the
+        rule counts alongside them (adaptive clipping's unclipped count)."""
+        return dict(reference)
+
     def weight(self, samples: int) -> int:
         """The weight an update of ``samples`` training samples gets in the sum (``validate`` sets
         it): its sample count, as FedAvg weighs; a rule may weigh every update alike."""

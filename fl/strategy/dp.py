@@ -16,6 +16,14 @@ is refused. Per round, with C the clip norm and z the noise multiplier:
 - ``finalize`` (the entry node) forms the exact mean, adds N(0, (zC/n)²) for the central
   mechanisms, and lets the wrapped rule take its step from the noised mean (FedAvgM's momentum
   sees only noised data);
+- with ``dp_clipping=adaptive`` (``central`` only; Andrew et al. 2021, "Differentially Private
+  Learning with Adaptive Clipping"), C follows a quantile γ of the update norms: each checked
+  update also counts whether its norm was within C (an extra entry of the exact sum, so the count
+  composes across supernodes exactly), the entry node adds N(0, σ_b²) to the count b and sets
+  C ← C·exp(−η(b̃/n − γ)) for the next round; the count's noise spends part of the budget, so the
+  update's noise multiplier is z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) and the accountant sees z. The
+  round's C travels in the signed round order (``validate_config``), so its history is on the
+  chain, and the supernodes clip with it;
 - ``can_run`` says why a round must not run (it would spend more than the job's target ε) and
   ``round_record`` what the round's GLOBAL_MODEL records: mechanism, z, C, sampling rate, steps,
   δ, ε spent so far, the noise's standard deviation and n. ``round_models`` gives the noised mean,
@@ -31,33 +39,36 @@ from typing import Any
 import torch
 
 from fl.privacy import (Accounting, PrivacySpec, accounting, add_noise, calibrate, clip_delta, delta_norm,
-                        epsilon, noise_fits)
+                        epsilon, noise_fits, secret_generator)
 from fl.strategy.base import InvalidUpdate, StateDict, Strategy, Update, float_keys
 from fl.strategy.exact import ExactSum
 
 LOCAL_NORM_SLACK = 10.0  # a local-DP update's delta may be C + zC·(√D + this) long (the noise's norm is ≈ zC·√D ± zC)
+UNCLIPPED = "dp.unclipped"  # adaptive clipping: 1.0 in an update whose norm was within C (summed with the model)
+COUNT_NOISE_LIMIT = 6.0  # a recorded noised count further than this many σ_b from the true one is refused
 
 
 class DifferentialPrivacy(Strategy):
     """``inner`` (a decomposable strategy) under ``spec``'s mechanism for a job of ``rounds``
-    rounds; ``min_samples``, ``batch_size`` and ``local_epochs`` account DP-SGD (the edge node
-    with the fewest samples spends the most)."""
+    rounds and ``clients`` participants; ``min_samples``, ``batch_size`` and ``local_epochs``
+    account DP-SGD (the edge node with the fewest samples spends the most)."""
 
     decomposable = True
 
-    def __init__(self, inner: Strategy, spec: PrivacySpec, rounds: int, *, min_samples: int = 0,
+    def __init__(self, inner: Strategy, spec: PrivacySpec, rounds: int, *, clients: int = 0, min_samples: int = 0,
                  batch_size: int = 0, local_epochs: int = 1) -> None:  # noqa: D107 - no Strategy.__init__: the inner's options
         if not spec.enabled:
             raise ValueError("DifferentialPrivacy needs a mechanism other than 'off'")
         if not inner.decomposable:
             raise ValueError(f"dp={spec.mechanism} needs a rule that averages (mean, fedavgm, fedadam), "
                              f"not aggregation={inner.name!r}")
-        self.inner, self.spec, self.rounds = inner, spec, rounds
+        self.inner, self.spec, self.rounds, self.clients = inner, spec, rounds, clients
         self.name, self.sharing, self.options = inner.name, inner.sharing, inner.options
         self.proximal_mu = inner.proximal_mu
-        self.state_names = inner.state_names
+        self.state_names = (*inner.state_names, "clip_norm") if spec.adaptive else inner.state_names
         self._population = (min_samples, batch_size, local_epochs)
         self._noise: float | None = None
+        self.clip_norm = spec.clip_norm  # this round's C (adaptive clipping moves it after each round)
         self.round = 0  # the round being configured (configure_train)
         self._record: dict[str, Any] = {}
         self._noised: StateDict | None = None
@@ -72,6 +83,24 @@ class DifferentialPrivacy(Strategy):
         if self._noise is None:
             self._noise = calibrate(self.spec, self.rounds, *self._population)
         return self._noise
+
+    @property
+    def count_noise(self) -> float:
+        """σ_b (adaptive clipping): as given, else max(n/20, z) (Andrew et al. suggest n/20; at
+        least z keeps the update's share of the budget, z_Δ, within 1.16 z)."""
+        return self.spec.count_noise or max(self.clients / 20, self.noise_multiplier)
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """z_Δ: the noise multiplier of the update's mean; z itself unless the clip count takes its
+        share of the budget (adaptive clipping)."""
+        z = self.noise_multiplier
+        if not self.spec.adaptive:
+            return z
+        if 2 * self.count_noise <= z:
+            raise ValueError(f"dp_count_noise {self.count_noise:g} is too small for noise multiplier {z:g}: "
+                             f"adaptive clipping needs 2·dp_count_noise > z")
+        return (z ** -2 - (2 * self.count_noise) ** -2) ** -0.5
 
     @property
     def per_round(self) -> Accounting:
@@ -95,12 +124,12 @@ class DifferentialPrivacy(Strategy):
     def check_fits(self, num_clients: int) -> None:
         self.inner.check_fits(num_clients)
         if self.spec.mechanism != "dpsgd" or self._population[0] > 0:  # (DP-SGD's needs the sample counts)
-            self.noise_multiplier  # noqa: B018 - a target that cannot be met is said now, not in round 1
+            self.update_noise_multiplier  # noqa: B018 - a target or a count noise that cannot work is said now
 
     def configure_train(self, round_number: int) -> dict[str, str]:
         self.round = round_number
         config = dict(self.inner.configure_train(round_number))
-        clip, noise = repr(float(self.spec.clip_norm)), repr(float(self.noise_multiplier))
+        clip, noise = repr(float(self.clip_norm)), repr(float(self.noise_multiplier))
         if self.spec.mechanism == "central_client":
             config["dp_clip"] = clip
         elif self.spec.mechanism == "local":
@@ -109,15 +138,38 @@ class DifferentialPrivacy(Strategy):
             config.update(dpsgd_clip=clip, dpsgd_noise=noise)
         return config
 
-    # --- the server side -----------------------------------------------------------------------
+    # --- the checkers' side ------------------------------------------------------------------
+    def validate_config(self, round_number: int) -> dict[str, str]:
+        return {"dp_clip": repr(float(self.clip_norm))} if self.spec.adaptive else {}
+
+    def set_validate_config(self, config: Mapping[str, str]) -> None:
+        if not self.spec.adaptive:
+            super().set_validate_config(config)
+            return
+        try:
+            clip = float(config["dp_clip"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"the round's order does not give adaptive clipping's clip norm: {dict(config)!r}") from None
+        if not (math.isfinite(clip) and clip > 0) or set(config) != {"dp_clip"}:
+            raise ValueError(f"the round's clip norm options are not valid: {dict(config)!r}")
+        self.clip_norm = clip
+
+    def sum_layout(self, reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        layout = self.inner.sum_layout(reference)
+        if self.spec.adaptive:
+            layout[UNCLIPPED] = torch.zeros(1)
+        return layout
+
     def validate(self, reference: Mapping[str, torch.Tensor], update: Update) -> Update:
         checked = self.inner.validate(reference, update)
-        keys, clip = float_keys(reference), self.spec.clip_norm
+        keys, clip = float_keys(reference), self.clip_norm
         state = checked.state
         if self.spec.mechanism == "dpsgd":  # the guarantee lives on the edge node: nothing to clip here
             pass
         elif self.spec.mechanism == "central":
-            state, _ = clip_delta(state, reference, keys, clip)
+            state, within = clip_delta(state, reference, keys, clip)
+            if self.spec.adaptive:
+                state[UNCLIPPED] = torch.tensor([1.0 if within else 0.0])
         else:
             norm = delta_norm(state, reference, keys)
             limit = clip * (1 + 1e-6)
@@ -135,64 +187,103 @@ class DifferentialPrivacy(Strategy):
         return 1
 
     def accumulator(self, reference: Mapping[str, torch.Tensor] | None = None) -> ExactSum:
-        return self.inner.accumulator(reference)
+        return ExactSum(self.sum_layout(reference) if reference is not None else None)
 
+    # --- the entry node's side ---------------------------------------------------------------------
     def finalize(self, global_shared: Mapping[str, torch.Tensor],
                  combined: ExactSum | Sequence[Update]) -> StateDict:
-        total = self.inner.combined_sum(global_shared, combined)
+        total, mean, unclipped = self._clean_mean(global_shared, combined)
+        count = total.total
         self._noised = None
         if self.spec.central:
-            mean = total.mean({k: v.dtype for k, v in global_shared.items()})
-            self._noised = add_noise(mean, float_keys(global_shared), self._stddev(total.total))
+            self._noised = add_noise(mean, float_keys(global_shared), self._stddev(count))
             result = self.inner.finalize(global_shared, _single(global_shared, self._noised))
         else:
             result = self.inner.finalize(global_shared, total)
-        self._record = {"privacy": self._privacy_record(total.total)}
+        noised_count = None
+        if self.spec.adaptive:
+            draw = torch.randn((), generator=secret_generator(), dtype=torch.float64)
+            noised_count = unclipped + float(draw) * self.count_noise
+        self._record = {"privacy": self._privacy_record(count, unclipped, noised_count)}
+        self._move_clip(count, noised_count)
         return result
 
     def replay(self, global_shared: Mapping[str, torch.Tensor], combined: ExactSum | Sequence[Update],
                record: Mapping[str, Any], models: Mapping[str, StateDict]) -> StateDict:
         """Everything about the round that does not reveal the noise: its recorded settings and
-        ε against the job's (ε recomputed by the accountant), the mean of the clipped updates
-        (recomputed), and that the recorded noised mean differs from it by noise of the recorded
-        standard deviation (mean and spread, statistically); then the wrapped rule's step from
-        the noised mean, which must give the recorded model bit for bit."""
-        total = self.inner.combined_sum(global_shared, combined)
-        expected, given = self._privacy_record(total.total), record.get("privacy")
+        ε against the job's (ε recomputed by the accountant), the mean of the clipped updates and
+        the count of unclipped ones (recomputed), that the recorded noised mean differs from the
+        mean by noise of the recorded standard deviation (mean and spread, statistically) and the
+        noised count from the count by at most 6 σ_b; then the wrapped rule's step from the noised
+        mean, which must give the recorded model bit for bit, and the next clip norm from the
+        recorded noised count."""
+        total, mean, unclipped = self._clean_mean(global_shared, combined)
+        count = total.total
+        given = record.get("privacy")
         if not isinstance(given, Mapping):
             raise ValueError("the round's record holds no privacy section, though the job sets dp")
-        for key, value in expected.items():
+        noised_count = None
+        if self.spec.adaptive:
+            try:
+                noised_count = float(given["unclipped_noised"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError("the round's privacy record lacks the noised count of unclipped updates") from None
+            if not abs(noised_count - unclipped) <= COUNT_NOISE_LIMIT * self.count_noise:
+                raise ValueError(f"the recorded noised count {noised_count:.4g} is more than {COUNT_NOISE_LIMIT:g} σ_b "
+                                 f"from the {unclipped} unclipped updates")
+        for key, value in self._privacy_record(count, unclipped, noised_count).items():
             if given.get(key) != value:
                 raise ValueError(f"the recorded privacy {key} is {given.get(key)!r}; the job's settings and "
                                  f"the recorded updates give {value!r}")
         if not self.spec.central:
-            return self.inner.finalize(global_shared, total)
-        noised = models.get("noised")
-        if noised is None:
-            raise ValueError("the noised mean the round names is not available")
-        mean = total.mean({k: v.dtype for k, v in global_shared.items()})
-        keys = float_keys(global_shared)
-        if set(noised) != set(global_shared) or any(not torch.equal(noised[k], mean[k]) for k in global_shared
-                                                    if k not in keys):
-            raise ValueError("the noised mean does not fit the model (keys, or values that take no noise)")
-        problem = noise_fits([noised[k].double() - mean[k].double() for k in keys], self._stddev(total.total))
-        if problem is not None:
-            raise ValueError(f"the noised mean is not the mean plus the recorded noise: {problem}")
-        return self.inner.finalize(global_shared, _single(global_shared, noised))
+            result = self.inner.finalize(global_shared, total)
+        else:
+            noised = models.get("noised")
+            if noised is None:
+                raise ValueError("the noised mean the round names is not available")
+            keys = float_keys(global_shared)
+            if set(noised) != set(global_shared) or any(not torch.equal(noised[k], mean[k]) for k in global_shared
+                                                        if k not in keys):
+                raise ValueError("the noised mean does not fit the model (keys, or values that take no noise)")
+            problem = noise_fits([noised[k].double() - mean[k].double() for k in keys], self._stddev(count))
+            if problem is not None:
+                raise ValueError(f"the noised mean is not the mean plus the recorded noise: {problem}")
+            result = self.inner.finalize(global_shared, _single(global_shared, noised))
+        self._move_clip(count, noised_count)
+        return result
+
+    def _clean_mean(self, global_shared: Mapping[str, torch.Tensor],
+                    combined: ExactSum | Sequence[Update]) -> tuple[ExactSum, StateDict, int]:
+        """The exact sum of the (clipped) updates (its ``total``: how many), their mean in the
+        model's dtypes, and how many were within the clip norm (adaptive clipping; else 0)."""
+        total = self.inner.combined_sum(self.sum_layout(global_shared), combined)
+        mean = total.mean({**{k: v.dtype for k, v in global_shared.items()}, UNCLIPPED: torch.float64})
+        unclipped = round(float(mean.pop(UNCLIPPED, torch.zeros(1))[0]) * total.total)
+        return total, {k: mean[k] for k in global_shared}, unclipped
+
+    def _move_clip(self, count: int, noised_count: float | None) -> None:
+        """Adaptive clipping's step: C ← C·exp(−η(b̃/n − γ))."""
+        if noised_count is not None:
+            self.clip_norm = self.clip_norm * math.exp(-self.spec.clip_lr * (noised_count / count
+                                                                              - self.spec.target_quantile))
 
     def _stddev(self, count: int) -> float:
         """The noise's standard deviation on the mean of ``count`` clipped updates (central DP)."""
-        return self.noise_multiplier * self.spec.clip_norm / count if self.spec.central else 0.0
+        return self.update_noise_multiplier * self.clip_norm / count if self.spec.central else 0.0
 
-    def _privacy_record(self, count: int) -> dict[str, str]:
+    def _privacy_record(self, count: int, unclipped: int, noised_count: float | None) -> dict[str, str]:
         shape = self.per_round
         record = {"mechanism": self.spec.mechanism, "noise_multiplier": repr(float(self.noise_multiplier)),
-                  "clip_norm": repr(float(self.spec.clip_norm)), "sample_rate": repr(shape.sample_rate),
+                  "clip_norm": repr(float(self.clip_norm)), "sample_rate": repr(shape.sample_rate),
                   "steps": str(shape.steps), "delta": repr(float(self.spec.delta)),
                   "epsilon": f"{self.epsilon_after(self.round):.6g}", "noise_stddev": repr(self._stddev(count)),
                   "updates": str(count)}
         if self.spec.target_epsilon > 0:
             record["target_epsilon"] = repr(float(self.spec.target_epsilon))
+        if noised_count is not None:
+            step = math.exp(-self.spec.clip_lr * (noised_count / count - self.spec.target_quantile))
+            record.update(clipping="adaptive", unclipped=str(unclipped), unclipped_noised=repr(noised_count),
+                          count_noise=repr(float(self.count_noise)), next_clip_norm=repr(self.clip_norm * step))
         return record
 
     def round_record(self) -> dict[str, Any]:
@@ -203,10 +294,15 @@ class DifferentialPrivacy(Strategy):
 
     # --- server state ----------------------------------------------------------------------------
     def state_dict(self) -> StateDict:
-        return self.inner.state_dict()
+        state = self.inner.state_dict()
+        if self.spec.adaptive:
+            state["clip_norm.value"] = torch.tensor([self.clip_norm], dtype=torch.float64)
+        return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.inner.load_state_dict(state)
+        self.inner.load_state_dict({k: v for k, v in state.items() if not k.startswith("clip_norm.")})
+        if self.spec.adaptive and "clip_norm.value" in state:
+            self.clip_norm = float(state["clip_norm.value"][0])
 
     def __getattr__(self, name: str) -> Any:  # the inner rule's own settings (server_lr …), read-only
         if name in ("inner", "spec"):

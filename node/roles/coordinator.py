@@ -527,6 +527,8 @@ class Coordinator:
                          "attempt": attempt}
         if config := self.strategy.configure_train(round_number):  # the clients' options, signed into the order
             order_payload["config"] = config
+        if checks := self.strategy.validate_config(round_number):  # the checkers' (adaptive clipping's clip norm)
+            order_payload["validate"] = checks
         order = Transaction.create(TxKind.ROUND, order_payload, node.identity)
         node.submit(order)
         evaluate_first = job.evaluate_every_round and self._unevaluated is not None
@@ -623,7 +625,7 @@ class Coordinator:
             limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
             state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit, sn.node_id).data)
             weight = sum(strategy.weight(_samples(e)) for e in result.edges)  # (its updates' samples, or 1 each)
-            return aggregate, ExactSum.from_state(state, weight, reference)
+            return aggregate, ExactSum.from_state(state, weight, strategy.sum_layout(reference))
         updates = []
         for edge in result.edges:
             tx = tx_from_pb(edge.update)

@@ -118,6 +118,9 @@ class _JobReplay:
             if order.payload.get("config", {}) != self.strategy.configure_train(round_number):
                 raise _Mismatch(round_number, self.entry, "the ROUND order's training options are not the "
                                 f"job's strategy's: {order.payload.get('config', {})!r}")
+            if order.payload.get("validate", {}) != self.strategy.validate_config(round_number):
+                raise _Mismatch(round_number, self.entry, "the ROUND order's options for checking updates are not "
+                                f"the job's strategy's: {order.payload.get('validate', {})!r}")
             reference = state_views(current)
             combined, samples = self._combine(round_number, recorded, reference)
             if recorded.payload["samples"] != samples:

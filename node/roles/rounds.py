@@ -104,12 +104,16 @@ class RoundRunner:
         job, round_number = orders.job, orders.round
         reply = pb.SupernodeResult(node_id=self.node.node_id)
         strategy = self._strategy(job)
+        try:  # the round's options for checking updates, from the signed order (adaptive clipping's clip norm)
+            strategy.set_validate_config(orders.authority.payload.get("validate", {}))
+        except ValueError as exc:
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the round's order cannot be followed: {exc}") from None
         reference = state_views(model.data)
         partial = None
         if strategy.decomposable:
             with self._scratch_lock:  # a round running beside this one (rare) gets buffers of its own
                 scratch, self._scratch = self._scratch, None
-            partial = ExactSum(reference, reuse=scratch)
+            partial = ExactSum(strategy.sum_layout(reference), reuse=scratch)
         txs: list[Transaction] = []
         for edge_id, future in self._ask_all(edges, model, request):  # fold each update in as it arrives
             try:
