@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_CLIPPINGS, DP_MECHANISMS, MODELS, PARTITIONS, STRATEGIES
+from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_CLIPPINGS, DP_MECHANISMS, MODELS, PARTITIONS, SCORE_METHODS, STRATEGIES
 from fl.options import OPTION_RULES, check_options
 
 my_conf: dict[str, Any] = {
@@ -65,6 +65,7 @@ my_conf: dict[str, Any] = {
     "dp_target_quantile": 0.5,  # adaptive clipping: the share of updates the clip norm should leave unclipped
     "dp_clip_lr": 0.2,  # adaptive clipping: the clip norm's (geometric) learning rate
     "dp_count_noise": 0.0,  # adaptive clipping: stddev of the noise on the unclipped count (0: max(n/20, z))
+    "scores": "off",  # contribution scores per round: off | flb (FLB's formula and free-rider flags) | loo | gtg
     "model": "auto",  # auto (by dataset) | mlp | cnn_mnist | cnn_cifar
     "head_layers": 1,  # how many of the last parameterised layers form the head
     "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
@@ -135,6 +136,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "dp_epsilon": _at_least(0),
     "dp_delta": _fraction,
     "dp_clipping": _choice(*DP_CLIPPINGS),
+    "scores": _choice(*SCORE_METHODS),
     "dp_target_quantile": _fraction,
     "dp_clip_lr": _positive,
     "dp_count_noise": _at_least(0),
@@ -165,7 +167,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "stream_idle_s": _positive,
 }
 
-_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp", "dp_clipping"}
+_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp", "dp_clipping", "scores"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -275,6 +277,9 @@ def load_config(
     if overrides:
         _apply(conf, overrides.items(), "command line", given)
     _check_rule_options(conf, given)
+    if conf["dp"] != "off" and conf["scores"] in ("loo", "gtg"):
+        raise ConfigError(f"scores={conf['scores']} evaluates aggregates of subsets of the clean updates, which "
+                          f"a DP job's budget does not cover; use scores=flb with dp={conf['dp']}")
     return conf
 
 

@@ -325,6 +325,42 @@ class PrivacyReport(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[JobPrivacy]
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobPrivacy, _Mapping]]] = ...) -> None: ...
 
+class EdgeScore(_message.Message):
+    __slots__ = ("node_id", "samples", "rounds", "flb", "has_marginal", "marginal", "flags")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    FLB_FIELD_NUMBER: _ClassVar[int]
+    HAS_MARGINAL_FIELD_NUMBER: _ClassVar[int]
+    MARGINAL_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    samples: int
+    rounds: int
+    flb: float
+    has_marginal: bool
+    marginal: float
+    flags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., samples: _Optional[int] = ..., rounds: _Optional[int] = ..., flb: _Optional[float] = ..., has_marginal: _Optional[bool] = ..., marginal: _Optional[float] = ..., flags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobScores(_message.Message):
+    __slots__ = ("job_id", "method", "rounds", "edges")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    method: str
+    rounds: int
+    edges: _containers.RepeatedCompositeFieldContainer[EdgeScore]
+    def __init__(self, job_id: _Optional[str] = ..., method: _Optional[str] = ..., rounds: _Optional[int] = ..., edges: _Optional[_Iterable[_Union[EdgeScore, _Mapping]]] = ...) -> None: ...
+
+class ScoreReport(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobScores]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobScores, _Mapping]]] = ...) -> None: ...
+
 class NetworkInfo(_message.Message):
     __slots__ = ("ca_certificate", "entry_id", "genesis_hash")
     CA_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]

@@ -874,6 +874,11 @@ class ConsoleStub:
                 request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
                 response_deserializer=base__package_dot_data__pb2.PrivacyReport.FromString,
                 _registered_method=True)
+        self.Scores = channel.unary_unary(
+                '/fedledger.Console/Scores',
+                request_serializer=base__package_dot_data__pb2.Empty.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.ScoreReport.FromString,
+                _registered_method=True)
         self.Revoke = channel.unary_unary(
                 '/fedledger.Console/Revoke',
                 request_serializer=base__package_dot_data__pb2.RevokeRequest.SerializeToString,
@@ -973,6 +978,13 @@ class ConsoleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scores(self, request, context):
+        """scores(): every job's contribution scores, from the chain
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Revoke(self, request, context):
         """revoke(): entry node only
         """
@@ -1047,6 +1059,11 @@ def add_ConsoleServicer_to_server(servicer, server):
                     servicer.Privacy,
                     request_deserializer=base__package_dot_data__pb2.Empty.FromString,
                     response_serializer=base__package_dot_data__pb2.PrivacyReport.SerializeToString,
+            ),
+            'Scores': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scores,
+                    request_deserializer=base__package_dot_data__pb2.Empty.FromString,
+                    response_serializer=base__package_dot_data__pb2.ScoreReport.SerializeToString,
             ),
             'Revoke': grpc.unary_unary_rpc_method_handler(
                     servicer.Revoke,
@@ -1408,6 +1425,33 @@ class Console:
             '/fedledger.Console/Privacy',
             base__package_dot_data__pb2.Empty.SerializeToString,
             base__package_dot_data__pb2.PrivacyReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedledger.Console/Scores',
+            base__package_dot_data__pb2.Empty.SerializeToString,
+            base__package_dot_data__pb2.ScoreReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,12 +67,13 @@ each): see the README's "Benchmarks" for the numbers it gave.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ from rich.table import Table  # noqa: E402
 from config import ConfigError, load_config  # noqa: E402
 from fl.datasets import Dataset, canonical_name, load_dataset  # noqa: E402
 from fl.simulation import RoundMetrics, SimulationResult, run_simulation  # noqa: E402
+from fl.strategy import InvalidUpdate  # noqa: E402
 
 MECHANISMS = {"none": "none", "fixed": "central fixed", "adaptive": "central adaptive", "local": "local"}
 DEFAULT_DATA_DIR = os.path.normpath(ROOT.parent / "shared" / "data" / "mnist10k")
@@ -99,6 +101,7 @@ class Row:
     mechanism: str  # a key of MECHANISMS
     target_epsilon: float | None  # None: no DP
     result: SimulationResult | None = None
+    rounds: list[RoundMetrics] = field(default_factory=list)  # as they finished (kept when a run diverges)
     note: str = ""
     failed: bool = False
 
@@ -162,7 +165,10 @@ def run_row(args: argparse.Namespace, dataset: Dataset, row: Row) -> None:
         row.note = f"not available: {short_reason(exc)}"
         return
     try:
-        row.result = run_simulation(conf, dataset=dataset)
+        row.result = run_simulation(conf, on_round=row.rounds.append, dataset=dataset)
+    except InvalidUpdate as exc:  # training blew up (the noise made a client's update non-finite)
+        row.note = f"diverged in round {len(row.rounds) + 1}: {short_reason(exc)}"
+        return
     except Exception as exc:  # noqa: BLE001 - one broken row must not lose the others' results
         traceback.print_exc()
         row.note, row.failed = f"failed: {type(exc).__name__}: {short_reason(exc)}", True
@@ -171,11 +177,15 @@ def run_row(args: argparse.Namespace, dataset: Dataset, row: Row) -> None:
         row.note = f"stopped after round {len(row.result.rounds)}: {row.result.stopped}"
 
 
-def last_privacy(result: SimulationResult | None) -> dict[str, str]:
-    """The last round's privacy record ({} without DP or without rounds)."""
-    if result is None or not result.rounds:
-        return {}
-    return result.rounds[-1].privacy or {}
+def last_privacy(rounds: list[RoundMetrics]) -> dict[str, str]:
+    """The privacy record of the last round that finished ({} without DP or without rounds)."""
+    return (rounds[-1].privacy or {}) if rounds else {}
+
+
+def best_accuracy(rounds: list[RoundMetrics]) -> float | None:
+    """The best evaluated round's sample-weighted accuracy (None before any)."""
+    evaluated = [r.acc_weighted for r in rounds if not math.isnan(r.acc_weighted)]
+    return max(evaluated) if evaluated else None
 
 
 def seconds_per_round(rounds: list[RoundMetrics]) -> float:
@@ -184,27 +194,34 @@ def seconds_per_round(rounds: list[RoundMetrics]) -> float:
     return sum(r.seconds for r in later) / len(later)
 
 
+def percent(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
 def summary(row: Row) -> str:
     """One progress line for ``row`` after its run."""
-    if row.result is None or not row.result.rounds:
-        return row.note or "no rounds"
-    privacy = last_privacy(row.result)
-    spent = f", z {float(privacy['noise_multiplier']):.3g}, ε {float(privacy['epsilon']):.3g}" if privacy else ""
-    return f"final {100 * row.result.final_accuracy:.2f} %, best {100 * row.result.best_accuracy:.2f} %{spent}"
+    privacy = last_privacy(row.rounds)
+    parts = [f"final {percent(row.result.final_accuracy)} %" if row.result and row.result.rounds else "",
+             f"best {percent(best_accuracy(row.rounds))} %" if row.rounds else "",
+             f"z {float(privacy['noise_multiplier']):.3g}, ε {float(privacy['epsilon']):.3g}" if privacy else "",
+             row.note]
+    return ", ".join(part for part in parts if part) or "no rounds"
 
 
 # --- the table ----------------------------------------------------------------------------------------
 def cells(row: Row) -> list[str]:
-    """``row``'s cells after sharing and mechanism ("–" where a figure does not apply)."""
+    """``row``'s cells after sharing and mechanism ("–" where a figure does not apply). A run
+    that diverged shows the privacy record and best accuracy of the rounds it finished."""
     target = "–" if row.target_epsilon is None else f"{row.target_epsilon:g}"
-    result, privacy = row.result, last_privacy(row.result)
-    if result is None or not result.rounds:
+    if not row.rounds:
         return [target, "–", "–", "–", "–", "–", "–", row.note]
+    privacy = last_privacy(row.rounds)
     z = f"{float(privacy['noise_multiplier']):.3f}" if "noise_multiplier" in privacy else "–"
     clip = f"{float(privacy['clip_norm']):.3g}" if "clip_norm" in privacy else "–"
     spent = f"{float(privacy['epsilon']):.3f}" if "epsilon" in privacy else "–"
-    return [target, z, clip, spent, f"{100 * result.final_accuracy:.2f}", f"{100 * result.best_accuracy:.2f}",
-            f"{seconds_per_round(result.rounds):.2f}", row.note]
+    final = percent(row.result.final_accuracy) if row.result is not None and row.result.rounds else "–"
+    return [target, z, clip, spent, final, percent(best_accuracy(row.rounds)),
+            f"{seconds_per_round(row.rounds):.2f}", row.note]
 
 
 def results_table(args: argparse.Namespace, dataset: Dataset, rows: list[Row]) -> Table:

@@ -185,7 +185,8 @@ def getModel(session: Session, path: str = "runs/global_model.safetensors") -> b
 
 
 @command("save(path='runs/<job id>')",
-         "write the global model, per-round metrics (JSON, CSV) and an accuracy plot; record the model on the chain")
+         "write the global model, per-round metrics (JSON, CSV), an accuracy plot and, where the job has them, its "
+         "privacy budget and scores; record the model on the chain")
 def save(session: Session, path: str | None = None) -> bool:
     status = session.client.call("GetJob")
     data, digest = session.client.verified_global_model(status)
@@ -205,6 +206,10 @@ def save(session: Session, path: str | None = None) -> bool:
     if budget is not None:  # a DP job: its budget per round, as the chain records it
         (folder / "privacy.json").write_text(json.dumps(_privacy_dict(budget), indent=2))
         written.append("privacy.json")
+    scored = next((j for j in session.client.call("Scores").jobs if j.job_id == status.job_id), None)
+    if scored is not None:  # the job's contribution scores, as the chain records them
+        (folder / "scores.json").write_text(json.dumps(_scores_dict(scored), indent=2))
+        written.append("scores.json")
     from fl.plot import plot_accuracy
 
     plot_accuracy({status.job_id: list(status.metrics)}, folder / "accuracy.png", f"{status.job_id} (FedLedger)")
@@ -212,6 +217,32 @@ def save(session: Session, path: str | None = None) -> bool:
                                                              path=str(folder)))
     session.out.print(f"saved {status.job_id} into {folder}/ ({', '.join(written)}); SAVE transaction "
                       f"{reply.tx_hash[:16]}… records model {digest[:16]}…")
+    return True
+
+
+def _scores_dict(job: pb.JobScores) -> dict[str, Any]:
+    return {"job_id": job.job_id, "method": job.method, "rounds": job.rounds,
+            "edge_nodes": [{"node_id": e.node_id, "samples": e.samples, "rounds": e.rounds, "flb": e.flb,
+                            "marginal": e.marginal if e.has_marginal else None, "flags": list(e.flags)}
+                           for e in job.edges]}
+
+
+@command("scores()", "every scored job's contribution scores from the chain, per edge node: samples, rounds "
+         "contributed, FLB's score, the marginal score (leave-one-out or GTG-Shapley) and free-rider flags")
+def scores(session: Session) -> bool:
+    report = session.client.call("Scores")
+    if not report.jobs:
+        session.out.print("no job on the chain has scores (start one with scores='flb', 'loo' or 'gtg')")
+        return True
+    for job in report.jobs:
+        table = Table(title=f"{job.job_id}: scores={job.method}, {job.rounds} rounds scored")
+        for name in ("edge node", "samples", "rounds", "FLB score", "marginal", "flags"):
+            table.add_column(name)
+        for e in sorted(job.edges, key=lambda e: -(e.marginal if e.has_marginal else e.flb)):
+            table.add_row(e.node_id, str(e.samples), str(e.rounds), f"{e.flb:.1f}",
+                          f"{e.marginal:.4f}" if e.has_marginal else "-",
+                          f"[red]{', '.join(e.flags)}[/red]" if e.flags else "")
+        session.out.print(table)
     return True
 
 

@@ -31,6 +31,8 @@ COMMON_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0, "update_norm_bound
 # norm tracks, its learning rate, and the noise on the count of unclipped updates (0: automatic).
 DP_MECHANISMS = ("off", "central", "central_client", "local", "dpsgd")
 DP_CLIPPINGS = ("fixed", "adaptive")
+# Contribution scores (fl/scores.py): off, FLB's formula only, or with leave-one-out or GTG-Shapley.
+SCORE_METHODS = ("off", "flb", "loo", "gtg")
 DP_OPTIONS: dict[str, float] = {"dp_clip": 1.0, "dp_noise": 0.0, "dp_epsilon": 0.0, "dp_delta": 1e-5,
                                 "dp_target_quantile": 0.5, "dp_clip_lr": 0.2, "dp_count_noise": 0.0}
 OPTION_DEFAULTS: dict[str, float | int] = {

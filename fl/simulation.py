@@ -9,6 +9,7 @@ summation order (threads per process), not which samples or seeds are used.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ from fl.federation import ClientWorker, JobSpec, client_data, client_indices, jo
 from fl.memory import keep_freed_memory
 from fl.models import StateDict
 from fl.partition import ClientIndices, class_histogram
-from fl.strategy import Update
+from fl.strategy import Strategy, Update
 from fl.serialize import model_hash, state_from_bytes, state_to_bytes
 from fl.train import ClientData, EvalResult, TrainStats, resolve_device, summarize
 
@@ -43,6 +44,7 @@ class RoundMetrics:
     local_acc_weighted: float | None = None
     client_acc: list[float] = field(default_factory=list)
     privacy: dict[str, str] | None = None  # a DP job: the round's mechanism, noise, clip norm, ε so far
+    scores: dict[str, dict[str, Any]] | None = None  # scores != off: each client's (fl.scores.Score as a dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for JSON; rounds that were not evaluated hold None, not NaN."""
@@ -182,6 +184,7 @@ def run_simulation(
     shared = state_to_bytes(global_shared)  # encoded once per round
 
     workers = conf["workers"] or default_workers(job.num_clients)
+    scorer = _Scorer(conf["scores"], job, strategy, server, dataset, splits) if conf["scores"] != "off" else None
     runner = _Runner(job, clients, dataset.num_classes, device, workers)
     rounds: list[RoundMetrics] = []
     stopped: str | None = None
@@ -196,9 +199,12 @@ def run_simulation(
             results: list[_TrainOutcome] = list(runner.map(_train_task, tasks))
             for result in results:
                 personal_bytes[result.client] = result.personal
+            scores = None
             if server.shared_keys:  # local: nothing is shared, nothing to aggregate
                 updates = [Update(state_from_bytes(r.shared), r.stats.num_samples, model_hash(r.shared))
                            for r in results]
+                if scorer is not None:  # (before aggregate: a server optimiser's state must be the round's own)
+                    scores = scorer.score(round_number, global_shared, updates, [len(r.shared) for r in results])
                 global_shared = strategy.aggregate(global_shared, updates)
                 shared = state_to_bytes(global_shared)
 
@@ -219,6 +225,7 @@ def run_simulation(
                 local_acc_weighted=summarize(local)["acc_weighted"] if local else None,
                 client_acc=client_acc,
                 privacy=strategy.round_record().get("privacy"),
+                scores=scores,
                 **summary,
             )
             rounds.append(metrics)
@@ -236,6 +243,33 @@ def run_simulation(
         num_test=[c.num_test for c in clients],
         stopped=stopped or "",
     )
+
+
+class _Scorer:
+    """The simulation's contribution scores (``fl.scores``), per round, on the scorer's validation
+    set (``fl.scores.validation_utility``)."""
+
+    def __init__(self, method: str, job: JobSpec, strategy: Strategy, server: ClientWorker, dataset: Dataset,
+                 splits: list[ClientIndices]) -> None:
+        from fl.scores import validation_utility
+
+        self.method, self.job, self.strategy = method, job, strategy
+        self.utility = None if job.dp != "off" else validation_utility(job, dataset, splits, server.shared_keys)
+        self.uploads: dict[str, int] = {}
+        self.previous: float | None = None
+
+    def score(self, round_number: int, reference: StateDict, updates: list[Update],
+              sizes: list[int]) -> dict[str, dict[str, Any]]:
+        from fl.scores import SCORE_SEED_CLIENT, score_round
+
+        by_client = {str(i): self.strategy.validate(reference, u) for i, u in enumerate(updates)}
+        for client in by_client:
+            self.uploads[client] = self.uploads.get(client, 0) + 1
+        scores, self.previous = score_round(
+            self.strategy, reference, by_client, {str(i): s for i, s in enumerate(sizes)},
+            {str(i): u.num_samples for i, u in enumerate(updates)}, self.uploads, self.method, self.utility,
+            self.previous, self.job.round_seed(round_number, SCORE_SEED_CLIENT))
+        return {client: dataclasses.asdict(score) for client, score in scores.items()}
 
 
 def _check_input_shape(worker: ClientWorker, dataset: Dataset) -> None:

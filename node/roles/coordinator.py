@@ -50,6 +50,7 @@ from node.chain.store import StoreError
 from node.roles.checkpoint import JobCheckpoint
 from node.roles.jobs import Job, check_model_update, initial_model, job_payload, sign_order
 from node.roles.membership import edge_member
+from node.roles.scoring import JobScorer, RoundScores
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries
 from node.net.streams import ReceivedModel, make_header
@@ -82,6 +83,7 @@ class _Unsealed:
     global_tx: Transaction
     previous_hash: str
     metrics: pb.RoundMetrics
+    scored: RoundScores | None = None  # contribution scores (they count once the round does)
 
 
 class JobState(StrEnum):
@@ -115,6 +117,7 @@ class Coordinator:
         self.global_model: ReceivedModel | None = None
         self.global_tx: Transaction | None = None
         self._unevaluated: pb.RoundMetrics | None = None  # the last round, until its model is evaluated
+        self._scorer: JobScorer | None = None  # the job's contribution scores (scores != off)
         self._pause_requested = False
         self._stop_waiting = threading.Event()  # ends the wait before another attempt (pause, shutdown)
         self._unsealed: _Unsealed | None = None  # a round done but not yet on the chain
@@ -143,6 +146,9 @@ class Coordinator:
                 initial = initial_model(spec)
             except ValueError as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
+            if conf["scores"] != "off" and strategy.decomposable and not conf["recompute_partials"]:
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "scores need every update at the entry node: "
+                             "set recompute_partials=True (the default) or scores=off")
             samples = None if conf["own_data"] else self._shard_sizes(spec)
             if spec.dp == "dpsgd":  # accounted on the edge node with the fewest samples: they must be known
                 if samples is None:
@@ -158,6 +164,7 @@ class Coordinator:
                                     self.node.identity)
             self.node.submit(tx)
             self.job, self.strategy = Job.from_tx(tx), strategy
+            self._scorer = JobScorer(self.job, self.base_conf["data_dir"]) if self.job.scores != "off" else None
             self.global_model = ReceivedModel.of(make_header(self.node.identity, initial, job_id, 0), initial)
             self.node.models.put(self.global_model)
             self.global_tx, self.round, self.metrics, self.error, self._unevaluated = None, 0, [], "", None
@@ -282,6 +289,9 @@ class Coordinator:
                 return
             self.node.models.put(self.global_model)
             self._restore_edge_nodes(job)
+            self._scorer = JobScorer(job, self.base_conf["data_dir"]) if job.scores != "off" else None
+            if self._scorer is not None:
+                self._scorer.rebuild(store)
             self._restore_metrics(job, checkpoint, recorded)
             if done >= job.spec.rounds:
                 self.state = JobState.DONE
@@ -415,6 +425,7 @@ class Coordinator:
                     attempt += 1
                     self._stop_waiting.wait(min(RETRY_CAP_S, 2.0 ** attempt))  # (pause() ends the wait)
             self._evaluate_pending(job)
+            self._record_totals(job)
             with self._lock:
                 self.state = JobState.DONE
             log.info("job %s done after %d rounds", job.job_id, self.round)
@@ -452,6 +463,8 @@ class Coordinator:
         if pending.previous_hash != pending.global_model.header.model_hash:
             self.node.models.spill(pending.previous_hash)  # superseded: kept on disk, out of memory
         self._unevaluated = pending.metrics
+        if pending.scored is not None and self._scorer is not None:
+            self._scorer.sealed(pending.scored)
 
     def _absence(self, edge_id: str, lost: dict[str, str]) -> str:
         """Why a participant that no supernode reported on is absent from a round."""
@@ -488,11 +501,21 @@ class Coordinator:
                 log.warning("job %s: %s", job.job_id, self.error)
                 self._stop_waiting.wait(2.0)
 
+    def _record_totals(self, job: Job) -> None:
+        """The job's contribution scores (SCOREs of round 0), once it ends."""
+        if self._scorer is None:
+            return
+        try:
+            self.node.submit_all(self._scorer.totals(self.node.identity))
+        except Exception as exc:  # noqa: BLE001 - the rounds' scores are on the chain; the log keeps this
+            log.error("could not record job %s's total scores: %s", job.job_id, exc)
+
     def _stop(self, job: Job, reason: str) -> None:
         """End the job before its next round, for good, on the chain with the reason (a
         ROUND_FAILED of attempt 0: the round was not tried)."""
         log.warning("job %s stopped before round %d: %s", job.job_id, self.round + 1, reason)
         self._evaluate_pending(job)
+        self._record_totals(job)
         try:
             self.node.submit(Transaction.create(TxKind.ROUND_FAILED, {
                 "job_id": job.job_id, "round": self.round + 1, "attempt": 0, "reason": reason[:1000]},
@@ -546,11 +569,12 @@ class Coordinator:
         mine: list[pb.Exclusion] = []  # the entry node's own findings (on the chain from it)
         aggregates, parts, edges = [], [], []
         records: list[Transaction] = []  # the supernodes' signed records of what this round combines
+        scoring: dict[str, tuple[Update, int, int]] = {}  # edge node -> its checked update, size, samples (scores)
         for sn, result in results:
             try:
                 exclusions = self._exclusion_records(job, round_number, sn, result)
                 if result.num_samples:
-                    aggregate, part = self._contribution(job, round_number, sn, result, reference, strategy)
+                    aggregate, part, checked = self._contribution(job, round_number, sn, result, reference, strategy)
             except Exception as exc:  # noqa: BLE001 - a supernode whose result does not hold is left out
                 reason = f"its round result was refused: {status_for(exc)[1]}"
                 log.warning("job %s round %d: supernode %s left out: %s", job.job_id, round_number, sn.node_id, reason)
@@ -564,13 +588,16 @@ class Coordinator:
             aggregates.append(aggregate)
             parts.append(part)
             edges.extend(result.edges)
-            records.extend([*(tx_from_pb(e.update) for e in result.edges), aggregate])
+            updates = [tx_from_pb(e.update) for e in result.edges]
+            records.extend([*updates, aggregate])
+            scoring.update({tx.sender: (update, tx.payload["size"], tx.payload["samples"]) for tx, update in zip(updates, checked)})
         accounted = {e.node_id for e in edges} | {x.node_id for x in excluded}
         mine += [pb.Exclusion(node_id=n, reason=self._absence(n, lost)) for n in job.participants if n not in accounted]
         excluded += mine
         if not parts:
             raise RuntimeError("no edge node returned a usable update: " +
                                ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
+        scored = self._scorer.score(round_number, strategy, reference, scoring) if self._scorer else None
         if strategy.decomposable:
             combined: ExactSum | list[Update] = strategy.accumulator(reference)
             for part in parts:
@@ -592,13 +619,14 @@ class Coordinator:
                                                         "reason": x.reason[:500]}, node.identity) for x in mine]
         node.models.keep(global_model)  # on disk, as the strategy's state: before the chain can hold the round
         self._checkpoint().save_round(round_number, strategy.state_dict())
-        node.submit_all([*records, *refused, global_tx], together=True)  # one block: the whole round, or none of it
+        scores = self._scorer.records(round_number, scored, node.identity) if self._scorer and scored else []
+        node.submit_all([*records, *refused, *scores, global_tx], together=True)  # one block: the whole round, or none
         self._unsealed = _Unsealed(round_number, strategy, global_model, global_tx, current.header.model_hash,
                                    pb.RoundMetrics(round=round_number, train_loss=train_loss,
                                                    seconds=time.perf_counter() - started, participants=len(edges),
                                                    excluded=excluded, global_hash=global_model.header.model_hash,
                                                    **{k: math.nan for k in ("acc_weighted", "acc_mean", "acc_min",
-                                                                            "acc_max", "loss")}))
+                                                                            "acc_max", "loss")}), scored)
         self._seal(job)
         log.info("job %s round %d: %d updates, %d left out; %.2f s (train%s %.2f, aggregate %.2f)",
                  job.job_id, round_number, len(edges), len(excluded), time.perf_counter() - started,
@@ -614,25 +642,26 @@ class Coordinator:
         return model.header.model_hash
 
     def _contribution(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
-                      reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, ExactSum | list[Update]]:
+                      reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, ExactSum | list[Update], list[Update]]:
         """One supernode's part, checked: its signed AGGREGATE (against what it returned), and its
         exact partial sum (a rule that decomposes: re-summed here from the updates it lists when the
         job says ``recompute_partials``, refused unless the hashes agree; else downloaded, checked
         against its hash, layout and the bounds its total allows) or every update it lists
-        (downloaded from it and validated again here: median, trimmed mean, Krum)."""
+        (downloaded from it and validated again here: median, trimmed mean, Krum); and the checked
+        updates in the order of ``result.edges`` (none when only the partial was fetched)."""
         aggregate = self._check_partial(job, round_number, sn, result, strategy)
         if strategy.decomposable and not job.recompute_partials:
             limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
             state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit, sn.node_id).data)
             weight = sum(strategy.weight(_samples(e)) for e in result.edges)  # (its updates' samples, or 1 each)
-            return aggregate, ExactSum.from_state(state, weight, strategy.sum_layout(reference))
+            return aggregate, ExactSum.from_state(state, weight, strategy.sum_layout(reference)), []
         updates = []
         for edge in result.edges:
             tx = tx_from_pb(edge.update)
             data = self.node.fetch_model(tx.payload["hash"], sn.address, node_id=sn.node_id).data
             updates.append(strategy.validate(reference, Update(state_views(data), tx.payload["samples"], tx.payload["hash"])))
         if not strategy.decomposable:
-            return aggregate, updates
+            return aggregate, updates, updates
         partial = strategy.accumulator(reference)
         for update in updates:
             partial.add(update, checked=True)
@@ -640,7 +669,7 @@ class Coordinator:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
                          f"supernode {sn.node_id}'s partial sum {result.partial_hash[:16]}… is not the sum of the "
                          f"{len(updates)} updates it lists")
-        return aggregate, partial
+        return aggregate, partial, updates
 
     def _exclusion_records(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult) -> list[Transaction]:
         """The supernode's signed EXCLUDED records: of this round, of the job's edge nodes it did not

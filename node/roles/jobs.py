@@ -28,6 +28,7 @@ import torch
 from fl.federation import ClientWorker, JobSpec, split_state
 from fl.serialize import state_to_bytes
 from fl.strategy import InvalidUpdate, Strategy, strategy_for_job
+from fl.names import SCORE_METHODS
 from node.chain.identity import Identity, verify_signature
 from node.chain.rules import InvalidTransaction, Transaction, TxKind, check_payload, now_ms
 from node.net.errors import refuse
@@ -63,6 +64,7 @@ class Job:
     recompute_partials: bool = False  # the entry node re-sums every partial from the updates it lists
     round_attempts: int = 1  # attempts at a round before the job fails
     sample_caps: Mapping[str, int] | None = None  # own-data jobs: the operator's cap per edge node, from its ENROLL
+    scores: str = "off"  # contribution scores (fl/scores.py): off, flb, loo or gtg
 
     def strategy(self) -> Strategy:
         """A fresh instance of the job's strategy (its rule, sharing and options from the JOB)."""
@@ -99,7 +101,8 @@ class Job:
         return cls(p["job_id"], spec_from_payload(p["spec"]), tuple(participants),
                    bool(options.get("openEval", True)), float(options.get("round_timeout", "300")), tx,
                    samples, bool(options.get("own_data", False)), int(options.get("max_samples", 0)),
-                   bool(options.get("recompute_partials", False)), int(options.get("round_attempts", 1)), caps)
+                   bool(options.get("recompute_partials", False)), int(options.get("round_attempts", 1)), caps,
+                   _score_method(options.get("scores", "off")))
 
     def check_samples(self, node_id: str, claimed: int) -> None:
         """Refuse a sample count the job does not allow: in shard mode the count follows from the
@@ -150,12 +153,19 @@ def job_payload(job_id: str, spec: JobSpec, participants: list[str], conf: dict[
                "options": {"openEval": conf["openEval"], "round_timeout": repr(float(conf["round_timeout"])),
                            "own_data": bool(conf["own_data"]), "max_samples": int(conf["max_samples"]),
                            "recompute_partials": bool(conf["recompute_partials"]),
-                           "round_attempts": int(conf["round_attempts"])}}
+                           "round_attempts": int(conf["round_attempts"]), "scores": str(conf["scores"])}}
     if samples is not None:
         payload["samples"] = dict(zip(sorted(participants), samples))
     if sample_caps:
         payload["sample_caps"] = {n: int(sample_caps[n]) for n in sorted(participants) if n in sample_caps}
     return payload
+
+
+def _score_method(method: Any) -> str:
+    if method not in SCORE_METHODS:
+        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the JOB's scores option {method!r} is not one of "
+                     f"{', '.join(SCORE_METHODS)}")
+    return str(method)
 
 
 def check_signed_by(tx: Transaction, kinds: tuple[TxKind, ...], entry_id: str, entry_key: bytes) -> None:

@@ -22,6 +22,7 @@ rule took from the recorded noised mean, bit for bit.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -31,8 +32,11 @@ import torch
 
 from fl.serialize import model_hash, state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
+from fl.scores import SCORE_SEED_CLIENT, Utility, flb_score, score_round
 from node.chain.rules import Transaction, TxKind
 from node.roles.jobs import Job, initial_model
+
+SCORE_TOLERANCE = 0.01  # recomputed accuracies and marginal scores may differ this much (float forward passes)
 
 # (model hash, the node that should hold it) -> the model's bytes, checked against the hash; or None
 FetchModel = Callable[[str, str], "bytes | None"]
@@ -66,15 +70,18 @@ class _Mismatch(Exception):
         self.round, self.node, self.reason, self.missing = round_number, node, reason, missing
 
 
-def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel) -> RecomputeReport:
-    """Recompute every job in ``transactions`` (the chain's, in chain order)."""
+def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel,
+                    utility_for: Callable[[Job], Utility | None] | None = None) -> RecomputeReport:
+    """Recompute every job in ``transactions`` (the chain's, in chain order). ``utility_for``: the
+    scorer's validation utility for a job, where this node holds its data (scores' accuracies
+    and marginal values are then recomputed too)."""
     started = time.perf_counter()
     by_job: dict[str, list[Transaction]] = defaultdict(list)
     jobs: list[Transaction] = []
     for tx in transactions:
         if tx.kind == TxKind.JOB:
             jobs.append(tx)
-        elif tx.kind in (TxKind.ROUND, TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.GLOBAL_MODEL):
+        elif tx.kind in (TxKind.ROUND, TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.GLOBAL_MODEL, TxKind.SCORE):
             by_job[tx.payload["job_id"]].append(tx)
     rounds = updates = skipped = 0
     for job_tx in jobs:
@@ -82,7 +89,7 @@ def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel) -> R
             skipped += 1  # recorded before aggregates were exact and named: nothing to recompute against
             continue
         job = Job.from_tx(job_tx)
-        replay = _JobReplay(job, by_job.get(job.job_id, []), fetch)
+        replay = _JobReplay(job, by_job.get(job.job_id, []), fetch, utility_for)
         try:
             replay.run()
         except _Mismatch as bad:
@@ -97,7 +104,8 @@ def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel) -> R
 class _JobReplay:
     """One job, round by round, on a fresh instance of its strategy."""
 
-    def __init__(self, job: Job, txs: list[Transaction], fetch: FetchModel) -> None:
+    def __init__(self, job: Job, txs: list[Transaction], fetch: FetchModel,
+                 utility_for: Callable[[Job], Utility | None] | None = None) -> None:
         self.job, self.fetch = job, fetch
         self.strategy: Strategy = job.strategy()
         self.entry = job.tx.sender
@@ -106,6 +114,15 @@ class _JobReplay:
         self.aggregates = {t.hash: t for t in txs if t.kind == TxKind.AGGREGATE}
         self.model_updates = {t.hash: t for t in txs if t.kind == TxKind.MODEL_UPDATE}
         self.rounds = self.updates = 0
+        self.scores: dict[int, dict[str, Transaction]] = defaultdict(dict)  # the entry node's, by round and node
+        for t in txs:
+            if t.kind == TxKind.SCORE and t.sender == self.entry and t.payload["round"] > 0:
+                self.scores[t.payload["round"]][t.payload["node"]] = t
+        scored = self.scores and job.scores != "off" and not job.own_data and job.spec.dp == "off"
+        self.utility = utility_for(job) if scored and utility_for is not None else None
+        self.uploads: dict[str, int] = {}
+        self.validation: float | None = None  # U(all) of the round before (scores)
+        self.round_updates: dict[str, tuple[Update, int, int]] = {}  # this round's, by edge node (scores)
 
     def run(self) -> None:
         current = initial_model(self.job.spec)
@@ -122,7 +139,10 @@ class _JobReplay:
                 raise _Mismatch(round_number, self.entry, "the ROUND order's options for checking updates are not "
                                 f"the job's strategy's: {order.payload.get('validate', {})!r}")
             reference = state_views(current)
+            self.round_updates = {}
             combined, samples = self._combine(round_number, recorded, reference)
+            if self.job.scores != "off":
+                self._check_scores(round_number, reference)
             if recorded.payload["samples"] != samples:
                 raise _Mismatch(round_number, self.entry, f"the GLOBAL_MODEL weighs {recorded.payload['samples']} "
                                 f"samples; the AGGREGATEs it names hold {samples}")
@@ -215,4 +235,46 @@ class _JobReplay:
         except (InvalidUpdate, ValueError) as exc:
             raise _Mismatch(round_number, sn, f"it accepted update {update_hash[:16]}…, which is invalid: {exc}") from None
         self.updates += 1
+        self.round_updates[tx.sender] = (update, tx.payload["size"], tx.payload["samples"])
         return update
+
+    def _check_scores(self, round_number: int, reference: dict[str, torch.Tensor]) -> None:
+        """The round's SCOREs against ``fl.scores`` run again on the round's updates: the flags,
+        samples, sizes and uploads exactly, FLB's score from its coefficient; where this node holds
+        the job's data, the coefficient, validation accuracy and marginal scores within
+        ``SCORE_TOLERANCE`` (they come from float forward passes, which differ in the last bits
+        between machines)."""
+        recorded, updates = self.scores.get(round_number, {}), self.round_updates
+        if set(recorded) != set(updates):
+            raise _Mismatch(round_number, self.entry, f"the round's SCOREs name {len(recorded)} edge nodes; "
+                            f"{len(updates)} updates were combined")
+        uploads = {n: self.uploads.get(n, 0) + 1 for n in updates}
+        scores, validation = score_round(
+            self.strategy, reference, {n: u for n, (u, _, _) in updates.items()},
+            {n: size for n, (_, size, _) in updates.items()}, {n: samples for n, (_, _, samples) in updates.items()},
+            uploads, self.job.scores, self.utility, self.validation,
+            self.job.spec.round_seed(round_number, SCORE_SEED_CLIENT))
+        for node, score in scores.items():
+            p = recorded[node].payload
+            exact = {"samples": score.samples, "size": score.size, "uploads": score.uploads, "flags": score.flags}
+            for key, value in exact.items():
+                if p.get(key) != value:
+                    raise _Mismatch(round_number, self.entry, f"{node}'s SCORE says {key} {p.get(key)!r}; the round "
+                                    f"gives {value!r}")
+            coefficient = float(p.get("coefficient", "nan"))
+            flb = 0.0 if score.flags else flb_score(score.samples, score.size, score.uploads, coefficient)
+            if not math.isclose(float(p["score"]), flb, rel_tol=1e-5, abs_tol=1e-5):
+                raise _Mismatch(round_number, self.entry, f"{node}'s FLB score {p['score']} is not the formula's {flb:.6f}")
+            if self.utility is None:
+                continue
+            close = {"coefficient": (coefficient, score.coefficient),
+                     "marginal": (float(p.get("marginal", "nan")), score.marginal if score.marginal is not None else 0.0),
+                     "validation": (float(p.get("validation", "nan")), validation or 0.0)}
+            for key, (given, again) in close.items():
+                if key == "marginal" and score.marginal is None:
+                    continue
+                if not abs(given - again) <= SCORE_TOLERANCE:
+                    raise _Mismatch(round_number, self.entry, f"{node}'s SCORE {key} {given:.6f} is not the "
+                                    f"recomputed {again:.6f}")
+        self.uploads.update(uploads)
+        self.validation = validation

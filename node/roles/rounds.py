@@ -118,7 +118,7 @@ class RoundRunner:
         for edge_id, future in self._ask_all(edges, model, request):  # fold each update in as it arrives
             try:
                 result = future.result()
-                tx, update = self._check_update(result, job, round_number, reference, strategy)
+                tx, update = self._check_update(result, job, round_number, model.header.model_hash, reference, strategy)
                 if partial is not None:
                     partial.add(update, checked=True)  # (refuses a sample total that would reach 2**35)
             except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
@@ -190,13 +190,15 @@ class RoundRunner:
             reply.aggregate.CopyFrom(tx_to_pb(Transaction.create(TxKind.AGGREGATE, aggregate, node.identity)))
         return reply
 
-    def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int, reference: dict[str, Any],
-                      strategy: Strategy) -> tuple[Transaction, Update]:
+    def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int, sent_hash: str,
+                      reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, Update]:
         tx = tx_from_pb(result.update)
         member = self.node.members.get(result.node_id)
         if tx.sender != result.node_id or member is None:
             raise InvalidUpdate("the result is not a MODEL_UPDATE of the edge node that sent it")
         check_model_update(tx, job, round_number, member.public_key)
+        if tx.payload["hash"] == sent_hash:
+            raise InvalidUpdate("free rider: its update is the very model it was sent")
         received = self.node.models.get(tx.payload["hash"])
         if received is None or received.header.sender != result.node_id:
             raise InvalidUpdate("the update's bytes were never uploaded to this supernode")

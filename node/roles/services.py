@@ -14,7 +14,9 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.chain.audit import verify_chain
+from fl.scores import job_totals
 from node.chain.rules import Transaction, TxKind
+from node.roles.scoring import round_scores, scorer_utility
 from node.net.admin import require_admin
 from node.net.errors import refuse
 from node.net.guard import Rule, anyone, caller, certified, method_path, refused, require_caller
@@ -191,7 +193,8 @@ class ConsoleService(rpc_pb.ConsoleServicer):
                                head=head_to_pb(report.head),
                                bad_height=-1 if report.bad_height is None else report.bad_height, reason=report.reason)
         if request.recompute:
-            recomputed = recompute_chain((tx for _, tx in store.transactions()), self.node.find_model)
+            recomputed = recompute_chain((tx for _, tx in store.transactions()), self.node.find_model,
+                                         lambda job: scorer_utility(job, self.node.data_dir))
             reply.recompute.CopyFrom(pb.RecomputeReport(**dataclasses.asdict(recomputed)))
         return reply
 
@@ -236,6 +239,19 @@ class ConsoleService(rpc_pb.ConsoleServicer):
             if tx.payload["job_id"] in jobs and tx.payload["attempt"] == 0:  # stopped before a round, for good
                 jobs[tx.payload["job_id"]].stopped = tx.payload["reason"]
         return pb.PrivacyReport(jobs=list(jobs.values()))
+
+    def Scores(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ScoreReport:
+        store, report = self.node.ledger.store, pb.ScoreReport()
+        for _, job_tx in store.transactions(kind=TxKind.JOB):
+            method = job_tx.payload.get("options", {}).get("scores", "off")
+            if method == "off":
+                continue
+            rounds, _ = round_scores(store, job_tx.payload["job_id"], job_tx.sender)
+            job = report.jobs.add(job_id=job_tx.payload["job_id"], method=str(method), rounds=len(rounds))
+            for node, total in sorted(job_totals([rounds[r] for r in sorted(rounds)]).items()):
+                job.edges.add(node_id=node, samples=total.samples, rounds=total.uploads, flb=total.flb,
+                              has_marginal=total.marginal is not None, marginal=total.marginal or 0.0, flags=total.flags)
+        return report
 
     def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
         return pb.SubmitReply(tx_hash=_enroller(self.node).revoke(request.id, request.reason))
