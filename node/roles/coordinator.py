@@ -48,7 +48,7 @@ from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
 from node.chain.store import StoreError
 from node.roles.checkpoint import JobCheckpoint
-from node.roles.jobs import Job, check_model_update, initial_model, job_payload, sign_order
+from node.roles.jobs import Job, check_model_update, initial_model, job_payload, seconds_left, sign_order
 from node.roles.membership import edge_member
 from node.roles.scoring import JobScorer, RoundScores
 from node.net.errors import refuse, status_for
@@ -783,7 +783,7 @@ class Coordinator:
         node = self.node
         if sn.node_id == node.node_id:
             return node.rounds.run(request)
-        timeout = (request.order.deadline_ms - now_ms()) / 1000 + 30
+        timeout = seconds_left(request.order) + 30
         stub = rpc_pb.TrainingStub(node.channels.get(sn.address, sn.node_id))
         if not self.delivered.has(sn.node_id, model.header.model_hash):
             stub.DistributeModel(model.stream(), timeout=timeout)

@@ -255,7 +255,12 @@ class Orders:
         return self.order.deadline_ms
 
     def seconds_left(self) -> float:
-        return (self.order.deadline_ms - now_ms()) / 1000
+        return seconds_left(self.order)
+
+
+def seconds_left(order: pb.Order) -> float:
+    """Seconds until ``order``'s deadline (negative once it has passed)."""
+    return (order.deadline_ms - now_ms()) / 1000
 
 
 def read_orders(request: pb.RoundRequest, entry_id: str, entry_key: bytes, log: OrderLog) -> Orders:

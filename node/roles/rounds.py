@@ -26,8 +26,8 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
-from node.chain.rules import Transaction, TxKind, fixed, now_ms
-from node.roles.jobs import Job, OrderLog, Orders, check_model_update, read_orders
+from node.chain.rules import Transaction, TxKind, fixed
+from node.roles.jobs import Job, OrderLog, Orders, check_model_update, read_orders, seconds_left
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries, UploadWindow
 from node.net.streams import ReceivedModel, chunks, make_header
@@ -208,7 +208,7 @@ class RoundRunner:
 
 
 def _seconds_left(request: pb.RoundRequest) -> float:
-    return max(0.5, (request.order.deadline_ms - now_ms()) / 1000)
+    return max(0.5, seconds_left(request.order))
 
 
 def _reason(exc: BaseException) -> str:
