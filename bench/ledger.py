@@ -32,9 +32,12 @@ from node.chain.ledger import Ledger  # noqa: E402
 from sql.store import LedgerStore  # noqa: E402
 
 
-def _register(identity: Identity) -> Transaction:
-    return Transaction.create(TxKind.REGISTER, {"public_key": identity.public_key.hex(), "role": "EN",
-                                                "address": "10.0.0.1:9000"}, identity)
+def _join(proposer: Identity, identity: Identity) -> list[Transaction]:
+    """The entry node's ENROLL of an edge node, then its REGISTER: how a node gets on the chain."""
+    key = identity.public_key.hex()
+    return [Transaction.create(TxKind.ENROLL, {"node": identity.node_id, "public_key": key, "role": "EN",
+                                               "token": "bench", "certificate": "ab" * 32}, proposer),
+            Transaction.create(TxKind.REGISTER, {"public_key": key, "role": "EN", "address": "10.0.0.1:9000"}, identity)]
 
 
 def _updates(senders: list[Identity], round_: int, count: int) -> list[Transaction]:
@@ -44,9 +47,10 @@ def _updates(senders: list[Identity], round_: int, count: int) -> list[Transacti
 
 
 def build_blocks(proposer: Identity, senders: list[Identity], blocks: int, txs: int) -> list[Block]:
-    """Genesis, a registration block, then ``blocks`` signed blocks of ``txs`` updates."""
+    """Genesis, a block enrolling and registering the senders, then ``blocks`` signed blocks of
+    ``txs`` updates."""
     chain = [genesis_block(proposer, "127.0.0.1:8080")]
-    chain.append(Block.create(1, chain[-1].hash, [_register(s) for s in senders], proposer))
+    chain.append(Block.create(1, chain[-1].hash, [tx for s in senders for tx in _join(proposer, s)], proposer))
     for b in range(blocks):
         chain.append(Block.create(len(chain), chain[-1].hash, _updates(senders, b, txs), proposer))
     return chain
