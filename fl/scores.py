@@ -16,7 +16,7 @@ score, a validation set the scorer holds):
   Participant Contribution Evaluation in Federated Learning": a within-round Monte-Carlo Shapley
   value over permutations that each start with a different participant, truncated once the
   remaining gain is under 1 % of the whole, until no estimate moves more than 1 % of the whole
-  in a pass of n permutations, at most 5 passes).
+  in a pass of n permutations, at most 3 passes).
 
 U(S) is the validation accuracy of the model the job's own strategy makes from the updates in S
 (a fresh copy of it: server state untouched). When the job shares the whole model (``fedavg``)
@@ -44,7 +44,7 @@ from fl.strategy.base import float_keys
 NEGLIGIBLE = 1e-3  # a delta under this share of the round's median delta norm is flagged
 GTG_TRUNCATION = 0.01  # stop a permutation once the remaining gain is under this share of U(all) − U(∅)
 GTG_TOLERANCE = 0.01  # ... and the passes once no estimate moves more than this share of U(all) − U(∅)
-GTG_MAX_PASSES = 5  # passes of n permutations at most
+GTG_MAX_PASSES = 3  # passes of n permutations at most
 RIDGE = 1e-3  # the linear probe's ridge (times the features' mean square)
 VALIDATION_SAMPLES = 1000  # the scorer's validation set: at most this many of the clients' test samples
 SCORE_SEED_CLIENT = 2**31 - 1  # (job seed, round, this): the seed of a round's GTG-Shapley permutations
