@@ -64,7 +64,7 @@ my_conf: dict[str, Any] = {
     "dp_clipping": "fixed",  # dp=central: fixed | adaptive (the clip norm tracks a quantile of the update norms)
     "dp_target_quantile": 0.5,  # adaptive clipping: the share of updates the clip norm should leave unclipped
     "dp_clip_lr": 0.2,  # adaptive clipping: the clip norm's (geometric) learning rate
-    "dp_count_noise": 0.0,  # adaptive clipping: stddev of the noise on the unclipped count (0: max(n/20, z))
+    "dp_count_noise": 0.0,  # adaptive clipping: stddev of the noise on the unclipped count (0: max(n/20, 2z))
     "scores": "off",  # contribution scores per round: off | flb (FLB's formula and free-rider flags) | loo | gtg
     "model": "auto",  # auto (by dataset) | mlp | cnn_mnist | cnn_cifar
     "head_layers": 1,  # how many of the last parameterised layers form the head

@@ -56,7 +56,7 @@ class PrivacySpec:
     clipping: str = "fixed"  # or "adaptive" (dp=central): the clip norm follows a quantile of the norms
     target_quantile: float = 0.5  # γ: the share of updates left unclipped that the clip norm aims at
     clip_lr: float = 0.2  # η: C ← C·exp(−η(b̃ − γ)), b̃ the noised share of unclipped updates
-    count_noise: float = 0.0  # σ_b: stddev of the noise on the unclipped count (0: max(n/20, z))
+    count_noise: float = 0.0  # σ_b: stddev of the noise on the unclipped count (0: max(n/20, 2z))
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:

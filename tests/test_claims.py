@@ -87,7 +87,7 @@ def test_edge_nodes_claiming_a_billion_samples_or_sending_a_scaled_update_are_le
                              Identity.load_or_create(liars["samples"].home))
     with node_channel(sn, entry) as as_sn:
         assert refusal_code(lambda: rpc_pb.LedgerStub(as_sn).SubmitTransaction(tx_to_pb(lie), timeout=10)) \
-            == grpc.StatusCode.INVALID_ARGUMENT
+            == grpc.StatusCode.PERMISSION_DENIED
     # an edge node downloads the global model, but not another edge node's update
     updates = [t.payload["hash"] for height in range(entry.head().height + 1)
                for t in map(tx_from_pb, entry.console("GetBlock", pb.BlockRequest(height=height)).transactions)

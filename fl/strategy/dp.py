@@ -21,7 +21,8 @@ is refused. Per round, with C the clip norm and z the noise multiplier:
   update also counts whether its norm was within C (an extra entry of the exact sum, so the count
   composes across supernodes exactly), the entry node adds N(0, σ_b²) to the count b and sets
   C ← C·exp(−η(b̃/n − γ)) for the next round; the count's noise spends part of the budget, so the
-  update's noise multiplier is z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) and the accountant sees z. The
+  update's noise multiplier is z_Δ = (z⁻² − σ_b⁻²)^(−1/2) (the 0/1 count has sensitivity 1) and
+  the accountant sees z; only the noised count is recorded. The
   round's C travels in the signed round order (``validate_config``), so its history is on the
   chain, and the supernodes clip with it;
 - ``can_run`` says why a round must not run (it would spend more than the job's target ε) and
@@ -86,9 +87,9 @@ class DifferentialPrivacy(Strategy):
 
     @property
     def count_noise(self) -> float:
-        """σ_b (adaptive clipping): as given, else max(n/20, z) (Andrew et al. suggest n/20; at
-        least z keeps the update's share of the budget, z_Δ, within 1.16 z)."""
-        return self.spec.count_noise or max(self.clients / 20, self.noise_multiplier)
+        """σ_b (adaptive clipping): as given, else max(n/20, 2z) (Andrew et al. suggest n/20; at
+        least 2z keeps the update's share of the budget, z_Δ, within 1.16 z)."""
+        return self.spec.count_noise or max(self.clients / 20, 2 * self.noise_multiplier)
 
     @property
     def update_noise_multiplier(self) -> float:
@@ -97,10 +98,10 @@ class DifferentialPrivacy(Strategy):
         z = self.noise_multiplier
         if not self.spec.adaptive:
             return z
-        if 2 * self.count_noise <= z:
+        if self.count_noise <= z:
             raise ValueError(f"dp_count_noise {self.count_noise:g} is too small for noise multiplier {z:g}: "
-                             f"adaptive clipping needs 2·dp_count_noise > z")
-        return (z ** -2 - (2 * self.count_noise) ** -2) ** -0.5
+                             f"adaptive clipping needs dp_count_noise > z")
+        return (z ** -2 - self.count_noise ** -2) ** -0.5  # the count (0/1 per update) has sensitivity 1
 
     @property
     def per_round(self) -> Accounting:
@@ -258,7 +259,11 @@ class DifferentialPrivacy(Strategy):
         model's dtypes, and how many were within the clip norm (adaptive clipping; else 0)."""
         total = self.inner.combined_sum(self.sum_layout(global_shared), combined)
         mean = total.mean({**{k: v.dtype for k, v in global_shared.items()}, UNCLIPPED: torch.float64})
-        unclipped = round(float(mean.pop(UNCLIPPED, torch.zeros(1))[0]) * total.total)
+        share = float(mean.pop(UNCLIPPED, torch.zeros(1))[0])
+        unclipped = round(share * total.total)
+        if not (0 <= unclipped <= total.total and abs(share * total.total - unclipped) < 1e-6):
+            raise ValueError(f"the count of unclipped updates ({share * total.total:g} of {total.total}) is not a "
+                             f"whole number within the updates summed")
         return total, {k: mean[k] for k in global_shared}, unclipped
 
     def _move_clip(self, count: int, noised_count: float | None) -> None:
@@ -282,7 +287,7 @@ class DifferentialPrivacy(Strategy):
             record["target_epsilon"] = repr(float(self.spec.target_epsilon))
         if noised_count is not None:
             step = math.exp(-self.spec.clip_lr * (noised_count / count - self.spec.target_quantile))
-            record.update(clipping="adaptive", unclipped=str(unclipped), unclipped_noised=repr(noised_count),
+            record.update(clipping="adaptive", unclipped_noised=repr(noised_count),  # (the exact count: never)
                           count_noise=repr(float(self.count_noise)), next_clip_norm=repr(self.clip_norm * step))
         return record
 

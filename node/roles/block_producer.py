@@ -247,8 +247,9 @@ class BlockProducer:
                     self.ledger.propose(unit, self.identity)
                     stored.update(tx.hash for tx in unit)
                 except InvalidBlock as one:
-                    if len(unit) == 1 and self.ledger.store.existing_transactions([unit[0].hash]):
-                        stored.add(unit[0].hash)  # sealed before (an earlier try)
+                    hashes = [tx.hash for tx in unit]
+                    if len(self.ledger.store.existing_transactions(hashes)) == len(hashes):
+                        stored.update(hashes)  # sealed before (an earlier try whose answer was lost)
                         continue
                     log.error("dropped %d transaction(s) sealed as one, the first %s (%s): %s",
                               len(unit), unit[0].hash[:16], unit[0].kind, one)

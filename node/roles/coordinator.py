@@ -448,8 +448,10 @@ class Coordinator:
         assert pending is not None
         producer, started = self.node.producer, time.monotonic()
         while not producer.wait_sealed(pending.global_tx.hash, SEAL_SLICE_S):
-            if not producer.is_pending(pending.global_tx.hash):  # dropped, not sealed: the round runs again
-                self._unsealed = None
+            if not producer.is_pending(pending.global_tx.hash):
+                if producer.wait_sealed(pending.global_tx.hash, 0):  # sealed just after the wait gave up
+                    break
+                self._unsealed = None  # dropped, not sealed: the round runs again
                 raise RuntimeError(f"round {pending.round}'s GLOBAL_MODEL was dropped from the pool")
             waited = time.monotonic() - started
             if waited >= self._outage_bound() or self._pause_requested:
@@ -683,11 +685,13 @@ class Coordinator:
             if record.kind != TxKind.EXCLUDED or record.sender != sn.node_id or member is None \
                     or not record.signed_by(member.public_key):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"supernode {sn.node_id} sent an exclusion it did not sign")
+            excluded = self.node.members.get(p["node"])
             if p["job_id"] != job.job_id or p["round"] != round_number or p["node"] not in job.participants \
-                    or p["node"] in updated or p["node"] in named:
+                    or p["node"] in updated or p["node"] in named or excluded is None \
+                    or excluded.supernode != sn.node_id:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"supernode {sn.node_id} excluded {p['node']}, which is not an edge node of this round "
-                             f"without an update, or twice")
+                             f"supernode {sn.node_id} excluded {p['node']}, which is not its own edge node of this "
+                             f"round without an update, or twice")
             named.add(p["node"])
             records.append(record)
         return records

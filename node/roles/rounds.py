@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
@@ -39,12 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_TIMEOUT_S = 30.0  # how long a round's updates may take to reach the supernode's disk
+PARTIALS_KEPT = 100_000  # partial sums remembered as such (an edge node may not download them)
 
 
 class RoundRunner:
     def __init__(self, node: Supernode) -> None:
         self.node = node
         self.delivered = Deliveries()  # which edge node holds which model
+        self.partials: OrderedDict[str, None] = OrderedDict()  # the partial sums this supernode made (newest last)
         # edge_parallelism: how many of its edge nodes a supernode asks at once (0: all). Edge nodes
         # that share one host's cores train faster a few at a time than all at once.
         self._pool = ThreadPoolExecutor(max_workers=node.settings.edge_parallelism or 64, thread_name_prefix="edge-round")
@@ -185,6 +188,9 @@ class RoundRunner:
                     self._scratch = partial
                 header = make_header(node.identity, data, job.job_id, round_number, samples)
                 node.models.put(ReceivedModel.of(header, data))
+                self.partials[header.model_hash] = None  # (never served to an edge node: a clean sum of updates)
+                while len(self.partials) > PARTIALS_KEPT:
+                    self.partials.popitem(last=False)
                 aggregate["hash"] = reply.partial_hash = header.model_hash
             reply.num_samples = samples
             reply.aggregate.CopyFrom(tx_to_pb(Transaction.create(TxKind.AGGREGATE, aggregate, node.identity)))
@@ -202,6 +208,8 @@ class RoundRunner:
         received = self.node.models.get(tx.payload["hash"])
         if received is None or received.header.sender != result.node_id:
             raise InvalidUpdate("the update's bytes were never uploaded to this supernode")
+        if tx.payload["size"] != len(received.data):
+            raise InvalidUpdate(f"its MODEL_UPDATE claims {tx.payload['size']} bytes; it uploaded {len(received.data)}")
         # read only: checked and summed, never kept
         update = Update(state_views(received.data), tx.payload["samples"], tx.payload["hash"])
         return tx, strategy.validate(reference, update)  # (clipped, when the job clips)

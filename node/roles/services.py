@@ -71,12 +71,19 @@ class MembershipService(rpc_pb.MembershipServicer):
         return self.node.find_supernode(request)
 
 
+ROUND_RECORDS = (TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.EXCLUDED, TxKind.SCORE)
+
+
 class LedgerService(rpc_pb.LedgerServicer):
     def __init__(self, node: Supernode) -> None:
         self.node = node
 
     def SubmitTransaction(self, request: pb.Transaction, context: grpc.ServicerContext) -> pb.SubmitReply:
-        return pb.SubmitReply(tx_hash=self.node.submit(tx_from_pb(request)))
+        tx = tx_from_pb(request)
+        if tx.kind in ROUND_RECORDS:  # only inside their round's unit, from the entry node's own hands
+            raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"{tx.kind} transactions reach the chain with their "
+                         f"round (the entry node seals them with its GLOBAL_MODEL), not on their own")
+        return pb.SubmitReply(tx_hash=self.node.submit(tx))
 
     def PushBlock(self, request: pb.Block, context: grpc.ServicerContext) -> pb.PushReply:
         stored, head = self.node.receive_block(block_from_pb(request))
@@ -146,8 +153,10 @@ class TrainingService(rpc_pb.TrainingServicer):
         if model is None:
             raise refuse(grpc.StatusCode.NOT_FOUND, f"this node holds no model with hash {request.model_hash[:16]}…")
         who = caller()
-        if who.role == "EN" and model.header.sender not in (who.node_id, self.node.entry_id):
-            # edge nodes see the global models and their own updates, never another node's update or partial
+        if who.role == "EN" and (model.header.sender not in (who.node_id, self.node.entry_id)
+                                 or request.model_hash in self.node.rounds.partials):
+            # edge nodes see the global models and their own updates, never another node's update or a
+            # partial sum (the entry node's own partials carry its signature too)
             raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                          "edge nodes may download global models and their own updates only")
         yield from model.stream()
