@@ -63,6 +63,9 @@ class DifferentialPrivacy(Strategy):
         if not inner.decomposable:
             raise ValueError(f"dp={spec.mechanism} needs a rule that averages (mean, fedavgm, fedadam), "
                              f"not aggregation={inner.name!r}")
+        if spec.mechanism == "dpsgd" and inner.proximal_mu > 0:
+            raise ValueError("dp=dpsgd trains with Opacus's optimizer, which takes no proximal term: use "
+                             "proximal_mu=0 or another mechanism")
         self.inner, self.spec, self.rounds, self.clients = inner, spec, rounds, clients
         self.name, self.sharing, self.options = inner.name, inner.sharing, inner.options
         self.proximal_mu = inner.proximal_mu
