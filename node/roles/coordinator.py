@@ -48,7 +48,8 @@ from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
 from node.chain.store import StoreError
 from node.roles.checkpoint import JobCheckpoint
-from node.roles.jobs import Job, check_model_update, initial_model, job_payload, seconds_left, sign_order
+from node.roles.jobs import (Job, check_model_update, initial_model, job_payload, seconds_left, sign_order,
+                             signed_train_loss)
 from node.roles.membership import edge_member
 from node.roles.scoring import JobScorer, RoundScores
 from node.net.errors import refuse, status_for
@@ -609,7 +610,7 @@ class Coordinator:
         data = state_to_bytes(strategy.finalize(reference, combined))
         samples = sum(a.payload["samples"] for a in aggregates)
         global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
-        train_loss = sum(e.train_loss * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
+        train_loss = sum(signed_train_loss(tx_from_pb(e.update)) * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
         record = {**strategy.round_record(),  # what the rule did beyond the model (a DP round's privacy)
                   "job_id": job.job_id, "round": round_number, "hash": global_model.header.model_hash, "samples": samples,
                   "aggregates": sorted(a.hash for a in aggregates),  # exactly what was combined: what an audit uses

@@ -14,6 +14,7 @@ once on each node (``OrderLog``), so an order cannot be replayed or stretched on
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -256,6 +257,17 @@ class Orders:
 
     def seconds_left(self) -> float:
         return seconds_left(self.order)
+
+
+def signed_train_loss(tx: Transaction) -> float:
+    """The training loss an edge node signed in its MODEL_UPDATE (0 when it gave none or no
+    finite number): what a round's records sum, never the loss relayed beside it."""
+    metrics = tx.payload.get("metrics")
+    try:
+        value = float(metrics.get("train_loss")) if isinstance(metrics, dict) else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+    return value if math.isfinite(value) else 0.0
 
 
 def seconds_left(order: pb.Order) -> float:

@@ -28,7 +28,8 @@ from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
 from node.chain.rules import Transaction, TxKind, fixed
-from node.roles.jobs import Job, OrderLog, Orders, check_model_update, read_orders, seconds_left
+from node.roles.jobs import (Job, OrderLog, Orders, check_model_update, read_orders, seconds_left,
+                             signed_train_loss)
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries, UploadWindow
 from node.net.streams import ReceivedModel, chunks, make_header
@@ -179,7 +180,7 @@ class RoundRunner:
             "reason": exclusion.reason[:500]}, node.identity)) for exclusion in reply.excluded)
         if txs:
             samples = sum(int(t.payload["samples"]) for t in txs)
-            loss = sum(r.train_loss * int(t.payload["samples"]) for r, t in zip(reply.edges, txs)) / samples
+            loss = sum(signed_train_loss(t) * int(t.payload["samples"]) for t in txs) / samples  # (as each signed it)
             aggregate = {"job_id": job.job_id, "round": round_number, "samples": samples,  # the MODEL_UPDATEs it checked
                          "updates": sorted(t.hash for t in txs), "metrics": {"train_loss": fixed(loss)}}
             if partial is not None:
