@@ -148,12 +148,6 @@ def calibrate(spec: PrivacySpec, rounds: int, local_samples: int = 0, batch_size
 
 
 # --- clipping and noise ------------------------------------------------------------------------------
-def delta_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], keys: Sequence[str]) -> float:
-    """‖state − reference‖₂ over ``keys``, in float64, key by key in a fixed order."""
-    return math.sqrt(sum(float(torch.linalg.vector_norm(state[k].double() - reference[k].double()) ** 2)
-                         for k in keys))
-
-
 def clip_delta(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], keys: Sequence[str],
                clip_norm: float) -> tuple[dict[str, torch.Tensor], bool]:
     """``state`` with its delta from ``reference`` over ``keys`` scaled to norm at most
@@ -161,7 +155,7 @@ def clip_delta(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.
     the factor is rounded down to a multiple of 2⁻²⁴ and applied elementwise in float64; should
     rounding to the tensors' own dtype leave the norm a hair above ``clip_norm``, the factor is
     lowered by that ratio again (the bound on one contribution is what DP's analysis relies on)."""
-    from fl.strategy.base import CLIP_GRID, scale_delta
+    from fl.strategy.base import CLIP_GRID, delta_norm, scale_delta  # (here: fl.strategy imports this module)
 
     norm = delta_norm(state, reference, keys)
     if norm <= clip_norm:

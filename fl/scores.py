@@ -39,7 +39,7 @@ import torch
 
 from fl.names import SCORE_METHODS as METHODS
 from fl.strategy import Strategy, Update, sort_updates
-from fl.strategy.base import float_keys
+from fl.strategy.base import delta_norm, float_keys
 
 NEGLIGIBLE = 1e-3  # a delta under this share of the round's median delta norm is flagged
 GTG_TRUNCATION = 0.01  # stop a permutation once the remaining gain is under this share of U(all) − U(∅)
@@ -71,8 +71,7 @@ def free_rider_flags(reference: Mapping[str, torch.Tensor], updates: Mapping[str
     flags: dict[str, list[str]] = {node: [] for node in updates}
     norms = {}
     for node, update in updates.items():
-        norms[node] = math.sqrt(sum(float(torch.linalg.vector_norm(update.state[k].double() - reference[k].double())
-                                          ** 2) for k in keys))
+        norms[node] = delta_norm(update.state, reference, keys)
         if norms[node] == 0.0:
             flags[node].append("unchanged")
     seen: dict[str, str] = {}
@@ -244,6 +243,34 @@ def score_round(strategy: Strategy, reference: Mapping[str, torch.Tensor], updat
         score.flb = 0.0 if score.flags else flb_score(score.samples, score.size, score.uploads, coefficient)
         scores[node] = score
     return scores, everyone
+
+
+class RoundScorer:
+    """A job's scores round after round (the simulation, the entry node and an auditor alike):
+    each participant's uploads so far and the last round's U(all) carry into the next round once
+    it counts (``commit``)."""
+
+    def __init__(self, method: str, utility: Utility | None, job: Any) -> None:
+        self.method, self.utility, self.job = method, utility, job  # job: a JobSpec (its round seeds)
+        self.uploads: dict[str, int] = {}
+        self.previous: float | None = None  # U(all) of the last round that counted
+
+    def score(self, round_number: int, strategy: Strategy, reference: Mapping[str, torch.Tensor],
+              updates: Mapping[str, tuple[Update, int, int]]) -> tuple[dict[str, Score], float | None]:
+        """The round's scores and U(all), from each participant's checked update, its size on the
+        wire and its sample count; call before ``strategy.finalize`` (subsets are aggregated
+        from the round's starting state)."""
+        return score_round(strategy, reference, {n: u for n, (u, _, _) in updates.items()},
+                           {n: size for n, (_, size, _) in updates.items()},
+                           {n: samples for n, (_, _, samples) in updates.items()},
+                           {n: self.uploads.get(n, 0) + 1 for n in updates}, self.method, self.utility, self.previous,
+                           self.job.round_seed(round_number, SCORE_SEED_CLIENT))
+
+    def commit(self, scores: Mapping[str, Score], validation: float | None) -> None:
+        """The round counts: its uploads and U(all) carry into the next."""
+        self.uploads.update({node: score.uploads for node, score in scores.items()})
+        if validation is not None:
+            self.previous = validation
 
 
 def job_totals(rounds: Sequence[Mapping[str, Score]]) -> dict[str, Score]:

@@ -251,24 +251,17 @@ class _Scorer:
 
     def __init__(self, method: str, job: JobSpec, strategy: Strategy, server: ClientWorker, dataset: Dataset,
                  splits: list[ClientIndices]) -> None:
-        from fl.scores import validation_utility
+        from fl.scores import RoundScorer, validation_utility
 
-        self.method, self.job, self.strategy = method, job, strategy
-        self.utility = None if job.dp != "off" else validation_utility(job, dataset, splits, server.shared_keys)
-        self.uploads: dict[str, int] = {}
-        self.previous: float | None = None
+        self.strategy = strategy
+        utility = None if job.dp != "off" else validation_utility(job, dataset, splits, server.shared_keys)
+        self.scorer = RoundScorer(method, utility, job)
 
     def score(self, round_number: int, reference: StateDict, updates: list[Update],
               sizes: list[int]) -> dict[str, dict[str, Any]]:
-        from fl.scores import SCORE_SEED_CLIENT, score_round
-
-        by_client = {str(i): self.strategy.validate(reference, u) for i, u in enumerate(updates)}
-        for client in by_client:
-            self.uploads[client] = self.uploads.get(client, 0) + 1
-        scores, self.previous = score_round(
-            self.strategy, reference, by_client, {str(i): s for i, s in enumerate(sizes)},
-            {str(i): u.num_samples for i, u in enumerate(updates)}, self.uploads, self.method, self.utility,
-            self.previous, self.job.round_seed(round_number, SCORE_SEED_CLIENT))
+        checked = {str(i): (self.strategy.validate(reference, u), sizes[i], u.num_samples) for i, u in enumerate(updates)}
+        scores, validation = self.scorer.score(round_number, self.strategy, reference, checked)
+        self.scorer.commit(scores, validation)
         return {client: dataclasses.asdict(score) for client, score in scores.items()}
 
 

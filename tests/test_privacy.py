@@ -11,7 +11,8 @@ import torch
 
 from config import load_config
 from fl.datasets import load_dataset
-from fl.privacy import Accounting, PrivacySpec, accounting, calibrate, delta_norm, epsilon, noise_fits, train_private
+from fl.privacy import Accounting, PrivacySpec, accounting, calibrate, epsilon, noise_fits, train_private
+from fl.strategy.base import delta_norm
 from fl.simulation import run_simulation
 from fl.strategy import DifferentialPrivacy, InvalidUpdate, Mean, Median, TrainHook, Update
 from fl.strategy.fedavgm import FedAvgM

@@ -102,6 +102,11 @@ def _norm(tensors: Sequence[torch.Tensor]) -> float:
     return math.sqrt(sum(float(torch.linalg.vector_norm(t.double()) ** 2) for t in tensors))
 
 
+def delta_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], keys: Sequence[str]) -> float:
+    """‖state − reference‖₂ over ``keys``, in float64, key by key in a fixed order."""
+    return _norm([state[k].double() - reference[k].double() for k in keys])
+
+
 def bound_update(reference: Mapping[str, torch.Tensor], update: Update, bound: float, clip: bool) -> Update:
     """``update`` if its distance from ``reference`` (the global model), ‖u − g‖₂ over the float
     tensors, is at most ``bound`` × ‖g‖₂; beyond it, :class:`InvalidUpdate` or (``clip``) the
@@ -113,7 +118,7 @@ def bound_update(reference: Mapping[str, torch.Tensor], update: Update, bound: f
     float64 arithmetic, the same bits everywhere."""
     keys = float_keys(reference)
     limit = bound * _norm([reference[k] for k in keys])
-    distance = _norm([update.state[k].double() - reference[k].double() for k in keys])
+    distance = delta_norm(update.state, reference, keys)
     if distance <= limit:
         return update
     if not clip:
@@ -195,12 +200,13 @@ class Strategy(ABC):
         return update
 
     def accumulator(self, reference: Mapping[str, torch.Tensor] | None = None) -> "ExactSum":
-        """An empty exact sum to fold validated updates into (decomposable rules only)."""
+        """An empty exact sum to fold validated updates into (decomposable rules only), laid out as
+        ``sum_layout`` says."""
         if not self.decomposable:
             raise TypeError(f"aggregation {self.name!r} does not decompose: it needs the list of updates")
         from fl.strategy.exact import ExactSum
 
-        return ExactSum(reference)
+        return ExactSum(self.sum_layout(reference) if reference is not None else None)
 
     def combined_sum(self, global_shared: Mapping[str, torch.Tensor],
                      combined: "ExactSum | Sequence[Update]") -> "ExactSum":

@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
-from fl.privacy import (Accounting, PrivacySpec, accounting, add_noise, calibrate, clip_delta, delta_norm,
-                        epsilon, noise_fits, secret_generator)
-from fl.strategy.base import InvalidUpdate, StateDict, Strategy, Update, float_keys
+from fl.privacy import (Accounting, PrivacySpec, accounting, add_noise, calibrate, clip_delta, epsilon, noise_fits,
+                        secret_generator)
+from fl.strategy.base import InvalidUpdate, StateDict, Strategy, Update, delta_norm, float_keys
 from fl.strategy.exact import ExactSum
 
 LOCAL_NORM_SLACK = 10.0  # a local-DP update's delta may be C + zC·(√D + this) long (the noise's norm is ≈ zC·√D ± zC)
@@ -190,9 +190,6 @@ class DifferentialPrivacy(Strategy):
         on the mean is then at most C/n (the sensitivity the noise is scaled to)."""
         return 1
 
-    def accumulator(self, reference: Mapping[str, torch.Tensor] | None = None) -> ExactSum:
-        return ExactSum(self.sum_layout(reference) if reference is not None else None)
-
     # --- the entry node's side ---------------------------------------------------------------------
     def finalize(self, global_shared: Mapping[str, torch.Tensor],
                  combined: ExactSum | Sequence[Update]) -> StateDict:
@@ -312,10 +309,6 @@ class DifferentialPrivacy(Strategy):
         if self.spec.adaptive and "clip_norm.value" in state:
             self.clip_norm = float(state["clip_norm.value"][0])
 
-    def __getattr__(self, name: str) -> Any:  # the inner rule's own settings (server_lr …), read-only
-        if name in ("inner", "spec"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 def _single(global_shared: Mapping[str, torch.Tensor], state: StateDict) -> ExactSum:

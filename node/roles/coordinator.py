@@ -48,8 +48,8 @@ from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
 from node.chain.store import StoreError
 from node.roles.checkpoint import JobCheckpoint
-from node.roles.jobs import (Job, check_model_update, initial_model, job_payload, seconds_left, sign_order,
-                             signed_train_loss)
+from node.roles.jobs import (Job, check_model_update, initial_model, job_payload, recorded_number, seconds_left,
+                             sign_order, signed_train_loss)
 from node.roles.membership import edge_member
 from node.roles.scoring import JobScorer, RoundScores
 from node.net.errors import refuse, status_for
@@ -320,8 +320,8 @@ class Coordinator:
         for r in missing:
             p = recorded[r].payload
             metrics = p.get("metrics") if isinstance(p.get("metrics"), dict) else {}
-            saved[r] = pb.RoundMetrics(round=r, train_loss=_number(metrics.get("train_loss")),
-                                       participants=int(_number(metrics.get("updates"), 0)), excluded=excluded.get(r, []),
+            saved[r] = pb.RoundMetrics(round=r, train_loss=recorded_number(metrics.get("train_loss")),
+                                       participants=int(recorded_number(metrics.get("updates"), 0)), excluded=excluded.get(r, []),
                                        global_hash=p["hash"], **{k: math.nan for k in ("acc_weighted", "acc_mean",
                                                                                        "acc_min", "acc_max", "loss")})
         if self.round in missing and self.round < job.spec.rounds:  # evaluated with the next round, then published
@@ -519,12 +519,7 @@ class Coordinator:
         log.warning("job %s stopped before round %d: %s", job.job_id, self.round + 1, reason)
         self._evaluate_pending(job)
         self._record_totals(job)
-        try:
-            self.node.submit(Transaction.create(TxKind.ROUND_FAILED, {
-                "job_id": job.job_id, "round": self.round + 1, "attempt": 0, "reason": reason[:1000]},
-                self.node.identity))
-        except Exception as failed:  # noqa: BLE001 - the pool refused it: the log keeps it
-            log.error("could not record why job %s stopped: %s", job.job_id, failed)
+        self._submit_round_failed(job, self.round + 1, 0, reason)
         with self._lock:
             self.state, self.error = JobState.STOPPED, reason
 
@@ -535,12 +530,17 @@ class Coordinator:
             reason = f"the ledger database was down for {outage:.0f} s: {reason}"
         self.error = f"round {round_number} attempt {attempt} failed: {reason}"  # (shown until the round counts)
         log.warning("job %s round %d attempt %d failed: %s", job.job_id, round_number, attempt, reason)
+        self._submit_round_failed(job, round_number, attempt, reason)
+
+    def _submit_round_failed(self, job: Job, round_number: int, attempt: int, reason: str) -> None:
+        """A ROUND_FAILED on the chain (attempt 0: the round was not tried); the log keeps one
+        the pool refuses."""
         try:
             self.node.submit(Transaction.create(TxKind.ROUND_FAILED, {
                 "job_id": job.job_id, "round": round_number, "attempt": attempt, "reason": reason[:1000]},
                 self.node.identity))
         except Exception as failed:  # noqa: BLE001 - the pool refused it: the log keeps it
-            log.error("could not record the failure of round %d: %s", round_number, failed)
+            log.error("could not record the failure of round %d of job %s: %s", round_number, job.job_id, failed)
 
     def _round(self, job: Job, round_number: int, attempt: int = 1) -> None:
         """One round. With openEval, the edge nodes first evaluate the model they receive (the
@@ -570,7 +570,7 @@ class Coordinator:
         reference = state_views(current.data)
         excluded: list[pb.Exclusion] = []  # as the supernodes report them (on the chain from them)
         mine: list[pb.Exclusion] = []  # the entry node's own findings (on the chain from it)
-        aggregates, parts, edges = [], [], []
+        aggregates, parts, edges, update_txs = [], [], [], []
         records: list[Transaction] = []  # the supernodes' signed records of what this round combines
         scoring: dict[str, tuple[Update, int, int]] = {}  # edge node -> its checked update, size, samples (scores)
         for sn, result in results:
@@ -592,6 +592,7 @@ class Coordinator:
             parts.append(part)
             edges.extend(result.edges)
             updates = [tx_from_pb(e.update) for e in result.edges]
+            update_txs.extend(updates)
             records.extend([*updates, aggregate])
             scoring.update({tx.sender: (update, tx.payload["size"], tx.payload["samples"]) for tx, update in zip(updates, checked)})
         accounted = {e.node_id for e in edges} | {x.node_id for x in excluded}
@@ -610,7 +611,8 @@ class Coordinator:
         data = state_to_bytes(strategy.finalize(reference, combined))
         samples = sum(a.payload["samples"] for a in aggregates)
         global_model = ReceivedModel.of(make_header(node.identity, data, job.job_id, round_number, samples), data)
-        train_loss = sum(signed_train_loss(tx_from_pb(e.update)) * _samples(e) for e in edges) / max(1, sum(_samples(e) for e in edges))
+        train_loss = (sum(signed_train_loss(t) * t.payload["samples"] for t in update_txs)
+                      / max(1, sum(t.payload["samples"] for t in update_txs)))
         record = {**strategy.round_record(),  # what the rule did beyond the model (a DP round's privacy)
                   "job_id": job.job_id, "round": round_number, "hash": global_model.header.model_hash, "samples": samples,
                   "aggregates": sorted(a.hash for a in aggregates),  # exactly what was combined: what an audit uses
@@ -795,14 +797,6 @@ class Coordinator:
             self.delivered.record(sn.node_id, model.header.model_hash)
         return stub.RunRound(request, timeout=timeout)
 
-
-
-def _number(text: Any, default: float = math.nan) -> float:
-    """A recorded metric (a decimal string on the chain) as a float; ``default`` when absent or bad."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return default
 
 
 def _samples(edge: pb.EdgeResult) -> int:

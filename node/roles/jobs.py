@@ -259,14 +259,20 @@ class Orders:
         return seconds_left(self.order)
 
 
+def recorded_number(text: Any, default: float = math.nan) -> float:
+    """A number recorded on the chain (a decimal string) as a float; ``default`` when it is
+    absent or not a number."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
+
+
 def signed_train_loss(tx: Transaction) -> float:
     """The training loss an edge node signed in its MODEL_UPDATE (0 when it gave none or no
     finite number): what a round's records sum, never the loss relayed beside it."""
     metrics = tx.payload.get("metrics")
-    try:
-        value = float(metrics.get("train_loss")) if isinstance(metrics, dict) else 0.0
-    except (TypeError, ValueError):
-        return 0.0
+    value = recorded_number(metrics.get("train_loss") if isinstance(metrics, dict) else None, 0.0)
     return value if math.isfinite(value) else 0.0
 
 

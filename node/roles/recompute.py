@@ -32,7 +32,7 @@ import torch
 
 from fl.serialize import model_hash, state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
-from fl.scores import SCORE_SEED_CLIENT, Utility, flb_score, score_round
+from fl.scores import RoundScorer, Utility, flb_score
 from node.chain.rules import Transaction, TxKind
 from node.roles.jobs import Job, initial_model
 
@@ -119,9 +119,7 @@ class _JobReplay:
             if t.kind == TxKind.SCORE and t.sender == self.entry and t.payload["round"] > 0:
                 self.scores[t.payload["round"]][t.payload["node"]] = t
         scored = self.scores and job.scores != "off" and not job.own_data and job.spec.dp == "off"
-        self.utility = utility_for(job) if scored and utility_for is not None else None
-        self.uploads: dict[str, int] = {}
-        self.validation: float | None = None  # U(all) of the round before (scores)
+        self.scorer = RoundScorer(job.scores, utility_for(job) if scored and utility_for is not None else None, job.spec)
         self.round_updates: dict[str, tuple[Update, int, int]] = {}  # this round's, by edge node (scores)
 
     def run(self) -> None:
@@ -248,12 +246,7 @@ class _JobReplay:
         if set(recorded) != set(updates):
             raise _Mismatch(round_number, self.entry, f"the round's SCOREs name {len(recorded)} edge nodes; "
                             f"{len(updates)} updates were combined")
-        uploads = {n: self.uploads.get(n, 0) + 1 for n in updates}
-        scores, validation = score_round(
-            self.strategy, reference, {n: u for n, (u, _, _) in updates.items()},
-            {n: size for n, (_, size, _) in updates.items()}, {n: samples for n, (_, _, samples) in updates.items()},
-            uploads, self.job.scores, self.utility, self.validation,
-            self.job.spec.round_seed(round_number, SCORE_SEED_CLIENT))
+        scores, validation = self.scorer.score(round_number, self.strategy, reference, updates)
         for node, score in scores.items():
             p = recorded[node].payload
             exact = {"samples": score.samples, "size": score.size, "uploads": score.uploads, "flags": score.flags}
@@ -265,7 +258,7 @@ class _JobReplay:
             flb = 0.0 if score.flags else flb_score(score.samples, score.size, score.uploads, coefficient)
             if not math.isclose(float(p["score"]), flb, rel_tol=1e-5, abs_tol=1e-5):
                 raise _Mismatch(round_number, self.entry, f"{node}'s FLB score {p['score']} is not the formula's {flb:.6f}")
-            if self.utility is None:
+            if self.scorer.utility is None:
                 continue
             close = {"coefficient": (coefficient, score.coefficient),
                      "marginal": (float(p.get("marginal", "nan")), score.marginal if score.marginal is not None else 0.0),
@@ -276,5 +269,4 @@ class _JobReplay:
                 if not abs(given - again) <= SCORE_TOLERANCE:
                     raise _Mismatch(round_number, self.entry, f"{node}'s SCORE {key} {given:.6f} is not the "
                                     f"recomputed {again:.6f}")
-        self.uploads.update(uploads)
-        self.validation = validation
+        self.scorer.commit(scores, validation)

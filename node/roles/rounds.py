@@ -3,11 +3,11 @@
 For each of its edge nodes in the job, in parallel: send the global model if that node does not
 have it yet, then ask it to train (or evaluate) before the round's deadline. An edge node that
 fails, times out, or returns an update that does not fit (unsigned, wrong job or round, missing
-bytes, wrong keys/shapes/dtypes, NaN) is left out with the reason, in an EXCLUDED transaction. The job's strategy checks every update (``Strategy.validate``); when its rule
-decomposes (a mean, FedAvgM, FedAdam) the supernode folds the updates into an exact partial sum
-(``ExactSum``: the same bytes whatever the order or grouping) as they arrive, otherwise (median,
-trimmed mean, Krum) it only lists them and the entry node works from the updates themselves. The
-edge nodes' signed MODEL_UPDATE transactions, the supernode's EXCLUDED records and its AGGREGATE
+bytes, wrong keys/shapes/dtypes, NaN) is left out with the reason, in an EXCLUDED transaction.
+The job's strategy checks every update (``Strategy.validate``); when its rule decomposes (a
+mean, FedAvgM, FedAdam) the supernode folds the updates into an exact partial sum (``ExactSum``:
+the same bytes whatever the order or grouping) as they arrive, otherwise (median, trimmed mean,
+Krum) it only lists them and the entry node works from the updates themselves. The edge nodes' signed MODEL_UPDATE transactions, the supernode's EXCLUDED records and its AGGREGATE
 (the updates it checked, and the partial's hash when there is one) go back to the entry node,
 which seals them with the round's global model in one block, or not at all.
 """
@@ -131,19 +131,19 @@ class RoundRunner:
             txs.append(tx)
             reply.edges.append(result)
             self.node.models.spill(update.model_hash)  # checked (and summed): memory for the next, disk for audits
-        return self._publish(job, round_number, partial, self._durable(txs), reply)
+        self._ensure_stored(txs)
+        return self._publish(job, round_number, partial, txs, reply)
 
-    def _durable(self, txs: list[Transaction]) -> list[Transaction]:
-        """``txs`` once their updates' bytes are on this supernode's disk: the chain will name
-        them and an audit fetches them from here, after a crash too. A disk that cannot keep up
-        fails this supernode's part of the round (its edge nodes are excluded with the reason)."""
+    def _ensure_stored(self, txs: list[Transaction]) -> None:
+        """Return once the updates' bytes are on this supernode's disk: the chain will name them
+        and an audit fetches them from here, after a crash too. A disk that cannot keep up fails
+        this supernode's part of the round (its edge nodes are excluded with the reason)."""
         if self.node.models.directory is None:
-            return txs
+            return
         unstored = self.node.models.wait_stored([t.payload["hash"] for t in txs], STORE_TIMEOUT_S)
         if unstored:
             raise refuse(grpc.StatusCode.UNAVAILABLE, f"{len(unstored)} update(s) could not be stored on this "
                          f"supernode's disk within {STORE_TIMEOUT_S:g} s")
-        return txs
 
     def _strategy(self, job: Job) -> Strategy:
         """The job's strategy (the supernode only validates and sums: it keeps no server state)."""

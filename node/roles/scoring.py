@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fl.federation import job_data
-from fl.scores import SCORE_SEED_CLIENT, Score, ValidationUtility, job_totals, score_round, validation_utility
+from fl.scores import RoundScorer, Score, ValidationUtility, job_totals, validation_utility
 from fl.strategy import Strategy, Update
 from node.chain.identity import Identity
 from node.chain.rules import Transaction, TxKind, fixed
@@ -41,22 +41,15 @@ class JobScorer:
 
     def __init__(self, job: Job, data_dir: str) -> None:
         self.job = job
-        self.utility = None if job.own_data or job.spec.dp != "off" else scorer_utility(job, data_dir)
-        self.uploads: dict[str, int] = {}
-        self.previous: float | None = None
+        utility = None if job.own_data or job.spec.dp != "off" else scorer_utility(job, data_dir)
+        self.scorer = RoundScorer(job.scores, utility, job.spec)
         self.rounds: list[dict[str, Score]] = []
 
     def score(self, round_number: int, strategy: Strategy, reference: Mapping[str, torch.Tensor],
               updates: Mapping[str, tuple[Update, int, int]]) -> RoundScores:
         """Score the round's checked ``updates`` (edge node -> (update, bytes on the wire, samples
         claimed)); call before ``strategy.finalize`` (subsets are aggregated from the round's start)."""
-        uploads = {node: self.uploads.get(node, 0) + 1 for node in updates}
-        scores, validation = score_round(
-            strategy, reference, {n: u for n, (u, _, _) in updates.items()},
-            {n: size for n, (_, size, _) in updates.items()}, {n: samples for n, (_, _, samples) in updates.items()},
-            uploads, self.job.scores, self.utility, self.previous,
-            self.job.spec.round_seed(round_number, SCORE_SEED_CLIENT))
-        return RoundScores(scores, validation)
+        return RoundScores(*self.scorer.score(round_number, strategy, reference, updates))
 
     def records(self, round_number: int, scored: RoundScores, identity: Identity) -> list[Transaction]:
         """A SCORE per edge node of the round."""
@@ -65,9 +58,7 @@ class JobScorer:
 
     def sealed(self, scored: RoundScores) -> None:
         """The round counts: its uploads and validation accuracy carry into the next."""
-        for node in scored.scores:
-            self.uploads[node] = self.uploads.get(node, 0) + 1
-        self.previous = scored.validation if scored.validation is not None else self.previous
+        self.scorer.commit(scored.scores, scored.validation)
         self.rounds.append(scored.scores)
 
     def totals(self, identity: Identity) -> list[Transaction]:
@@ -79,8 +70,8 @@ class JobScorer:
         rounds, validation = round_scores(store, self.job.job_id, self.job.tx.sender)
         self.rounds = [rounds[r] for r in sorted(rounds)]
         for scores in self.rounds:
-            self.uploads.update({node: score.uploads for node, score in scores.items()})
-        self.previous = validation if validation is not None else self.previous
+            self.scorer.commit(scores, None)
+        self.scorer.commit({}, validation)
 
     def _record(self, round_number: int, node: str, score: Score, identity: Identity,
                 validation: float | None) -> Transaction:
