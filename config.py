@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fl.names import AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_CLIPPINGS, DP_MECHANISMS, MODELS, PARTITIONS, SCORE_METHODS, STRATEGIES
+from fl.names import (AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_CLIPPINGS, DP_MECHANISMS, MODELS, PARTITIONS,
+                      SCORE_METHODS, SPLIT_LABELS, STRATEGIES)
 from fl.options import OPTION_RULES, check_options
 
 my_conf: dict[str, Any] = {
@@ -43,6 +44,7 @@ my_conf: dict[str, Any] = {
     "BATCH_SIZE": 64,
     # --- the engine's settings ---
     "strategy": "fedper",  # what is shared: fedper (base layers) | fedavg (everything) | local (nothing)
+    #   | distill (outputs on a public set) | split | splitfed (split learning; see fl/split.py)
     "aggregation": "mean",  # how updates combine: mean | fedavgm | fedadam | median | trimmed_mean | krum
     "proximal_mu": 0.0,  # FedProx: clients add mu/2*||w - w_global||^2 over the shared layers (0 = off)
     "update_norm_bound": 0.0,  # any rule: ||update - global|| at most this times ||global|| (0 = no bound)
@@ -66,7 +68,12 @@ my_conf: dict[str, Any] = {
     "dp_clip_lr": 0.2,  # adaptive clipping: the clip norm's (geometric) learning rate
     "dp_count_noise": 0.0,  # adaptive clipping: stddev of the noise on the unclipped count (0: max(n/20, 2z))
     "scores": "off",  # contribution scores per round: off | flb (FLB's formula and free-rider flags) | loo | gtg
-    "model": "auto",  # auto (by dataset) | mlp | cnn_mnist | cnn_cifar
+    "distill_alpha": 0.5,  # distill: weight of the distance from the consensus in each client's loss
+    "distill_l2": 1,  # distill: 1 squared error of the logits (GFL's l2_dist) | 0 KL divergence
+    "distill_public": 500,  # distill: samples of the dataset held out as the public set
+    "split_layers": 1,  # split | splitfed: layers below the cut, trained on the edge node
+    "split_labels": "server",  # split | splitfed: server (labels sent with the activations) | edge (U-shaped)
+    "model": "auto",  # auto (by dataset) | mlp | mlp_small | cnn_mnist | cnn_cifar; distill: several, comma-separated
     "head_layers": 1,  # how many of the last parameterised layers form the head
     "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
     "partition": "iid",  # iid | pathological | dirichlet
@@ -140,7 +147,11 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "dp_target_quantile": _fraction,
     "dp_clip_lr": _positive,
     "dp_count_noise": _at_least(0),
-    "model": _choice(*MODELS),
+    "model": lambda v: None if all(name in MODELS for name in v.split(",")) else
+    f"one of {', '.join(MODELS)}, or (strategy=distill) several of them separated by commas",
+    "distill_public": _at_least(1),
+    "split_layers": _at_least(1),
+    "split_labels": _choice(*SPLIT_LABELS),
     "head_layers": _at_least(1),
     "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",
     "partition": _choice(*PARTITIONS),
@@ -167,7 +178,8 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "stream_idle_s": _positive,
 }
 
-_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp", "dp_clipping", "scores"}
+_CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp", "dp_clipping", "scores",
+                "split_labels"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -277,10 +289,35 @@ def load_config(
     if overrides:
         _apply(conf, overrides.items(), "command line", given)
     _check_rule_options(conf, given)
-    if conf["dp"] != "off" and conf["scores"] in ("loo", "gtg"):
-        raise ConfigError(f"scores={conf['scores']} evaluates aggregates of subsets of the clean updates, which "
-                          f"a DP job's budget does not cover; use scores=flb with dp={conf['dp']}")
+    problem = combination_problem(conf)
+    if problem is not None:
+        raise ConfigError(problem)
     return conf
+
+
+def combination_problem(conf: Mapping[str, Any]) -> str | None:
+    """Why settings that are each valid cannot go together in one job, or None."""
+    strategy = conf["strategy"]
+    if conf["dp"] != "off" and conf["scores"] in ("loo", "gtg"):
+        return (f"scores={conf['scores']} evaluates aggregates of subsets of the clean updates, which a DP job's "
+                f"budget does not cover; use scores=flb with dp={conf['dp']}")
+    if "," in conf["model"] and strategy not in ("distill", "local"):
+        return (f"model={conf['model']}: several architectures in one job need strategy=distill (only outputs "
+                f"travel) or local; strategy={strategy} averages parameters, which must have one shape")
+    if strategy in ("distill", "split", "splitfed"):
+        if conf["dp"] != "off":
+            return f"dp={conf['dp']} is analysed for shared parameters; strategy={strategy} shares other things"
+        if conf["scores"] in ("loo", "gtg"):
+            return f"scores={conf['scores']} scores aggregate models; with strategy={strategy} use scores=flb"
+    if strategy == "distill":
+        if conf["partition"] == "pfllib":
+            return "strategy=distill holds a public set out of the dataset; a PFLlib split has none (partition=pfllib)"
+        if conf["own_data"]:
+            return "strategy=distill needs the job's public set, which own-data edge nodes do not share"
+        if conf["update_norm_bound"] > 0:
+            return ("update_norm_bound bounds an update by the global model's norm; a distillation job's first "
+                    "consensus is all zeros")
+    return None
 
 
 def _check_rule_options(conf: Mapping[str, Any], given: Mapping[str, str]) -> None:

@@ -268,6 +268,24 @@ class EdgeResult(_message.Message):
     seconds: float
     def __init__(self, node_id: _Optional[str] = ..., update: _Optional[_Union[Transaction, _Mapping]] = ..., eval: _Optional[_Union[EvalMetrics, _Mapping]] = ..., train_loss: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
 
+class SplitMessage(_message.Message):
+    __slots__ = ("job_id", "round", "model_hash", "tensors", "finish", "loss", "node_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    model_hash: str
+    tensors: bytes
+    finish: bool
+    loss: float
+    node_id: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., model_hash: _Optional[str] = ..., tensors: _Optional[bytes] = ..., finish: _Optional[bool] = ..., loss: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...
+
 class Exclusion(_message.Message):
     __slots__ = ("node_id", "reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -582,6 +582,11 @@ class TrainingStub:
                 request_serializer=base__package_dot_data__pb2.RoundRequest.SerializeToString,
                 response_deserializer=base__package_dot_data__pb2.EdgeResult.FromString,
                 _registered_method=True)
+        self.SplitTrain = channel.stream_stream(
+                '/fedledger.Training/SplitTrain',
+                request_serializer=base__package_dot_data__pb2.SplitMessage.SerializeToString,
+                response_deserializer=base__package_dot_data__pb2.SplitMessage.FromString,
+                _registered_method=True)
 
 
 class TrainingServicer:
@@ -622,6 +627,13 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SplitTrain(self, request_iterator, context):
+        """edge node <-> supernode (split learning)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -649,6 +661,11 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.TrainRound,
                     request_deserializer=base__package_dot_data__pb2.RoundRequest.FromString,
                     response_serializer=base__package_dot_data__pb2.EdgeResult.SerializeToString,
+            ),
+            'SplitTrain': grpc.stream_stream_rpc_method_handler(
+                    servicer.SplitTrain,
+                    request_deserializer=base__package_dot_data__pb2.SplitMessage.FromString,
+                    response_serializer=base__package_dot_data__pb2.SplitMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -786,6 +803,33 @@ class Training:
             '/fedledger.Training/TrainRound',
             base__package_dot_data__pb2.RoundRequest.SerializeToString,
             base__package_dot_data__pb2.EdgeResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SplitTrain(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedledger.Training/SplitTrain',
+            base__package_dot_data__pb2.SplitMessage.SerializeToString,
+            base__package_dot_data__pb2.SplitMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,7 +40,7 @@ from rich.table import Table  # noqa: E402
 
 from config import load_config  # noqa: E402
 from fl.datasets import load_dataset  # noqa: E402
-from fl.federation import ClientWorker, JobSpec, client_data, client_indices, split_state  # noqa: E402
+from fl.federation import ClientWorker, JobSpec, client_data, client_indices  # noqa: E402
 from fl.serialize import model_hash, state_to_bytes  # noqa: E402
 from fl.simulation import run_simulation  # noqa: E402
 from fl.strategy import InvalidUpdate, Update, build_strategy  # noqa: E402
@@ -109,8 +109,7 @@ def real_updates(args: argparse.Namespace, dataset) -> tuple[dict, list[Update]]
     """One honest round of the job from its initial model: the 20 updates a server would get."""
     job = JobSpec.from_config(job_conf(args, "mean"))
     worker = ClientWorker(job, dataset.num_classes, torch.device("cpu"))
-    start = worker.model.full_state()
-    shared, personal = split_state(start, worker.shared_keys), split_state(start, worker.personal_keys)
+    shared, personal = worker.initial_shared(), worker.initial_personal(0)
     updates = []
     for client, split in enumerate(client_indices(dataset.y.numpy(), job)):
         data = client_data(dataset, split, torch.device("cpu"))

@@ -9,7 +9,7 @@ part as the update while keeping the personal part.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -20,7 +20,9 @@ import torch
 from fl.datasets import Dataset, load_dataset
 from fl.models import SplitModel, StateDict, build_model
 from fl.partition import ClientIndices, client_split, partition
-from fl.names import DP_OPTIONS, INPUT_SHAPES, OPTION_DEFAULTS
+from fl.distill import PUBLIC_LOGITS, DistillTerm, public_indices, public_outputs
+from fl.names import DISTILL_PUBLIC, DP_OPTIONS, INPUT_SHAPES, OPTION_DEFAULTS, SPLIT_STRATEGIES
+from fl.split import Cut, LocalLink, ServerHalf, ServerLink, train_split
 from fl.strategy import Strategy, TrainHook, strategy_for_job
 from fl.train import ClientData, EvalResult, TrainStats, evaluate, train_local
 
@@ -59,6 +61,11 @@ class JobSpec:
     trim_beta: float = OPTION_DEFAULTS["trim_beta"]
     krum_f: int = OPTION_DEFAULTS["krum_f"]
     krum_m: int = OPTION_DEFAULTS["krum_m"]
+    distill_alpha: float = OPTION_DEFAULTS["distill_alpha"]
+    distill_l2: int = OPTION_DEFAULTS["distill_l2"]
+    distill_public: int = DISTILL_PUBLIC  # distillation: samples held out as the public set
+    split_layers: int = 1  # split learning: layers below the cut, on the edge node
+    split_labels: str = "server"  # split learning: labels at the supernode, or "edge" (U-shaped)
     # differential privacy (fl/privacy.py): the mechanism and its settings
     dp: str = "off"
     dp_clip: float = DP_OPTIONS["dp_clip"]
@@ -94,13 +101,26 @@ class JobSpec:
             **{key: type(default)(conf.get(key, default)) for key, default in OPTION_DEFAULTS.items()},
             dp=conf.get("dp", "off"),
             dp_clipping=conf.get("dp_clipping", "fixed"),
+            distill_public=int(conf.get("distill_public", DISTILL_PUBLIC)),
+            split_layers=int(conf.get("split_layers", 1)),
+            split_labels=conf.get("split_labels", "server"),
             **{key: float(conf.get(key, default)) for key, default in DP_OPTIONS.items()},
         )
 
-    def build_model(self, num_classes: int = 10) -> SplitModel:
-        """The job's model, initialised from the job's seed (identical on every node)."""
+    @property
+    def architectures(self) -> list[str]:
+        """The job's model names: one, or (distillation) several, given to the clients in turn."""
+        return self.model.split(",")
+
+    def architecture(self, client: int) -> str:
+        """The model client ``client`` trains: the job's architectures in turn."""
+        names = self.architectures
+        return names[client % len(names)]
+
+    def build_model(self, num_classes: int = 10, client: int = 0) -> SplitModel:
+        """Client ``client``'s model, initialised from the job's seed (identical on every node)."""
         torch.manual_seed(self.seed)
-        return build_model(self.model, self.dataset, num_classes, self.head_layers)
+        return build_model(self.architecture(client), self.dataset, num_classes, self.head_layers)
 
     def check_model_fits(self) -> None:
         """Raise ValueError unless the job's model accepts its dataset's samples (one zero sample
@@ -108,14 +128,15 @@ class JobSpec:
         shape = INPUT_SHAPES.get(self.dataset)
         if shape is None:
             return
-        model = self.build_model()
-        try:
-            with torch.no_grad():
-                model.eval()
-                model(torch.zeros(1, *shape))
-        except RuntimeError as exc:
-            raise ValueError(f"model {self.model!r} does not accept {self.dataset} samples of shape {shape}: "
-                             f"{str(exc).splitlines()[0]}") from None
+        for client, name in enumerate(self.architectures):
+            model = self.build_model(client=client)
+            try:
+                with torch.no_grad():
+                    model.eval()
+                    model(torch.zeros(1, *shape))
+            except RuntimeError as exc:
+                raise ValueError(f"model {name!r} does not accept {self.dataset} samples of shape {shape}: "
+                                 f"{str(exc).splitlines()[0]}") from None
 
     def get_strategy(self, min_samples: int = 0) -> Strategy:
         """The job's strategy (sharing, aggregation rule and its options; DP around it when set).
@@ -145,11 +166,18 @@ def job_data(job: JobSpec, data_dir: str | Path) -> tuple[Dataset, list[ClientIn
 
 
 def client_indices(labels: np.ndarray, job: JobSpec) -> list[ClientIndices]:
-    """Every client's train/test indices, derived from the job's seed alone."""
+    """Every client's train/test indices, derived from the job's seed alone (a distillation job's
+    public set first held out of the pool the clients are drawn from)."""
+    pool = np.arange(len(labels))
+    public = np.empty(0, dtype=np.int64)
+    if job.strategy == "distill":
+        public = public_indices(len(labels), job.distill_public, job.seed)
+        pool = np.setdiff1d(pool, public)
     parts = partition(
-        labels, job.num_clients, job.partition, job.seed, job.classes_per_client, job.dirichlet_alpha
+        labels[pool], job.num_clients, job.partition, job.seed, job.classes_per_client, job.dirichlet_alpha
     )
-    splits = [client_split(p, job.train_fraction, job.seed, i) for i, p in enumerate(parts)]
+    splits = [replace(client_split(pool[p], job.train_fraction, job.seed, i), public=public)
+              for i, p in enumerate(parts)]
     for i, split in enumerate(splits):
         if len(split.train) == 0 or len(split.test) == 0:
             raise ValueError(
@@ -168,6 +196,7 @@ def client_data(dataset: Dataset, split: ClientIndices, device: torch.device) ->
         y_train=dataset.y[train].to(device),
         x_test=_channels_last(dataset.x[test].to(device)),
         y_test=dataset.y[test].to(device),
+        x_public=_channels_last(dataset.x[torch.from_numpy(split.public)].to(device)) if len(split.public) else None,
     )
 
 
@@ -188,21 +217,81 @@ class ClientResult:
 
 
 class ClientWorker:
-    """Runs client rounds with one reusable working model (one per process)."""
+    """Runs client rounds with one reusable working model per architecture (one worker per process).
+
+    ``shared_keys``/``personal_keys`` name what travels and what each client keeps, for the first
+    client's architecture; in a distillation job every client keeps its whole model (architectures
+    may differ) and shares only ``public_logits``; in a split job the update is the upper layers
+    the client trained through its server half (``fl.split``), and with splitfed its lower ones."""
 
     def __init__(self, job: JobSpec, num_classes: int, device: torch.device) -> None:
         self.job = job
         self.device = device
-        self.model = job.build_model(num_classes).to(device, memory_format=torch.channels_last)
+        self.num_classes = num_classes
         self.strategy = job.get_strategy()
-        base, head = self.model.base_keys(), self.model.head_keys()
-        self.shared_keys = self.strategy.shared_keys(base, head)
-        shared = set(self.shared_keys)
-        self.personal_keys = [k for k in self.model.state_dict() if k not in shared]
+        self._models: dict[str, SplitModel] = {}
+        self.model = self.model_for(0)
+        self.cut = self.split_cut(self.model) if job.strategy in SPLIT_STRATEGIES else None
+        self._server_model: SplitModel | None = None  # the simulation's server half (split jobs)
+        self.shared_keys, self.personal_keys = self._keys(self.model)
 
-    def load(self, shared: Mapping[str, torch.Tensor], personal: Mapping[str, torch.Tensor]) -> None:
-        self.model.load_part(shared, self.shared_keys)
-        self.model.load_part(personal, self.personal_keys)
+    def split_cut(self, model: SplitModel) -> Cut:
+        """Where this split job cuts ``model`` (ValueError when the cut leaves a side empty)."""
+        job = self.job
+        return Cut.of(model, job.split_layers, job.split_labels == "edge", job.head_layers)
+
+    def server_half(self, shared: Mapping[str, torch.Tensor], model: SplitModel | None = None) -> ServerHalf:
+        """A server half for one client's split round, from the round's global ``shared`` state,
+        on ``model`` (a supernode's own working model), else on this worker's second model."""
+        if model is None:
+            if self._server_model is None:
+                self._server_model = self.job.build_model(self.num_classes).to(self.device)
+            model = self._server_model
+        assert self.cut is not None, "not a split job"
+        return ServerHalf(model, self.cut, dict(shared), self.job.lr, self.job.momentum)
+
+    @property
+    def distills(self) -> bool:
+        return self.job.strategy == "distill"
+
+    def model_for(self, client: int) -> SplitModel:
+        """The working model of ``client``'s architecture (built once, reused every round)."""
+        name = self.job.architecture(client)
+        if name not in self._models:
+            model = self.job.build_model(self.num_classes, client)
+            self._models[name] = model.to(self.device, memory_format=torch.channels_last)
+        return self._models[name]
+
+    def _keys(self, model: SplitModel) -> tuple[list[str], list[str]]:
+        keys = list(model.state_dict())
+        if self.distills:
+            return [PUBLIC_LOGITS], keys
+        if self.job.strategy in SPLIT_STRATEGIES:
+            shared = self.split_cut(model).shared_keys(model, self.job.strategy == "splitfed")
+        else:
+            shared = self.strategy.shared_keys(model.base_keys(), model.head_keys())
+        return shared, [k for k in keys if k not in set(shared)]
+
+    def initial_shared(self) -> StateDict:
+        """The job's first global shared state (built from the job's seed alone); a distillation
+        job's first consensus is all zeros."""
+        if self.distills:
+            return {PUBLIC_LOGITS: torch.zeros(self.job.distill_public, self.num_classes)}
+        return split_state(self.model.full_state(), self.shared_keys)
+
+    def initial_personal(self, client: int) -> StateDict:
+        """What ``client`` keeps before its first round (its whole model when distilling)."""
+        model = self.model_for(client)
+        return split_state(model.full_state(), self._keys(model)[1])
+
+    def load(self, client: int, shared: Mapping[str, torch.Tensor], personal: Mapping[str, torch.Tensor]) -> SplitModel:
+        """``client``'s working model holding ``shared`` + ``personal``."""
+        model = self.model_for(client)
+        shared_keys, personal_keys = self._keys(model)
+        if not self.distills:
+            model.load_part(shared, shared_keys)
+        model.load_part(personal, personal_keys)
+        return model
 
     def train_round(
         self,
@@ -213,39 +302,76 @@ class ClientWorker:
         personal: Mapping[str, torch.Tensor],
         local_eval: bool = False,
         config: Mapping[str, str] = MappingProxyType({}),
+        link: ServerLink | None = None,
     ) -> ClientResult:
         """Train one round from ``shared`` + ``personal``. ``config`` is the round's training
         options from ``Strategy.configure_train`` (e.g. FedProx's ``proximal_mu``); an unknown key
-        is a ValueError."""
+        is a ValueError. ``link``: a split job's server half (on the network, the stream to the
+        supernode; by default one in this process)."""
         hook = TrainHook.from_config(config)
-        self.load(shared, personal)
+        model = self.load(client, shared, personal)
+        shared_keys, personal_keys = self._keys(model)
         job = self.job
+        seed = job.round_seed(round_number, client)
+        if self.cut is not None:
+            return self._train_split(client, data, model, shared, link or LocalLink(self.server_half(shared)),
+                                     seed, hook, local_eval)
         stats = train_local(
-            self.model,
+            model,
             data.x_train,
             data.y_train,
             epochs=job.local_epochs,
             lr=job.lr,
             batch_size=job.batch_size,
             momentum=job.momentum,
-            seed=job.round_seed(round_number, client),
+            seed=seed,
             hook=hook,
-            shared_keys=self.shared_keys,
+            shared_keys=shared_keys,
+            regularizer=self._distill_term(data, shared, hook, seed),
         )
-        state = self.model.full_state()
+        state = model.full_state()
+        if self.distills:
+            update = {PUBLIC_LOGITS: public_outputs(model, self._public(data))}
+        else:
+            update = hook.finish({k: state[k] for k in shared_keys}, shared)  # (clipped, noised: DP)
         return ClientResult(
             client=client,
-            shared=hook.finish({k: state[k] for k in self.shared_keys}, shared),  # (clipped, noised: DP)
-            personal={k: state[k] for k in self.personal_keys},
+            shared=update,
+            personal={k: state[k] for k in personal_keys},
             stats=stats,
-            local_eval=evaluate(self.model, data.x_test, data.y_test) if local_eval else None,
+            local_eval=evaluate(model, data.x_test, data.y_test) if local_eval else None,
         )
 
-    def evaluate(
-        self, data: ClientData, shared: Mapping[str, torch.Tensor], personal: Mapping[str, torch.Tensor]
-    ) -> EvalResult:
-        self.load(shared, personal)
-        return evaluate(self.model, data.x_test, data.y_test)
+    def _train_split(self, client: int, data: ClientData, model: SplitModel, shared: Mapping[str, torch.Tensor],
+                     link: ServerLink, seed: int, hook: TrainHook, local_eval: bool) -> ClientResult:
+        if hook != TrainHook():
+            raise ValueError(f"split learning takes no client training options, got {hook}")
+        assert self.cut is not None
+        job = self.job
+        stats, upper = train_split(model, self.cut, link, data.x_train, data.y_train, epochs=job.local_epochs,
+                                   lr=job.lr, batch_size=job.batch_size, momentum=job.momentum, seed=seed)
+        state = model.full_state()
+        shared_keys, personal_keys = self._keys(model)
+        update = {k: upper[k] if k in upper else state[k] for k in shared_keys}
+        model.load_part(update, shared_keys)  # (the trained whole model, for a local evaluation)
+        return ClientResult(client=client, shared=update, personal={k: state[k] for k in personal_keys},
+                            stats=stats, local_eval=evaluate(model, data.x_test, data.y_test) if local_eval else None)
+
+    def _distill_term(self, data: ClientData, shared: Mapping[str, torch.Tensor], hook: TrainHook,
+                      seed: int) -> DistillTerm | None:
+        if not self.distills or hook.distill_alpha <= 0:
+            return None
+        return DistillTerm(self._public(data), shared[PUBLIC_LOGITS], hook.distill_alpha, hook.distill_l2 == 1,
+                           self.job.batch_size, seed + 1)
+
+    def _public(self, data: ClientData) -> torch.Tensor:
+        if data.x_public is None:
+            raise ValueError("a distillation job needs the job's public set; this client's data holds none")
+        return data.x_public
+
+    def evaluate(self, client: int, data: ClientData, shared: Mapping[str, torch.Tensor],
+                 personal: Mapping[str, torch.Tensor]) -> EvalResult:
+        return evaluate(self.load(client, shared, personal), data.x_test, data.y_test)
 
 
 def split_state(state: Mapping[str, torch.Tensor], keys: Sequence[str]) -> StateDict:

@@ -8,11 +8,14 @@ node without sending any description of it over the wire.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fl.names import INPUT_SHAPES, MODELS
 
 StateDict = dict[str, torch.Tensor]
 
@@ -42,6 +45,25 @@ class SplitModel(nn.Module):
                 f"head layers {list(spec)} must be a non-empty proper subset of {list(self.layer_names)}"
             )
         return tuple(spec)
+
+    def stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Layer ``name`` and what follows it before the next layer (activation, pooling)."""
+        raise NotImplementedError
+
+    def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The layers ``layer_names[start:stop]`` applied to ``x``: a model cut anywhere between
+        layers (split learning runs the lower part on the edge node, the upper on its supernode)."""
+        for name in self.layer_names[start:stop]:
+            x = self.stage(name, x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def layer_keys(self, names: Sequence[str]) -> list[str]:
+        """The state keys of the layers ``names``, in state order."""
+        wanted = set(names)
+        return [k for k in self.state_dict() if k.split(".", 1)[0] in wanted]
 
     def head_keys(self) -> list[str]:
         heads = self.head_names
@@ -86,22 +108,27 @@ def _cpu_copy(state: Mapping[str, torch.Tensor], keys: Sequence[str]) -> StateDi
     return {k: state[k].detach().to("cpu", copy=True).contiguous() for k in keys}
 
 
-class DigitsMLP(SplitModel):
-    """A small MLP for 8×8 digits: 64 → 128 → 64 → 10."""
+class MLP(SplitModel):
+    """A multilayer perceptron over the flattened sample: in → hidden… → classes, ReLU between.
 
-    layer_names = ("fc1", "fc2", "fc")
+    ``mlp`` is in → 128 → 64 → classes (on 8×8 digits the original DigitsMLP, same layers, same
+    initialisation); ``mlp_small`` is in → 32 → classes: a second architecture for distillation
+    between different models."""
 
-    def __init__(self, num_classes: int = 10, head_layers: int | Sequence[str] = 1) -> None:
+    def __init__(self, in_features: int = 64, hidden: Sequence[int] = (128, 64), num_classes: int = 10,
+                 head_layers: int | Sequence[str] = 1) -> None:
         super().__init__(head_layers)
-        self.fc1 = nn.Linear(64, 128)
-        self.fc2 = nn.Linear(128, 64)
-        self.fc = nn.Linear(64, num_classes)
+        widths = [in_features, *hidden, num_classes]
+        self.layer_names = (*(f"fc{i + 1}" for i in range(len(hidden))), "fc")
+        for name, (n_in, n_out) in zip(self.layer_names, zip(widths, widths[1:])):
+            setattr(self, name, nn.Linear(n_in, n_out))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc(x)
+    def stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name == "fc":
+            return self.fc(x)
+        if name == "fc1":
+            x = x.flatten(1)
+        return F.relu(getattr(self, name)(x))
 
 
 class CNN(SplitModel):
@@ -127,10 +154,11 @@ class CNN(SplitModel):
         self.fc1 = nn.Linear(64 * side * side, 512)
         self.fc = nn.Linear(512, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2(x), 2))
-        x = F.relu(self.fc1(x.flatten(1)))
+    def stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name in ("conv1", "conv2"):
+            return F.relu(F.max_pool2d(getattr(self, name)(x), 2))
+        if name == "fc1":
+            return F.relu(self.fc1(x.flatten(1)))
         return self.fc(x)
 
 
@@ -148,13 +176,14 @@ def build_model(
     """Build the model ``name`` (``auto`` picks the one for ``dataset``)."""
     if name == "auto":
         name = MODEL_FOR_DATASET[dataset]
-    if name == "mlp":
-        return DigitsMLP(num_classes, head_layers)
+    if name in ("mlp", "mlp_small"):
+        hidden = (128, 64) if name == "mlp" else (32,)
+        return MLP(math.prod(INPUT_SHAPES[dataset]), hidden, num_classes, head_layers)
     if name == "cnn_mnist":
         return CNN(1, 28, num_classes, head_layers)
     if name == "cnn_cifar":
         return CNN(3, 32, num_classes, head_layers)
-    raise ValueError(f"unknown model {name!r}; choose auto, mlp, cnn_mnist or cnn_cifar")
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
 def count_parameters(model: nn.Module) -> int:

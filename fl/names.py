@@ -4,8 +4,15 @@ at once (``--help`` and config errors answer before torch is imported)."""
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
 INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashionmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 DATASET_ALIASES = {"cifar": "cifar10", "fashion_mnist": "fashionmnist", "fmnist": "fashionmnist"}
-MODELS = ("auto", "mlp", "cnn_mnist", "cnn_cifar")
-STRATEGIES = ("fedper", "fedavg", "local")  # what is shared (config key ``strategy``)
+MODELS = ("auto", "mlp", "mlp_small", "cnn_mnist", "cnn_cifar")
+# What is shared (config key ``strategy``): fedper the base layers, fedavg every layer, local
+# nothing; distill the clients' outputs on a public set (each client keeps its whole model, and
+# clients may run different architectures); split and splitfed train a model cut between the
+# edge node (lower layers, the data) and its supernode (upper layers), splitfed averaging the
+# lower layers too.
+STRATEGIES = ("fedper", "fedavg", "local", "distill", "split", "splitfed")
+SPLIT_STRATEGIES = ("split", "splitfed")
+SPLIT_LABELS = ("server", "edge")  # split learning: labels at the supernode, or U-shaped (head and labels on the edge node)
 PARTITIONS = ("iid", "pathological", "dirichlet", "pfllib")  # pfllib: a split PFLlib wrote, read from data_dir
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -24,7 +31,15 @@ AGGREGATION_OPTIONS: dict[str, dict[str, float | int]] = {
 # Options that go with every rule: FedProx's client-side term, and the bound on each update's
 # distance from the global model (update_norm_bound: at most that multiple of the global model's
 # norm, 0 = no bound; update_norm_clip: 0 refuses an update beyond it, 1 scales it back to it).
-COMMON_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0, "update_norm_bound": 0.0, "update_norm_clip": 0}
+# Distillation (strategy=distill, fl/distill.py) is a client option too: each client's loss is its
+# cross-entropy plus distill_alpha times the distance of its outputs on the public set from the
+# clients' mean outputs (distill_l2=1: mean squared error of the logits, as GFL's l2_dist; 0: KL
+# divergence of the softmaxes). DISTILL_PUBLIC samples of the dataset (config key distill_public)
+# form the public set, held out of every client's data by the job's seed.
+DISTILL_OPTIONS: dict[str, float | int] = {"distill_alpha": 0.5, "distill_l2": 1}
+DISTILL_PUBLIC = 500
+COMMON_OPTIONS: dict[str, float | int] = {"proximal_mu": 0.0, "update_norm_bound": 0.0, "update_norm_clip": 0,
+                                          **DISTILL_OPTIONS}
 # Differential privacy (fl/privacy.py): the mechanism (config key ``dp``) and its settings: the
 # clip norm C, the noise multiplier z (0 with a target ε: calibrated), the target ε (0: none), δ.
 # Adaptive clipping (dp_clipping=adaptive, Andrew et al. 2021): the quantile of update norms the clip

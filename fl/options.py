@@ -30,6 +30,8 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "trim_beta": _finite(lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
     "krum_f": lambda v: None if v >= 0 else ">= 0",
     "krum_m": lambda v: None if v >= 1 else ">= 1",
+    "distill_alpha": _finite(lambda v: v >= 0, ">= 0 (0: clients do not distil)"),
+    "distill_l2": lambda v: None if v in (0, 1) else "0 (KL divergence) or 1 (squared error of the logits)",
 }
 
 

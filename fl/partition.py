@@ -9,7 +9,7 @@ a client (an edge node) can compute only its own part and still agree with every
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,10 +18,12 @@ from fl.names import PARTITIONS
 
 @dataclass(frozen=True)
 class ClientIndices:
-    """The sample indices of one client's train and test split."""
+    """The sample indices a client reads: its own train and test split, and the job's public set
+    (distillation; the same for every client, empty otherwise)."""
 
     train: np.ndarray
     test: np.ndarray
+    public: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 def iid(labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fl.datasets import Dataset
-from fl.federation import ClientWorker, JobSpec, client_data, client_indices, job_data, split_state
+from fl.federation import ClientWorker, JobSpec, client_data, client_indices, job_data
 from fl.memory import keep_freed_memory
 from fl.models import StateDict
 from fl.partition import ClientIndices, class_histogram
@@ -111,7 +111,7 @@ def _train_task(args: tuple[int, int, bytes, bytes, bool, dict[str, str]]) -> _T
 
 def _eval_task(args: tuple[int, bytes, bytes]) -> EvalResult:
     client, shared, personal = args
-    return _CONTEXT["worker"].evaluate(_CONTEXT["clients"][client], state_from_bytes(shared),
+    return _CONTEXT["worker"].evaluate(client, _CONTEXT["clients"][client], state_from_bytes(shared),
                                        state_from_bytes(personal))
 
 
@@ -178,9 +178,8 @@ def run_simulation(
 
     server = ClientWorker(job, dataset.num_classes, torch.device("cpu"))
     _check_input_shape(server, dataset)
-    initial = server.model.full_state()
-    personal_bytes = [state_to_bytes(split_state(initial, server.personal_keys))] * len(clients)
-    global_shared = split_state(initial, server.shared_keys)
+    personal_bytes = [state_to_bytes(server.initial_personal(i)) for i in range(len(clients))]
+    global_shared = server.initial_shared()
     shared = state_to_bytes(global_shared)  # encoded once per round
 
     workers = conf["workers"] or default_workers(job.num_clients)

@@ -6,7 +6,7 @@ tensors and each batch is one index into them: no DataLoader, no per-sample Pyth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ class ClientData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_public: torch.Tensor | None = None  # distillation: the job's public set (inputs only)
 
     @property
     def num_train(self) -> int:
@@ -78,13 +79,16 @@ def train_local(
     seed: int = 0,
     hook: TrainHook | None = None,
     shared_keys: Sequence[str] = (),
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Plain SGD over ``epochs`` shuffled passes; the shuffle is seeded, so runs repeat.
 
     ``hook`` (from the round's ``Strategy.configure_train``) may change the gradients of the
     ``shared_keys`` parameters before each step (FedProx's proximal term) or make the training
     DP-SGD (``fl.privacy.train_private``); without one, or with one that has nothing to do,
-    training is exactly as before."""
+    training is exactly as before. ``regularizer`` adds a term to each step's loss (distillation's
+    distance from the consensus, ``fl.distill.DistillTerm``); the reported loss is the
+    cross-entropy alone."""
     if hook is not None and hook.dpsgd:  # DP-SGD: per-example clipping and noise (Opacus)
         from fl.privacy import train_private
 
@@ -106,7 +110,7 @@ def train_local(
             batch = order[start : start + batch_size]
             loss = F.cross_entropy(model(x[batch]), y[batch])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + regularizer(model) if regularizer is not None else loss).backward()
             if before_step is not None:
                 before_step()
             optimizer.step()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fl.models import CNN, DigitsMLP, build_model, count_parameters
+from fl.models import CNN, MLP, build_model, count_parameters
 
 
 def test_mnist_cnn_is_the_582k_benchmark_model():
@@ -26,7 +26,7 @@ def test_base_and_head_split_default_is_last_fc():
 def test_head_is_a_parameter():
     two = CNN(head_layers=2)
     assert two.head_keys() == ["fc1.weight", "fc1.bias", "fc.weight", "fc.bias"]
-    named = DigitsMLP(head_layers=["fc2", "fc"])
+    named = MLP(head_layers=["fc2", "fc"])
     assert named.base_keys() == ["fc1.weight", "fc1.bias"]
     with pytest.raises(ValueError, match="at least one base layer"):
         CNN(head_layers=4).head_keys()
@@ -35,7 +35,7 @@ def test_head_is_a_parameter():
 
 
 def test_load_base_keeps_head():
-    a, b = DigitsMLP(), DigitsMLP()
+    a, b = MLP(), MLP()
     head_before = b.head_state()
     b.load_base(a.base_state())
     assert all(torch.equal(b.state_dict()[k], v) for k, v in a.base_state().items())
@@ -45,7 +45,7 @@ def test_load_base_keeps_head():
 
 
 def test_states_are_cpu_copies():
-    model = DigitsMLP()
+    model = MLP()
     state = model.base_state()
     state["fc1.weight"].zero_()
     assert not torch.equal(model.fc1.weight.detach(), state["fc1.weight"])

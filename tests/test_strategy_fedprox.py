@@ -76,7 +76,7 @@ def test_mu_zero_gives_the_bytes_of_training_without_a_hook():
     job, worker, data, shared, personal = _setup()
     with_config = [worker.train_round(1, data, 1, shared, personal, config=c).shared
                    for c in ({}, {"proximal_mu": "0.0"})]
-    worker.load(shared, personal)  # the code path from before the hook existed
+    worker.load(0, shared, personal)  # the code path from before the hook existed
     train_local(worker.model, data.x_train, data.y_train, epochs=job.local_epochs, lr=job.lr,
                 batch_size=job.batch_size, momentum=job.momentum, seed=job.round_seed(1, 1))
     before = split_state(worker.model.full_state(), worker.shared_keys)

@@ -75,6 +75,11 @@ def _simulated_hash(settings: dict[str, str], data_dir: str = "data") -> str:
     {"strategy": "fedavg", "aggregation": "fedavgm", "proximal_mu": "0.01"},
     {"strategy": "fedavg", "aggregation": "fedadam"},
     {"strategy": "fedper", "aggregation": "trimmed_mean", "trim_beta": "0.2"},
+    # the other ways to learn: outputs on a public set between two architectures; split learning
+    # over a stream to the supernode (labels there, or U-shaped), SplitFed averaging the lower layers
+    {"strategy": "distill", "aggregation": "mean", "model": "mlp,mlp_small", "distill_public": "200"},
+    {"strategy": "split", "aggregation": "mean"},
+    {"strategy": "splitfed", "aggregation": "mean", "split_labels": "edge"},
 ], ids=lambda s: "-".join(s.values()))
 def test_the_network_and_the_simulation_give_the_same_global_model(network, strategy):
     entry, sn = network

@@ -23,7 +23,7 @@ from node.net.wire import block_from_pb
 from conftest import start_network
 
 JOB = "dataset='digits', partition='pathological', batch_size=16, lr=0.05"
-BASE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}  # DigitsMLP without its head, fc
+BASE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}  # the digits MLP without its head, fc
 
 
 def console(node: NodeProcess, script: str, token: str | None) -> subprocess.CompletedProcess:

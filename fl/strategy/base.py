@@ -186,8 +186,13 @@ class Strategy(ABC):
     # --- the client side --------------------------------------------------------------------------
     def configure_train(self, round_number: int) -> dict[str, str]:
         """Options for the clients' training this round, as canonical strings (floats by
-        ``repr``); {} when clients train plainly. Parsed on the client by ``TrainHook``."""
-        return {"proximal_mu": repr(self.proximal_mu)} if self.proximal_mu > 0 else {}
+        ``repr``); {} when clients train plainly. Parsed on the client by ``TrainHook``.
+        Distillation's term is asked for from round 2 (round 1's consensus is all zeros)."""
+        config = {"proximal_mu": repr(self.proximal_mu)} if self.proximal_mu > 0 else {}
+        alpha = self.options["distill_alpha"]
+        if self.sharing == "distill" and round_number > 1 and alpha > 0:
+            config |= {"distill_alpha": repr(float(alpha)), "distill_l2": repr(float(self.options["distill_l2"]))}
+        return config
 
     # --- the server side --------------------------------------------------------------------------
     def validate(self, reference: Mapping[str, torch.Tensor], update: Update) -> Update:

@@ -5,7 +5,10 @@ code path (``fl.federation.ClientWorker``) in the simulation and on edge nodes a
 - ``proximal_mu``: FedProx's proximal term on the gradients (``fedprox.ProximalTerm``);
 - ``dp_clip`` (and ``dp_noise``): the update's delta from the round's global model clipped to that
   L2 norm before it leaves (and Gaussian noise of ``dp_noise`` × ``dp_clip`` added: local DP);
-- ``dpsgd_clip`` and ``dpsgd_noise``: local training is DP-SGD (Opacus; ``fl.privacy.train_private``).
+- ``dpsgd_clip`` and ``dpsgd_noise``: local training is DP-SGD (Opacus; ``fl.privacy.train_private``);
+- ``distill_alpha`` (and ``distill_l2``): distillation's term, α × the distance of the client's
+  outputs on the public set from the consensus (``fl.distill.DistillTerm``; 1: squared error of the
+  logits, 0: KL divergence).
 
 An unknown key or a value out of range is a ValueError: a client never trains under settings it
 does not understand.
@@ -25,7 +28,8 @@ from fl.strategy.fedprox import ProximalTerm
 
 # option -> (lowest allowed value, whether the lowest itself is allowed)
 _RANGES = {"proximal_mu": (0.0, True), "dp_clip": (0.0, False), "dp_noise": (0.0, True),
-           "dpsgd_clip": (0.0, False), "dpsgd_noise": (0.0, True)}
+           "dpsgd_clip": (0.0, False), "dpsgd_noise": (0.0, True), "distill_alpha": (0.0, True),
+           "distill_l2": (0.0, True)}
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class TrainHook:
     dp_noise: float = 0.0
     dpsgd_clip: float | None = None
     dpsgd_noise: float = 0.0
+    distill_alpha: float = 0.0
+    distill_l2: float = 1.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, str]) -> "TrainHook":
@@ -51,6 +57,8 @@ class TrainHook:
             raise ValueError("dp_noise needs dp_clip: local noise is scaled to the clip norm")
         if ("dpsgd_clip" in values) != ("dpsgd_noise" in values):
             raise ValueError("dpsgd_clip and dpsgd_noise go together")
+        if values.get("distill_l2", 1.0) not in (0.0, 1.0):
+            raise ValueError(f"distill_l2: expected 0 (KL divergence) or 1 (squared error), got {config['distill_l2']!r}")
         return cls(**values)
 
     @property

@@ -204,7 +204,22 @@ class Guard(grpc.ServerInterceptor):
                 except Exception as exc:  # noqa: BLE001
                     _fail(context, exc, method)
             return grpc.stream_unary_rpc_method_handler(stream_unary, **wrap)
-        raise ValueError(f"{method}: bidirectional streams are not part of the contract")
+        inner_both = handler.stream_stream
+
+        def stream_stream(raws: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                enter(context)
+                with hold(context) as moved:
+                    def requests() -> Iterator[Any]:
+                        for raw in raws:
+                            moved()
+                            yield parse(raw)
+                    for response in inner_both(requests(), context):
+                        yield response
+                        moved()
+            except Exception as exc:  # noqa: BLE001
+                _fail(context, exc, method)
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **wrap)
 
 
 MAX_REASON = 1000  # UTF-8 bytes of a refusal's reason sent and logged (it may quote what the caller sent;
@@ -231,6 +246,8 @@ def _refusing_handler(client_streaming: bool, server_streaming: bool, code: grpc
     def answer(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
+    if client_streaming and server_streaming:
+        return grpc.stream_stream_rpc_method_handler(answer)
     if client_streaming:
         return grpc.stream_unary_rpc_method_handler(answer)
     if server_streaming:

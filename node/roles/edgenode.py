@@ -218,5 +218,7 @@ def edge_rules(node: EdgeNode) -> dict[str, Rule]:
                                                          "edge nodes do not take updates; upload to a supernode"),
         method_path("Training", "DownloadModel"): refused(grpc.StatusCode.FAILED_PRECONDITION,
                                                           "edge nodes do not serve models; ask a supernode"),
+        method_path("Training", "SplitTrain"): refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                                       "edge nodes hold the lower layers; the upper ones are on a supernode"),
     })
     return rules

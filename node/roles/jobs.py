@@ -26,7 +26,7 @@ from base_package import data_pb2 as pb
 
 import torch
 
-from fl.federation import ClientWorker, JobSpec, split_state
+from fl.federation import ClientWorker, JobSpec
 from fl.serialize import state_to_bytes
 from fl.strategy import InvalidUpdate, Strategy, strategy_for_job
 from fl.names import SCORE_METHODS
@@ -125,7 +125,7 @@ def initial_model(spec: JobSpec) -> bytes:
     """The job's first global model (its shared layers as safetensors bytes), built from the job's
     seed alone: the entry node starts the job with it and an auditor rebuilds it to recompute."""
     worker = ClientWorker(spec, 10, torch.device("cpu"))
-    return state_to_bytes(split_state(worker.model.full_state(), worker.shared_keys))
+    return state_to_bytes(worker.initial_shared())
 
 
 def check_model_update(tx: Transaction, job: Job, round_number: int, key: bytes) -> None:

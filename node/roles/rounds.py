@@ -28,6 +28,8 @@ from base_package import data_pb2_grpc as rpc_pb
 from fl.serialize import state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
 from node.chain.rules import Transaction, TxKind, fixed
+from fl.names import SPLIT_STRATEGIES
+from node.roles.split import SplitServer
 from node.roles.jobs import (Job, OrderLog, Orders, check_model_update, read_orders, seconds_left,
                              signed_train_loss)
 from node.net.errors import refuse, status_for
@@ -61,6 +63,7 @@ class RoundRunner:
         self._job_strategy: tuple[str, Strategy] | None = None
         self.orders = OrderLog()  # each signed order is carried out once
         self.uploads = UploadWindow()  # which edge nodes may upload, for the rounds in progress
+        self.split = SplitServer(node)  # split learning: the upper layers, batch by batch
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -81,7 +84,8 @@ class RoundRunner:
         edges = [mine[n] for n in job.participants if n in mine]
         if orders.evaluate_only:
             return self._evaluate(edges, model, request)
-        with self.uploads.open(job.job_id, round_number, [e.node_id for e in edges]):
+        with self.uploads.open(job.job_id, round_number, [e.node_id for e in edges]), \
+                self.split.round(job, round_number, model):  # (split jobs: their edge nodes' streams)
             return self._train(orders, edges, model, request)
 
     def _evaluate(self, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest) -> pb.SupernodeResult:
@@ -213,6 +217,8 @@ class RoundRunner:
             raise InvalidUpdate(f"its MODEL_UPDATE claims {tx.payload['size']} bytes; it uploaded {len(received.data)}")
         # read only: checked and summed, never kept
         update = Update(state_views(received.data), tx.payload["samples"], tx.payload["hash"])
+        if job.spec.strategy in SPLIT_STRATEGIES:  # the upper layers must be those trained here
+            self.split.check_update(job.job_id, round_number, result.node_id, update.state)
         return tx, strategy.validate(reference, update)  # (clipped, when the job clips)
 
 

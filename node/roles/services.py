@@ -6,7 +6,7 @@ Who may call what is :func:`supernode_rules`, applied by the server's intercepto
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -126,6 +126,9 @@ class TrainingService(rpc_pb.TrainingServicer):
             for header in admitted:  # it never arrived: the edge node may send it again in the round
                 uploads.release(header.sender, header.job_id, header.round)
             raise
+
+    def SplitTrain(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.SplitMessage]:
+        return self.node.rounds.split.serve(request_iterator)
 
     def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
         def authorise(header: pb.ModelHeader) -> None:
@@ -311,6 +314,8 @@ def supernode_rules(node: Supernode) -> dict[str, Rule]:
                                                             "updates), and the operator (console certificate and admin token)",
                                                             *nodes, CONSOLE_ROLE, check=operator_if_console),
         method_path("Training", "RunRound"): certified("the entry node", "SN", check=entry_node),
+        method_path("Training", "SplitTrain"): certified("this supernode's own edge nodes, asked to train the split "
+                                                         "round in progress", "EN"),
         method_path("Training", "TrainRound"): refused(grpc.StatusCode.FAILED_PRECONDITION,
                                                        "supernodes do not train; edge nodes do"),
     }

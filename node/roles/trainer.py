@@ -33,13 +33,15 @@ import torch
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.datasets import load_dataset
-from fl.federation import ClientWorker, client_data, job_data, split_state
+from fl.federation import ClientWorker, client_data, job_data
+from fl.names import SPLIT_STRATEGIES
 from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
 from node.chain.rules import Transaction, TxKind, fixed
 from node.roles.checkpoint import write_atomically
 from node.roles.jobs import Job, OrderLog, read_orders
+from node.roles.split import StreamLink
 from node.net.errors import refuse
 from node.net.streams import chunks, make_header
 from node.net.wire import tx_to_pb
@@ -88,7 +90,7 @@ class _JobState:
         """The job's state from ``folder`` (a restart), else a fresh head from the job's seed."""
         path, before = folder / "personal.safetensors", folder / "personal-before.safetensors"
         if not path.exists():
-            return cls(job, index, data, worker, folder, split_state(worker.model.full_state(), worker.personal_keys))
+            return cls(job, index, data, worker, folder, worker.initial_personal(index))
         log.info("job %s: resumed personal layers from %s", job.job_id, path)
         try:
             last_round = int(json.loads((folder / "progress.json").read_text(encoding="utf-8"))["last_round"])
@@ -128,20 +130,27 @@ class EdgeTrainer:
             state = self._job_state(job)
             shared = state_views(model.data)  # copied into the model, never written
             if orders.evaluate_only:
-                ev = state.worker.evaluate(state.data, shared, state.personal)
+                ev = state.worker.evaluate(state.index, state.data, shared, state.personal)
                 return pb.EdgeResult(node_id=node.node_id, seconds=time.perf_counter() - started,
                                      eval=_eval_metrics(ev))
             if orders.seconds_left() < 0:
                 raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"round {round_number} is already past its deadline")
             head = state.head_for(round_number)
-            before = state.worker.evaluate(state.data, shared, head) if orders.order.evaluate_first else None
+            before = state.worker.evaluate(state.index, state.data, shared, head) if orders.order.evaluate_first else None
             config = orders.authority.payload.get("config", {})  # the strategy's options, signed in the order
             if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the round order's config is not a map of strings")
+            link = self._split_link(job, round_number, model_hash, orders.seconds_left())
             try:
-                result = state.worker.train_round(state.index, state.data, round_number, shared, head, config=config)
+                result = state.worker.train_round(state.index, state.data, round_number, shared, head, config=config,
+                                                  link=link)
             except ValueError as exc:  # an option this client does not know, or a value out of range
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"round {round_number}'s training options: {exc}") from None
+            except grpc.RpcError as exc:  # the supernode's half of a split round refused or failed
+                raise refuse(exc.code(), f"the supernode's half of split round {round_number}: {exc.details()}") from None
+            finally:
+                if link is not None:
+                    link.close()
             state.trained(round_number, result.personal)
             update = state_to_bytes(result.shared)  # only the shared layers ever leave this node
             header = make_header(node.identity, update, job.job_id, round_number, result.stats.num_samples)
@@ -160,6 +169,16 @@ class EdgeTrainer:
         if before is not None:
             reply.eval.CopyFrom(_eval_metrics(before))
         return reply
+
+    def _split_link(self, job: Job, round_number: int, model_hash: str, seconds: float) -> StreamLink | None:
+        """A split job's stream to this node's supernode, where the upper layers train."""
+        if job.spec.strategy not in SPLIT_STRATEGIES:
+            return None
+        sn = self.node.supernode
+        if sn is None:
+            raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has no supernode to train the upper layers with")
+        stub = rpc_pb.TrainingStub(self.node.channels.get(sn.address, sn.node_id))
+        return StreamLink(stub, self.node.node_id, job.job_id, round_number, model_hash, max(1.0, seconds))
 
     def _job_state(self, job: Job) -> _JobState:
         state = self._jobs.get(job.job_id)
