@@ -968,7 +968,7 @@ class ConsoleServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Resume(self, request, context):
-        """train()
+        """resume()
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

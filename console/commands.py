@@ -121,14 +121,23 @@ def trainFL(session: Session, wait: bool = True, **settings: Any) -> bool:
     return follow(session, status) if wait else True
 
 
-@command("train(wait=True)", "resume the current job after pause() (or start one with the config's settings)")
-def train(session: Session, wait: bool = True) -> bool:
+@command("train(rounds=, split_layers=, split_labels=, ..., wait=True)",
+         "start model training as the original console's train() did: the model split between each edge node "
+         "(its data and lower layers) and its supernode (the upper layers); strategy=splitfed also averages the "
+         "lower layers; any trainFL() setting may be given")
+def train(session: Session, wait: bool = True, **settings: Any) -> bool:
+    return trainFL(session, wait=wait, **{"strategy": "split", **settings})
+
+
+@command("resume(wait=True)", "go on with the job after pause() at its next round (with no job: start one from the "
+         "config)")
+def resume(session: Session, wait: bool = True) -> bool:
     status = session.client.call("Resume")
     session.out.print(f"{status.job_id}: {status.state} at round {status.round}/{status.rounds}")
     return follow(session, status) if wait else True
 
 
-@command("pause()", "stop the job after the round in progress; train() resumes it")
+@command("pause()", "stop the job after the round in progress; resume() goes on with it")
 def pause(session: Session) -> bool:
     status = session.client.call("Pause")
     session.out.print(f"{status.job_id}: {status.state} (round {status.round}/{status.rounds} done)")
@@ -424,7 +433,7 @@ def follow(session: Session, status: pb.JobStatus, poll: float = 0.5) -> bool:
                 time.sleep(poll)
                 status = session.client.call("GetJob")
     except KeyboardInterrupt:
-        session.out.print("detached; the job keeps running (job() or train() to follow)")
+        session.out.print("detached; the job keeps running (job() or resume() to follow)")
         return True
     if status.state == "failed":
         session.out.print(f"[red]{status.job_id} failed: {status.error}[/red]")

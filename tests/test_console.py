@@ -49,7 +49,7 @@ def test_unknown_commands_and_bad_arguments_get_one_line_and_the_console_stays_o
 
 
 def test_every_documented_command_exists():
-    for name in ("trainFL", "train", "pause", "save", "eval", "getSN", "getEN", "getModel", "status", "chain",
+    for name in ("trainFL", "train", "resume", "pause", "save", "eval", "getSN", "getEN", "getModel", "status", "chain",
                  "block", "verify", "help", "quit", "exit", "job"):
         assert name in COMMANDS
     args = build_parser().parse_args(["--ip", "10.0.0.1", "--port", "8080", "-c", "status()"])

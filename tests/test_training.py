@@ -3,7 +3,7 @@
 One scenario per ledger backend (SQLite; MariaDB when reachable, required with CI=true): the
 console needs the admin token and edge nodes refuse it; three FedPer rounds raise accuracy;
 both supernodes hold identical chains with one GLOBAL_MODEL per round; only base layers ever
-crossed the wire; pause() then train() resumes at the next round; an edge node killed
+crossed the wire; pause() then resume() goes on at the next round; an edge node killed
 mid-round is left out (recorded on the chain) and the round completes without it.
 """
 
@@ -91,7 +91,7 @@ def test_fedper_over_the_network(network):
         assert set(model.layout()) == BASE_KEYS
         assert model.header.sender == tx.sender
 
-    # --- pause() then train() resumes at the next round; a killed edge node is left out -----------
+    # --- pause() then resume() goes on at the next round; a killed edge node is left out -----------
     slow = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05",
             "rounds": "4", "local_epochs": "150"}
     job = entry.console("StartJob", pb.JobRequest(settings=slow)).job_id

@@ -17,7 +17,7 @@ A round changes the job's state (global model, round, server-optimiser state) on
 GLOBAL_MODEL is sealed in a block (the global model and the strategy's state are on disk before),
 so a round that fails can be run again, and the job lives on the chain: a restarted entry node
 takes it up where the last sealed GLOBAL_MODEL left it (``recover``), running again the round that
-was under way. ``pause()`` takes effect between rounds; ``train()`` resumes at the next round.
+was under way. ``pause()`` takes effect between rounds; ``resume()`` goes on at the next round.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class JobState(StrEnum):
     PAUSING = "pausing"  # pause() asked; the round in progress finishes first
     PAUSED = "paused"
     DONE = "done"
-    FAILED = "failed"  # a round failed; train() resumes at that round
+    FAILED = "failed"  # a round failed; resume() goes on at that round
     STOPPED = "stopped"  # its strategy refused the next round (a privacy budget spent): for good
 
 
@@ -235,7 +235,7 @@ class Coordinator:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
     def resume(self) -> pb.JobStatus:
-        """train(): resume a paused (or failed) job at its next round; with no job, start one."""
+        """resume(): go on with a paused (or failed) job at its next round; with no job, start one."""
         with self._lock:
             if self.state == JobState.RUNNING:
                 return self.status()
@@ -263,7 +263,7 @@ class Coordinator:
         """After a restart: take up the chain's last job where its last sealed GLOBAL_MODEL left
         it (the global model from this node's models folder, the strategy's server state from the
         job's checkpoint), and go on with it at the next round, unless the operator had paused
-        it (then ``train()`` resumes it). A round that was under way is run again: its edge nodes
+        it (then ``resume()`` goes on with it). A round that was under way is run again: its edge nodes
         retrain it from the head it started from."""
         store = self.node.ledger.store
         jobs = store.transactions(kind=TxKind.JOB)
@@ -430,7 +430,7 @@ class Coordinator:
             with self._lock:
                 self.state = JobState.DONE
             log.info("job %s done after %d rounds", job.job_id, self.round)
-        except LedgerOutage as exc:  # nothing failed: the round waits for the database, train() goes on
+        except LedgerOutage as exc:  # nothing failed: the round waits for the database, resume() goes on
             log.error("job %s paused: %s", job.job_id, exc)
             with self._lock:
                 self.state, self.error, self._pause_requested = JobState.PAUSED, str(exc), False
@@ -444,7 +444,7 @@ class Coordinator:
         """Wait until the pending round's GLOBAL_MODEL is in a block, then count the round (the
         next starts from what a restart finds on the chain). A database outage stalls the job here
         and it goes on when the database is back; past ``ledger_outage_s`` it pauses
-        (:class:`LedgerOutage`, the round still pending: ``train()`` waits for it again)."""
+        (:class:`LedgerOutage`, the round still pending: ``resume()`` waits for it again)."""
         pending = self._unsealed
         assert pending is not None
         producer, started = self.node.producer, time.monotonic()
@@ -457,7 +457,7 @@ class Coordinator:
             waited = time.monotonic() - started
             if waited >= self._outage_bound() or self._pause_requested:
                 raise LedgerOutage(f"round {pending.round} is done but the ledger database has not taken it for "
-                                   f"{waited:.0f} s; train() goes on once the database is back")
+                                   f"{waited:.0f} s; resume() goes on once the database is back")
             self.error = f"round {pending.round}: waiting {waited:.0f} s so far for the ledger database"
             log.warning("job %s: %s", job.job_id, self.error)
         self.error, self._unsealed = "", None
@@ -499,7 +499,7 @@ class Coordinator:
                 waited = time.monotonic() - started
                 if waited >= self._outage_bound() or self._pause_requested:
                     raise LedgerOutage(f"round {self.round + 1}: the ledger database has been down for {waited:.0f} s "
-                                       f"({exc}); train() goes on once it is back") from None
+                                       f"({exc}); resume() goes on once it is back") from None
                 self.error = f"round {self.round + 1}: waiting {waited:.0f} s so far for the ledger database"
                 log.warning("job %s: %s", job.job_id, self.error)
                 self._stop_waiting.wait(2.0)
@@ -565,7 +565,7 @@ class Coordinator:
             self._finish_metrics(report)
         trained = time.perf_counter()
         # nothing of the job's state changes until the round is recorded: a round that fails can
-        # be run again (train()) from where it started, server-optimiser state included
+        # be run again (resume()) from where it started, server-optimiser state included
         strategy = copy.deepcopy(self.strategy)
         reference = state_views(current.data)
         excluded: list[pb.Exclusion] = []  # as the supernodes report them (on the chain from them)
