@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fl.names import (AGGREGATIONS, DATASET_ALIASES, DATASETS, DEVICES, DP_CLIPPINGS, DP_MECHANISMS, MODELS, PARTITIONS,
-                      SCORE_METHODS, SPLIT_LABELS, STRATEGIES)
+                      SCORE_METHODS, SPLIT_LABELS, STRATEGIES, LORA_VARIANTS, TEXT_DATASETS)
 from fl.options import OPTION_RULES, check_options
 
 my_conf: dict[str, Any] = {
@@ -74,6 +74,12 @@ my_conf: dict[str, Any] = {
     "split_layers": 1,  # split | splitfed: layers below the cut, trained on the edge node
     "split_labels": "server",  # split | splitfed: server (labels sent with the activations) | edge (U-shaped)
     "model": "auto",  # auto (by dataset) | mlp | mlp_small | cnn_mnist | cnn_cifar; distill: several, comma-separated
+    #   | lora (a causal language model from model_path, fine-tuned with LoRA; dataset stdlib or text)
+    "model_path": "",  # model=lora: a local folder holding a causal LM (transformers' save_pretrained); never fetched
+    "lora_rank": 8,  # model=lora: the adapters' rank r
+    "lora_alpha": 16.0,  # model=lora: the adapters' scale alpha (the update is alpha/r * B A)
+    "lora_variant": "fedavg",  # model=lora: fedavg (A and B trained and averaged) | ffa (FFA-LoRA: A frozen, exact)
+    "block_size": 128,  # model=lora: tokens per training sequence
     "head_layers": 1,  # how many of the last parameterised layers form the head
     "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
     "partition": "iid",  # iid | pathological | dirichlet
@@ -151,6 +157,10 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     f"one of {', '.join(MODELS)}, or (strategy=distill) several of them separated by commas",
     "distill_public": _at_least(1),
     "split_layers": _at_least(1),
+    "lora_rank": _at_least(1),
+    "lora_alpha": _positive,
+    "lora_variant": _choice(*LORA_VARIANTS),
+    "block_size": lambda v: None if 8 <= v <= 8192 else "between 8 and 8192 tokens",
     "split_labels": _choice(*SPLIT_LABELS),
     "head_layers": _at_least(1),
     "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",
@@ -179,7 +189,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 _CHOICE_KEYS = {"dataset", "strategy", "aggregation", "model", "partition", "device", "dp", "dp_clipping", "scores",
-                "split_labels"}
+                "split_labels", "lora_variant"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -289,6 +299,8 @@ def load_config(
     if overrides:
         _apply(conf, overrides.items(), "command line", given)
     _check_rule_options(conf, given)
+    if conf["model"] == "auto" and DATASET_ALIASES.get(conf["dataset"], conf["dataset"]) in TEXT_DATASETS:
+        conf["model"] = "lora"  # (auto: the model for the dataset; for text, the language model)
     problem = combination_problem(conf)
     if problem is not None:
         raise ConfigError(problem)
@@ -298,6 +310,16 @@ def load_config(
 def combination_problem(conf: Mapping[str, Any]) -> str | None:
     """Why settings that are each valid cannot go together in one job, or None."""
     strategy = conf["strategy"]
+    dataset = DATASET_ALIASES.get(conf["dataset"], conf["dataset"])
+    if (conf["model"] == "lora") != (dataset in TEXT_DATASETS):
+        return (f"model=lora fine-tunes a language model on text (dataset {' or '.join(TEXT_DATASETS)}); "
+                f"model={conf['model']} with dataset={conf['dataset']} does not fit")
+    if conf["model"] == "lora":
+        if strategy not in ("fedavg", "fedper", "local"):
+            return (f"model=lora shares LoRA adapters: strategy fedavg (all of them), fedper (the last head_layers "
+                    f"blocks' adapters kept) or local; not {strategy}")
+        if conf["dp"] != "off" or conf["scores"] in ("loo", "gtg"):
+            return "model=lora takes no dp and no marginal scores (scores=flb works)"
     if conf["dp"] != "off" and conf["scores"] in ("loo", "gtg"):
         return (f"scores={conf['scores']} evaluates aggregates of subsets of the clean updates, which a DP job's "
                 f"budget does not cover; use scores=flb with dp={conf['dp']}")

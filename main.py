@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ledger database: sqlite:///FILE or mysql+pymysql://USER:PW@HOST:3306[/DB] "
                         "(no DB: each supernode gets its own, fedledger_sn_<node id>); default <home>/ledger.db")
     p.add_argument("--data-dir", help="where this node's dataset files live (config data_dir)")
+    p.add_argument("--model-path", help="model=lora jobs: a local folder holding the base causal language model "
+                                        "(config model_path); nothing is downloaded")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device (config device)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower)
     p.add_argument("--config", type=Path, help="a TOML file of config keys (default: <home>/config.toml if present)")
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_assignments(args.set)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
+    if args.model_path:
+        overrides["model_path"] = args.model_path
     if args.device:
         overrides["device"] = args.device
     config_file = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
@@ -170,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
             node = EdgeNode(identity, address, args.entry, settings, credentials=credentials,
                             entry_id=pin.entry_id, genesis_hash=pin.genesis_hash,
-                            datasets=available_datasets(conf["data_dir"]))
+                            datasets=available_datasets(conf["data_dir"], conf["model_path"]))
             servicers, rules = edge_servicers(node, EdgeTrainer(node, home, conf)), edge_rules(node)
             ledger_text = "none (edge node)"
             revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does

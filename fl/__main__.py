@@ -22,7 +22,7 @@ from config import ConfigError, load_config, parse_assignments
 
 # flag → config key (the names users know stay the config's)
 FLAGS: dict[str, tuple[str, type, str]] = {
-    "dataset": ("dataset", str, "digits | mnist | fashionmnist | cifar10"),
+    "dataset": ("dataset", str, "digits | mnist | fashionmnist | cifar10 | stdlib | text (model=lora)"),
     "clients": ("client.amount", int, "number of clients"),
     "rounds": ("gobal_epoch", int, "global rounds"),
     "strategy": ("strategy", str, "what is shared: fedper (base layers) | fedavg (all) | local (nothing) | "
@@ -55,6 +55,11 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "distill-public": ("distill_public", int, "distill: samples held out as the public set"),
     "split-layers": ("split_layers", int, "split | splitfed: layers below the cut, on the edge node"),
     "split-labels": ("split_labels", str, "split | splitfed: server (labels at the supernode) | edge (U-shaped)"),
+    "model-path": ("model_path", str, "model=lora: a local folder holding the base causal language model"),
+    "lora-rank": ("lora_rank", int, "model=lora: the adapters' rank"),
+    "lora-alpha": ("lora_alpha", float, "model=lora: the adapters' scale alpha"),
+    "lora-variant": ("lora_variant", str, "model=lora: fedavg (A and B averaged) | ffa (FFA-LoRA: A frozen, exact)"),
+    "block-size": ("block_size", int, "model=lora: tokens per training sequence"),
     "head-layers": ("head_layers", int, "how many last layers form the personal head"),
     "seed": ("seed", int, "seed of partition, init and shuffles"),
     "device": ("device", str, "auto | cpu | cuda"),

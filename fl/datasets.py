@@ -178,10 +178,12 @@ def find_idx_pairs(directory: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def available_datasets(data_dir: str | Path) -> list[str]:
+def available_datasets(data_dir: str | Path, model_path: str | Path = "") -> list[str]:
     """The datasets :func:`load_dataset` finds in ``data_dir``, by their files alone (nothing is
     read): what an edge node tells its supernode when it registers, so a job is not started on
-    nodes that cannot load its data. ``pfllib`` stands for a PFLlib split (its ``config.json``)."""
+    nodes that cannot load its data. ``pfllib`` stands for a PFLlib split (its ``config.json``);
+    with a language model at ``model_path``, ``stdlib`` (always there) and ``text`` (*.jsonl or
+    *.txt files in ``data_dir``)."""
     data_dir = Path(data_dir)
     found = ["digits"]  # scikit-learn's, always there
     for key in ("mnist", "fashionmnist"):
@@ -194,6 +196,10 @@ def available_datasets(data_dir: str | Path) -> list[str]:
         found.append("cifar10")
     if (data_dir / "config.json").is_file():
         found.append("pfllib")
+    if str(model_path):
+        found.append("stdlib")
+        if any(data_dir.glob("*.jsonl")) or any(data_dir.glob("*.txt")):
+            found.append("text")
     return sorted(found)
 
 

@@ -21,7 +21,7 @@ from fl.datasets import Dataset, load_dataset
 from fl.models import SplitModel, StateDict, build_model
 from fl.partition import ClientIndices, client_split, partition
 from fl.distill import PUBLIC_LOGITS, DistillTerm, public_indices, public_outputs
-from fl.names import DISTILL_PUBLIC, DP_OPTIONS, INPUT_SHAPES, OPTION_DEFAULTS, SPLIT_STRATEGIES
+from fl.names import DISTILL_PUBLIC, DP_OPTIONS, INPUT_SHAPES, OPTION_DEFAULTS, SPLIT_STRATEGIES, TEXT_DATASETS
 from fl.split import Cut, LocalLink, ServerHalf, ServerLink, train_split
 from fl.strategy import Strategy, TrainHook, strategy_for_job
 from fl.train import ClientData, EvalResult, TrainStats, evaluate, train_local
@@ -66,6 +66,13 @@ class JobSpec:
     distill_public: int = DISTILL_PUBLIC  # distillation: samples held out as the public set
     split_layers: int = 1  # split learning: layers below the cut, on the edge node
     split_labels: str = "server"  # split learning: labels at the supernode, or "edge" (U-shaped)
+    # model=lora (fl/lm/): the adapters, the text's sequence length, and the base model every node
+    # must hold (the SHA-256 of its weights, pinned by the entry node; "" in the simulation)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_variant: str = "fedavg"
+    block_size: int = 128
+    base_model: str = ""
     # differential privacy (fl/privacy.py): the mechanism and its settings
     dp: str = "off"
     dp_clip: float = DP_OPTIONS["dp_clip"]
@@ -104,6 +111,10 @@ class JobSpec:
             distill_public=int(conf.get("distill_public", DISTILL_PUBLIC)),
             split_layers=int(conf.get("split_layers", 1)),
             split_labels=conf.get("split_labels", "server"),
+            lora_rank=int(conf.get("lora_rank", 8)),
+            lora_alpha=float(conf.get("lora_alpha", 16.0)),
+            lora_variant=conf.get("lora_variant", "fedavg"),
+            block_size=int(conf.get("block_size", 128)),
             **{key: float(conf.get(key, default)) for key, default in DP_OPTIONS.items()},
         )
 
@@ -148,11 +159,32 @@ class JobSpec:
         return int(np.random.SeedSequence([self.seed, round_number, client]).generate_state(1)[0])
 
 
-def job_data(job: JobSpec, data_dir: str | Path) -> tuple[Dataset, list[ClientIndices]]:
+def make_worker(job: JobSpec, num_classes: int, device: torch.device, model_path: str | Path = "") -> ClientWorker:
+    """The job's client worker: :class:`ClientWorker`, or for ``model=lora`` the LoRA fine-tuning
+    worker (``fl.lm.worker.LMWorker``, the same surface) on the base model at ``model_path``."""
+    if job.model != "lora":
+        return ClientWorker(job, num_classes, device)
+    from fl.lm.worker import LMWorker, LoRASpec
+
+    return LMWorker(job, _model_path(model_path), LoRASpec(job.lora_rank, job.lora_alpha, variant=job.lora_variant),
+                    device)
+
+
+def _model_path(model_path: str | Path) -> Path:
+    if not str(model_path):
+        raise ValueError("model=lora fine-tunes the base model at model_path (--model-path): point it at a local "
+                         "folder holding a causal language model (python -m fl.lm.pretrain makes a tiny one)")
+    return Path(model_path)
+
+
+def job_data(job: JobSpec, data_dir: str | Path, model_path: str | Path = "") -> tuple[Dataset, list[ClientIndices]]:
     """The job's samples and every client's train/test indices into them: the job's own
     partition of ``dataset`` (from its seed), or, with ``partition = "pfllib"``, the split PFLlib
     wrote into ``data_dir`` (its config.json, train/ and test/), so results compare with PFLlib's
     on identical data. The simulation and every edge node call this, so both agree."""
+    if job.dataset in TEXT_DATASETS:  # token blocks, labelled by family (a group of modules, a file)
+        dataset = own_dataset(job, data_dir, model_path)
+        return dataset, client_indices(dataset.y.numpy(), job)
     if job.partition == "pfllib":
         from fl.pfllib import load_pfllib
 
@@ -163,6 +195,16 @@ def job_data(job: JobSpec, data_dir: str | Path) -> tuple[Dataset, list[ClientIn
         return dataset, splits
     dataset = load_dataset(job.dataset, data_dir)
     return dataset, client_indices(dataset.y.numpy(), job)
+
+
+def own_dataset(job: JobSpec, data_dir: str | Path, model_path: str | Path = "") -> Dataset:
+    """Everything in a node's own ``data_dir`` (an own-data job): the job's dataset's files, or
+    for a language model the text files there."""
+    if job.dataset in TEXT_DATASETS:
+        from fl.lm.data import job_text_dataset
+
+        return job_text_dataset(job.dataset, _model_path(model_path), data_dir, job.block_size)
+    return load_dataset(job.dataset, data_dir)
 
 
 def client_indices(labels: np.ndarray, job: JobSpec) -> list[ClientIndices]:

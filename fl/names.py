@@ -1,10 +1,16 @@
 """The names a configuration may use, in a module without torch so config.py can check them
 at once (``--help`` and config errors answer before torch is imported)."""
 
-DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
+# Text (model=lora, fl/lm/): stdlib = the docstrings of Python's standard library, one family per
+# group of modules (the demo corpus, non-IID by family); text = the *.jsonl (FLB's instruction/output)
+# and *.txt files of a node's data_dir, one family per file.
+TEXT_DATASETS = ("stdlib", "text")
+DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", *TEXT_DATASETS)
 INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashionmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 DATASET_ALIASES = {"cifar": "cifar10", "fashion_mnist": "fashionmnist", "fmnist": "fashionmnist"}
-MODELS = ("auto", "mlp", "mlp_small", "cnn_mnist", "cnn_cifar")
+# lora: the causal language model at the node's model_path, frozen, with LoRA adapters (fl/lm/)
+MODELS = ("auto", "mlp", "mlp_small", "cnn_mnist", "cnn_cifar", "lora")
+LORA_VARIANTS = ("fedavg", "ffa")  # train and average A and B; FFA-LoRA: A frozen, B averaged (exact)
 # What is shared (config key ``strategy``): fedper the base layers, fedavg every layer, local
 # nothing; distill the clients' outputs on a public set (each client keeps its whole model, and
 # clients may run different architectures); split and splitfed train a model cut between the

@@ -193,6 +193,14 @@ class ValidationUtility:
         return float(((features[half:] @ weights).argmax(1) == self.y[half:]).double().mean())
 
 
+def has_utility(job: Any) -> bool:
+    """Whether ``job``'s aggregates can be scored on a validation set: a model whose shared layers
+    are parameters of one classifier (not outputs, not a split model's halves, not LoRA adapters),
+    and no DP (scoring subsets would spend budget the accountant does not see). Otherwise only
+    FLB's formula and the flags are scored."""
+    return job.dp == "off" and job.strategy in ("fedper", "fedavg") and job.model != "lora"
+
+
 def validation_utility(job: Any, dataset: Any, splits: Sequence[Any], shared_keys: Sequence[str]) -> ValidationUtility:
     """The scorer's utility for ``job`` (a ``JobSpec``): at most ``VALIDATION_SAMPLES`` of the
     clients' test samples (``splits``: their indices into ``dataset``), drawn by the job's seed, the

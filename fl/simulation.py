@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fl.datasets import Dataset
-from fl.federation import ClientWorker, JobSpec, client_data, client_indices, job_data
+from fl.federation import ClientWorker, JobSpec, client_data, client_indices, job_data, make_worker
 from fl.memory import keep_freed_memory
 from fl.models import StateDict
 from fl.partition import ClientIndices, class_histogram
@@ -83,11 +83,11 @@ class SimulationResult:
 _CONTEXT: dict[str, Any] = {}
 
 
-def _init_worker(job: JobSpec, clients: list[ClientData], num_classes: int) -> None:
+def _init_worker(job: JobSpec, clients: list[ClientData], num_classes: int, model_path: str) -> None:
     # One thread, set before any torch op: small batches gain nothing from more, and an
     # OpenMP thread team must never be started in a process forked from a threaded parent.
     torch.set_num_threads(1)
-    _CONTEXT["worker"] = ClientWorker(job, num_classes, torch.device("cpu"))
+    _CONTEXT["worker"] = make_worker(job, num_classes, torch.device("cpu"), model_path)
     _CONTEXT["clients"] = clients
 
 
@@ -119,7 +119,7 @@ class _Runner:
     """Maps tasks over clients in this process or in a pool of worker processes."""
 
     def __init__(self, job: JobSpec, clients: list[ClientData], num_classes: int,
-                 device: torch.device, workers: int) -> None:
+                 device: torch.device, workers: int, model_path: str = "") -> None:
         keep_freed_memory()  # here and in the workers, which inherit it when forked
         self.pool: ProcessPoolExecutor | None = None
         workers = min(workers, len(clients))
@@ -130,10 +130,10 @@ class _Runner:
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("fork"),
                 initializer=_init_worker,
-                initargs=(job, clients, num_classes),
+                initargs=(job, clients, num_classes, model_path),
             )
         else:
-            _CONTEXT["worker"] = ClientWorker(job, num_classes, device)
+            _CONTEXT["worker"] = make_worker(job, num_classes, device, model_path)
             _CONTEXT["clients"] = clients
 
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
@@ -169,22 +169,23 @@ def run_simulation(
     strategy.check_fits(job.num_clients)  # before any data is loaded or trained
     device = resolve_device(conf["device"])
     if dataset is None:
-        dataset, splits = job_data(job, conf["data_dir"])
+        dataset, splits = job_data(job, conf["data_dir"], conf["model_path"])
     elif splits is None:
         splits = client_indices(dataset.y.numpy(), job)
     clients = [client_data(dataset, s, device) for s in splits]
     strategy = job.get_strategy(min(c.num_train for c in clients))  # (DP-SGD's accounting needs the sizes)
     histogram = class_histogram(dataset.y.numpy(), [s.train for s in splits], dataset.num_classes)
 
-    server = ClientWorker(job, dataset.num_classes, torch.device("cpu"))
-    _check_input_shape(server, dataset)
+    server = make_worker(job, dataset.num_classes, torch.device("cpu"), conf["model_path"])
+    if isinstance(server, ClientWorker):  # (a language model's input is checked as it loads the text)
+        _check_input_shape(server, dataset)
     personal_bytes = [state_to_bytes(server.initial_personal(i)) for i in range(len(clients))]
     global_shared = server.initial_shared()
     shared = state_to_bytes(global_shared)  # encoded once per round
 
     workers = conf["workers"] or default_workers(job.num_clients)
     scorer = _Scorer(conf["scores"], job, strategy, server, dataset, splits) if conf["scores"] != "off" else None
-    runner = _Runner(job, clients, dataset.num_classes, device, workers)
+    runner = _Runner(job, clients, dataset.num_classes, device, workers, conf["model_path"])
     rounds: list[RoundMetrics] = []
     stopped: str | None = None
     try:
@@ -250,10 +251,10 @@ class _Scorer:
 
     def __init__(self, method: str, job: JobSpec, strategy: Strategy, server: ClientWorker, dataset: Dataset,
                  splits: list[ClientIndices]) -> None:
-        from fl.scores import RoundScorer, validation_utility
+        from fl.scores import RoundScorer, has_utility, validation_utility
 
         self.strategy = strategy
-        utility = None if job.dp != "off" else validation_utility(job, dataset, splits, server.shared_keys)
+        utility = validation_utility(job, dataset, splits, server.shared_keys) if has_utility(job) else None
         self.scorer = RoundScorer(method, utility, job)
 
     def score(self, round_number: int, reference: StateDict, updates: list[Update],

@@ -104,3 +104,31 @@ def test_edge_nodes_claiming_a_billion_samples_or_sending_a_scaled_update_are_le
                       for h in updates]
     assert set(codes) <= {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}
     assert grpc.StatusCode.PERMISSION_DENIED in codes
+
+
+def test_a_split_learning_edge_node_cannot_bring_back_other_upper_layers_than_its_supernode_trained(tmp_path, nodes):
+    entry, sn = start_supernodes(tmp_path, lambda name: None, nodes)
+    edges = [NodeProcess(tmp_path, f"en{i}", "EN", entry=entry.address, token_source=entry) for i in range(2)]
+    liar = NodeProcess(tmp_path, "scale", "EN", entry=entry.address, token_source=entry, script=FAULTY,
+                       env={"FEDLEDGER_TEST_FAULT": "scale"})
+    nodes.extend([*edges, liar])
+    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 3, 60, "the edge nodes")
+    entry.console("StartJob", pb.JobRequest(settings={**JOB, "strategy": "split"}))
+    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
+    assert done.state == "done", done.error
+    [metrics] = done.metrics
+    assert metrics.participants == 2
+    liar_id = Identity.load_or_create(liar.home).node_id
+    assert "differ from those this supernode trained" in {x.node_id: x.reason for x in metrics.excluded}[liar_id]
+    assert entry.console("Verify", pb.VerifyRequest(recompute=True)).recompute.ok
+    # outside a round in progress, no supernode trains upper layers for anyone
+    home_id = next(n.supernode for n in entry.status().edge_nodes.nodes if n.node_id == liar_id)
+    holder = next(s for s in (entry, sn) if Identity.load_or_create(s.home).node_id == home_id)
+    with node_channel(liar, holder) as as_liar:
+        opening = pb.SplitMessage(node_id=liar_id, job_id=done.job_id, round=1, model_hash="ab" * 32)
+        code = refusal_code(lambda: list(rpc_pb.TrainingStub(as_liar).SplitTrain(iter([opening]), timeout=10)))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        someone_else = pb.SplitMessage(node_id=Identity.load_or_create(edges[0].home).node_id, job_id=done.job_id,
+                                       round=1, model_hash="ab" * 32)
+        code = refusal_code(lambda: list(rpc_pb.TrainingStub(as_liar).SplitTrain(iter([someone_else]), timeout=10)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED

@@ -144,8 +144,9 @@ class Coordinator:
                 job_id = f"job-{now_ms()}-{self.node.ledger.head().height + 1}"
             try:  # the job's initial model, the same on every node: built before anything is recorded
                 spec.check_model_fits()
-                initial = initial_model(spec)
-            except ValueError as exc:
+                spec = self._pin_base_model(spec)
+                initial = initial_model(spec, self.base_conf["model_path"])
+            except (ValueError, OSError) as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
             if conf["scores"] != "off" and strategy.decomposable and not conf["recompute_partials"]:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "scores need every update at the entry node: "
@@ -173,6 +174,17 @@ class Coordinator:
                      spec.rounds, len(participants))
             self._launch()
             return self.status()
+
+    def _pin_base_model(self, spec: JobSpec) -> JobSpec:
+        """A LoRA job names its base model by the SHA-256 of its weights (this node's, at
+        ``model_path``): every edge node must hold the same one."""
+        if spec.model != "lora":
+            return spec
+        from fl.lm.base import base_model_hash
+
+        if not self.base_conf["model_path"]:
+            raise ValueError("model=lora needs the base model on the entry node too: start it with --model-path")
+        return replace(spec, base_model=base_model_hash(self.base_conf["model_path"]))
 
     def check_claims(self, tx: Transaction) -> None:
         """Refuse a MODEL_UPDATE of the current job claiming samples the job does not allow,
@@ -213,7 +225,7 @@ class Coordinator:
         """Each edge node's training samples in the job's partition (client i = the i-th
         participant by id): recorded in the JOB, so no edge node can claim another count."""
         try:
-            _, splits = job_data(spec, self.base_conf["data_dir"])
+            _, splits = job_data(spec, self.base_conf["data_dir"], self.base_conf["model_path"])
         except (ValueError, OSError) as exc:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                          f"the entry node derives every edge node's sample count from the job's partition, but "
@@ -331,7 +343,7 @@ class Coordinator:
     def _recovered_model(self, job: Job, global_tx: Transaction | None) -> ReceivedModel:
         """The job's current global model: the last sealed GLOBAL_MODEL's, else its initial one."""
         if global_tx is None:
-            data = initial_model(job.spec)
+            data = initial_model(job.spec, self.base_conf["model_path"])
             return ReceivedModel.of(make_header(self.node.identity, data, job.job_id, 0), data)
         model = self.node.models.get(global_tx.payload["hash"])
         if model is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from base_package import data_pb2 as pb
 
 import torch
 
-from fl.federation import ClientWorker, JobSpec
+from fl.federation import JobSpec, make_worker
 from fl.serialize import state_to_bytes
 from fl.strategy import InvalidUpdate, Strategy, strategy_for_job
 from fl.names import SCORE_METHODS
@@ -121,10 +122,11 @@ class Job:
                                 f"{enrolled}")
 
 
-def initial_model(spec: JobSpec) -> bytes:
+def initial_model(spec: JobSpec, model_path: str | Path = "") -> bytes:
     """The job's first global model (its shared layers as safetensors bytes), built from the job's
-    seed alone: the entry node starts the job with it and an auditor rebuilds it to recompute."""
-    worker = ClientWorker(spec, 10, torch.device("cpu"))
+    seed alone (and for model=lora the base model at ``model_path``): the entry node starts the
+    job with it and an auditor rebuilds it to recompute."""
+    worker = make_worker(spec, 10, torch.device("cpu"), model_path)
     return state_to_bytes(worker.initial_shared())
 
 

@@ -32,7 +32,7 @@ import torch
 
 from fl.serialize import model_hash, state_to_bytes, state_views
 from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
-from fl.scores import RoundScorer, Utility, flb_score
+from fl.scores import RoundScorer, Utility, flb_score, has_utility
 from node.chain.rules import Transaction, TxKind
 from node.roles.jobs import Job, initial_model
 
@@ -71,10 +71,12 @@ class _Mismatch(Exception):
 
 
 def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel,
-                    utility_for: Callable[[Job], Utility | None] | None = None) -> RecomputeReport:
+                    utility_for: Callable[[Job], Utility | None] | None = None,
+                    model_path: str = "") -> RecomputeReport:
     """Recompute every job in ``transactions`` (the chain's, in chain order). ``utility_for``: the
     scorer's validation utility for a job, where this node holds its data (scores' accuracies
-    and marginal values are then recomputed too)."""
+    and marginal values are then recomputed too); ``model_path``: the base model of LoRA jobs
+    (their initial adapters are rebuilt on it)."""
     started = time.perf_counter()
     by_job: dict[str, list[Transaction]] = defaultdict(list)
     jobs: list[Transaction] = []
@@ -89,7 +91,7 @@ def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel,
             skipped += 1  # recorded before aggregates were exact and named: nothing to recompute against
             continue
         job = Job.from_tx(job_tx)
-        replay = _JobReplay(job, by_job.get(job.job_id, []), fetch, utility_for)
+        replay = _JobReplay(job, by_job.get(job.job_id, []), fetch, utility_for, model_path)
         try:
             replay.run()
         except _Mismatch as bad:
@@ -105,8 +107,8 @@ class _JobReplay:
     """One job, round by round, on a fresh instance of its strategy."""
 
     def __init__(self, job: Job, txs: list[Transaction], fetch: FetchModel,
-                 utility_for: Callable[[Job], Utility | None] | None = None) -> None:
-        self.job, self.fetch = job, fetch
+                 utility_for: Callable[[Job], Utility | None] | None = None, model_path: str = "") -> None:
+        self.job, self.fetch, self.model_path = job, fetch, model_path
         self.strategy: Strategy = job.strategy()
         self.entry = job.tx.sender
         self.orders = {t.payload["round"]: t for t in txs if t.kind == TxKind.ROUND}
@@ -118,12 +120,15 @@ class _JobReplay:
         for t in txs:
             if t.kind == TxKind.SCORE and t.sender == self.entry and t.payload["round"] > 0:
                 self.scores[t.payload["round"]][t.payload["node"]] = t
-        scored = self.scores and job.scores != "off" and not job.own_data and job.spec.dp == "off"
+        scored = self.scores and job.scores != "off" and not job.own_data and has_utility(job.spec)
         self.scorer = RoundScorer(job.scores, utility_for(job) if scored and utility_for is not None else None, job.spec)
         self.round_updates: dict[str, tuple[Update, int, int]] = {}  # this round's, by edge node (scores)
 
     def run(self) -> None:
-        current = initial_model(self.job.spec)
+        try:
+            current = initial_model(self.job.spec, self.model_path)
+        except (ValueError, OSError) as exc:  # a LoRA job whose base model is not on this node
+            raise _Mismatch(0, self.entry, f"the job's initial model cannot be rebuilt here: {exc}", missing=True) from None
         for round_number in sorted(self.globals):  # rounds that finished; one under way is not judged yet
             recorded = self.globals[round_number]
             order = self.orders.get(round_number)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fl.federation import job_data
-from fl.scores import RoundScorer, Score, ValidationUtility, job_totals, validation_utility
+from fl.scores import RoundScorer, Score, ValidationUtility, has_utility, job_totals, validation_utility
 from fl.strategy import Strategy, Update
 from node.chain.identity import Identity
 from node.chain.rules import Transaction, TxKind, fixed
@@ -41,7 +41,7 @@ class JobScorer:
 
     def __init__(self, job: Job, data_dir: str) -> None:
         self.job = job
-        utility = None if job.own_data or job.spec.dp != "off" else scorer_utility(job, data_dir)
+        utility = None if job.own_data or not has_utility(job.spec) else scorer_utility(job, data_dir)
         self.scorer = RoundScorer(job.scores, utility, job.spec)
         self.rounds: list[dict[str, Score]] = []
 

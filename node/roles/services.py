@@ -206,7 +206,7 @@ class ConsoleService(rpc_pb.ConsoleServicer):
                                bad_height=-1 if report.bad_height is None else report.bad_height, reason=report.reason)
         if request.recompute:
             recomputed = recompute_chain((tx for _, tx in store.transactions()), self.node.find_model,
-                                         lambda job: scorer_utility(job, self.node.data_dir))
+                                         lambda job: scorer_utility(job, self.node.data_dir), self.node.model_path)
             reply.recompute.CopyFrom(pb.RecomputeReport(**dataclasses.asdict(recomputed)))
         return reply
 

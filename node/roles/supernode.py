@@ -70,6 +70,7 @@ class Supernode:
         self.is_entry = is_entry
         self.settings = settings
         self.data_dir = str((job_defaults or {}).get("data_dir", "data"))  # datasets here (an audit's validation set)
+        self.model_path = str((job_defaults or {}).get("model_path", ""))  # model=lora: the base model here
         self.entry_id: str | None = identity.node_id if is_entry else entry_id
         self.genesis_hash = genesis_hash
         self.members = Members(settings.dead_after, identity.node_id)

@@ -32,8 +32,7 @@ import torch
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from fl.datasets import load_dataset
-from fl.federation import ClientWorker, client_data, job_data
+from fl.federation import ClientWorker, client_data, job_data, make_worker, own_dataset
 from fl.names import SPLIT_STRATEGIES
 from fl.partition import client_split
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
@@ -105,6 +104,7 @@ class EdgeTrainer:
         self.node = node
         self.home = Path(home)
         self.data_dir = conf["data_dir"]
+        self.model_path = conf["model_path"]
         self.device = resolve_device(conf["device"])
         self.threads = conf["torch_threads"]
         self._jobs: dict[str, _JobState] = {}
@@ -188,18 +188,36 @@ class EdgeTrainer:
             raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"this edge node is not a participant of {job.job_id}")
         index = job.participants.index(self.node.node_id)
         data, num_classes = self._load_data(job, index)
-        worker = ClientWorker(job.spec, num_classes, self.device)
+        try:
+            worker = make_worker(job.spec, num_classes, self.device, self.model_path)
+        except (ValueError, OSError) as exc:  # model=lora without a usable base model here
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot build the job's model: {exc}") from None
         # one job at a time
         self._jobs = {job.job_id: _JobState.load(job, index, data, worker, self.home / "jobs" / job.job_id)}
         return self._jobs[job.job_id]
 
+    def _check_base_model(self, job: Job) -> None:
+        """A LoRA job fine-tunes one base model: this node's must be the one the JOB pins."""
+        if not job.spec.base_model:
+            return
+        from fl.lm.base import base_model_hash
+
+        try:
+            held = base_model_hash(self.model_path) if self.model_path else "none (no --model-path)"
+        except (OSError, ValueError) as exc:
+            held = f"unreadable ({exc})"
+        if held != job.spec.base_model:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{job.job_id} fine-tunes the base model "
+                         f"{job.spec.base_model[:16]}…; this edge node's --model-path holds {held[:40]}")
+
     def _load_data(self, job: Job, index: int) -> tuple[ClientData, int]:
+        self._check_base_model(job)
         if job.own_data:
-            dataset = load_dataset(job.spec.dataset, self.data_dir)
+            dataset = own_dataset(job.spec, self.data_dir, self.model_path)
             split = client_split(np.arange(len(dataset)), job.spec.train_fraction, job.spec.seed, index)
         else:
             try:
-                dataset, splits = job_data(job.spec, self.data_dir)
+                dataset, splits = job_data(job.spec, self.data_dir, self.model_path)
             except ValueError as exc:  # a PFLlib split of another size, a missing file …
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot load its data: {exc}") from None
             split = splits[index]
