@@ -80,6 +80,7 @@ my_conf: dict[str, Any] = {
     "lora_alpha": 16.0,  # model=lora: the adapters' scale alpha (the update is alpha/r * B A)
     "lora_variant": "fedavg",  # model=lora: fedavg (A and B trained and averaged) | ffa (FFA-LoRA: A frozen, exact)
     "block_size": 128,  # model=lora: tokens per training sequence
+    "text_blocks": 0,  # model=lora: at most this many blocks of each family of text, evenly spaced (0: all)
     "head_layers": 1,  # how many of the last parameterised layers form the head
     "momentum": 0.9,  # SGD momentum (0 for plain SGD, as in the PFLlib benchmark setup)
     "partition": "iid",  # iid | pathological | dirichlet
@@ -161,6 +162,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "lora_alpha": _positive,
     "lora_variant": _choice(*LORA_VARIANTS),
     "block_size": lambda v: None if 8 <= v <= 8192 else "between 8 and 8192 tokens",
+    "text_blocks": _at_least(0),
     "split_labels": _choice(*SPLIT_LABELS),
     "head_layers": _at_least(1),
     "momentum": lambda v: None if 0 <= v < 1 else "in [0, 1)",

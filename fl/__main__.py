@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "lora-alpha": ("lora_alpha", float, "model=lora: the adapters' scale alpha"),
     "lora-variant": ("lora_variant", str, "model=lora: fedavg (A and B averaged) | ffa (FFA-LoRA: A frozen, exact)"),
     "block-size": ("block_size", int, "model=lora: tokens per training sequence"),
+    "text-blocks": ("text_blocks", int, "model=lora: at most this many blocks of each text family (0: all)"),
     "head-layers": ("head_layers", int, "how many last layers form the personal head"),
     "seed": ("seed", int, "seed of partition, init and shuffles"),
     "device": ("device", str, "auto | cpu | cuda"),
@@ -110,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # Imported after the config is checked so that `--help` and config errors answer fast.
-    from fl.datasets import DatasetError, load_dataset
+    from fl.datasets import DatasetError
+    from fl.federation import JobSpec, client_indices, own_dataset
     from fl.report import histogram_table, rounds_table, save_run
     from fl.simulation import run_simulation
 
-    try:
-        dataset = load_dataset(conf["dataset"], conf["data_dir"])
-    except DatasetError as exc:
+    try:  # (text is tokenized by the base model's tokenizer: model_path)
+        dataset = own_dataset(JobSpec.from_config(conf), conf["data_dir"], conf["model_path"])
+    except (DatasetError, ValueError, OSError) as exc:
         console.print(f"[red]dataset error:[/red] {exc}")
         return 2
     rule = "" if conf["aggregation"] == "mean" else f" + {conf['aggregation']}"
@@ -140,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             console.print(_row_line(metrics), soft_wrap=True)
 
     try:
-        from fl.federation import JobSpec, client_indices
-
         if args.show_partition:
             from fl.partition import class_histogram
 
@@ -164,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not live_view:
         console.print(rounds_table(result.rounds, title=title))
+    perplexity = f", test perplexity {math.exp(result.rounds[-1].loss):.2f}" if conf["model"] == "lora" else ""
     console.print(
-        f"final accuracy {100 * result.final_accuracy:.2f} %, best {100 * result.best_accuracy:.2f} %, "
+        f"final accuracy {100 * result.final_accuracy:.2f} %, best {100 * result.best_accuracy:.2f} %{perplexity}, "
         f"{result.seconds_per_round:.2f} s/round"
     )
     for name, path in paths.items():

@@ -72,6 +72,7 @@ class JobSpec:
     lora_alpha: float = 16.0
     lora_variant: str = "fedavg"
     block_size: int = 128
+    text_blocks: int = 0  # at most this many blocks of each family of text (0: all)
     base_model: str = ""
     # differential privacy (fl/privacy.py): the mechanism and its settings
     dp: str = "off"
@@ -115,6 +116,7 @@ class JobSpec:
             lora_alpha=float(conf.get("lora_alpha", 16.0)),
             lora_variant=conf.get("lora_variant", "fedavg"),
             block_size=int(conf.get("block_size", 128)),
+            text_blocks=int(conf.get("text_blocks", 0)),
             **{key: float(conf.get(key, default)) for key, default in DP_OPTIONS.items()},
         )
 
@@ -203,7 +205,7 @@ def own_dataset(job: JobSpec, data_dir: str | Path, model_path: str | Path = "")
     if job.dataset in TEXT_DATASETS:
         from fl.lm.data import job_text_dataset
 
-        return job_text_dataset(job.dataset, _model_path(model_path), data_dir, job.block_size)
+        return job_text_dataset(job.dataset, _model_path(model_path), data_dir, job.block_size, job.text_blocks)
     return load_dataset(job.dataset, data_dir)
 
 
