@@ -142,3 +142,19 @@ def start_network(tmp_path, db_for, nodes: list, edge_nodes: int, edge_args: lis
     homes = {n.supernode for n in entry.status().edge_nodes.nodes}
     assert edge_nodes < 2 or len(homes) == 2, "the edge nodes should spread over both supernodes"
     return entry, sn, edges
+
+
+def download_update(holders: list, model_hash: str) -> Any:
+    """The update ``model_hash`` from whichever of ``holders`` (supernodes) took it, as the
+    operator downloads it (console certificate and admin token)."""
+    from base_package import data_pb2 as pb
+    from base_package import data_pb2_grpc as rpc_pb
+    from node.net.streams import receive
+
+    for holder in holders:
+        try:
+            return receive(holder.stub(rpc_pb.TrainingStub).DownloadModel(
+                pb.ModelRequest(model_hash=model_hash), metadata=holder.admin()), 1 << 30)
+        except Exception:  # noqa: BLE001 - held by another supernode
+            continue
+    raise AssertionError(f"no supernode holds update {model_hash}")

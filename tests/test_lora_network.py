@@ -14,16 +14,14 @@ import pytest
 import torch
 
 from base_package import data_pb2 as pb
-from base_package import data_pb2_grpc as rpc_pb
 from config import load_config
 from fl.lm.base import base_model_hash
 from fl.lm.pretrain import pretrain
 from fl.serialize import model_hash, state_to_bytes
 from fl.simulation import run_simulation
 from node.dev.launcher import NodeProcess, wait_until
-from node.net.streams import receive
 from node.net.wire import block_from_pb, tx_from_pb
-from conftest import start_network
+from conftest import download_update, start_network
 
 BLOCK = 32
 JOB = {"dataset": "stdlib", "model": "lora", "strategy": "fedavg", "lora_variant": "ffa", "lora_rank": "4",
@@ -85,15 +83,7 @@ def test_lora_adapters_only_travel_and_the_network_matches_the_simulation(tmp_pa
     updates = _updates(entry, done.job_id)
     assert len(updates) == 4
     for tx in updates:
-        for holder in (entry, sn):
-            try:
-                model = receive(holder.stub(rpc_pb.TrainingStub).DownloadModel(
-                    pb.ModelRequest(model_hash=tx.payload["hash"]), metadata=holder.admin()), 1 << 30)
-                break
-            except Exception:  # noqa: BLE001 - held by the other supernode
-                continue
-        else:
-            raise AssertionError(f"no supernode holds update {tx.payload['hash']}")
+        model = download_update([entry, sn], tx.payload["hash"])
         assert set(model.layout()) == set(simulated.global_state)
         assert tx.payload["size"] < (model_path / "model.safetensors").stat().st_size / 10
 

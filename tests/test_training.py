@@ -16,11 +16,9 @@ import time
 import pytest
 
 from base_package import data_pb2 as pb
-from base_package import data_pb2_grpc as rpc_pb
 from node.dev.launcher import ROOT, NodeProcess, wait_until
-from node.net.streams import receive
 from node.net.wire import block_from_pb
-from conftest import start_network
+from conftest import download_update, start_network
 
 JOB = "dataset='digits', partition='pathological', batch_size=16, lr=0.05"
 BASE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}  # the digits MLP without its head, fc
@@ -79,15 +77,7 @@ def test_fedper_over_the_network(network):
 
     # --- only base layers crossed the wire: every update the supernodes received ------------------
     for tx in updates:
-        for holder in (entry, sn):
-            try:
-                model = receive(holder.stub(rpc_pb.TrainingStub).DownloadModel(
-                    pb.ModelRequest(model_hash=tx.payload["hash"]), metadata=holder.admin()), 1 << 30)
-                break
-            except Exception:  # noqa: BLE001 - held by the other supernode
-                continue
-        else:
-            raise AssertionError(f"no supernode holds update {tx.payload['hash']}")
+        model = download_update([entry, sn], tx.payload["hash"])
         assert set(model.layout()) == BASE_KEYS
         assert model.header.sender == tx.sender
 

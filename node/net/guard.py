@@ -196,11 +196,7 @@ class Guard(grpc.ServerInterceptor):
                 try:
                     enter(context)
                     with hold(context) as moved:
-                        def requests() -> Iterator[Any]:
-                            for raw in raws:
-                                moved()
-                                yield parse(raw)
-                        return inner_upload(requests(), context)
+                        return inner_upload(_parsed(raws, parse, moved), context)
                 except Exception as exc:  # noqa: BLE001
                     _fail(context, exc, method)
             return grpc.stream_unary_rpc_method_handler(stream_unary, **wrap)
@@ -210,16 +206,19 @@ class Guard(grpc.ServerInterceptor):
             try:
                 enter(context)
                 with hold(context) as moved:
-                    def requests() -> Iterator[Any]:
-                        for raw in raws:
-                            moved()
-                            yield parse(raw)
-                    for response in inner_both(requests(), context):
+                    for response in inner_both(_parsed(raws, parse, moved), context):
                         yield response
                         moved()
             except Exception as exc:  # noqa: BLE001
                 _fail(context, exc, method)
         return grpc.stream_stream_rpc_method_handler(stream_stream, **wrap)
+
+
+def _parsed(raws: Iterator[bytes], parse: Callable[[bytes], Any], moved: Callable[[], None]) -> Iterator[Any]:
+    """A client stream's requests, decoded, each one marking the stream as moving."""
+    for raw in raws:
+        moved()
+        yield parse(raw)
 
 
 MAX_REASON = 1000  # UTF-8 bytes of a refusal's reason sent and logged (it may quote what the caller sent;
