@@ -316,6 +316,11 @@ def combination_problem(conf: Mapping[str, Any]) -> str | None:
     if (conf["model"] == "lora") != (dataset in TEXT_DATASETS):
         return (f"model=lora fine-tunes a language model on text (dataset {' or '.join(TEXT_DATASETS)}); "
                 f"model={conf['model']} with dataset={conf['dataset']} does not fit")
+    if dataset in TEXT_DATASETS and conf["partition"] == "pfllib":
+        return "partition=pfllib reads a PFLlib image split; text is dealt by family (iid, pathological, dirichlet)"
+    if dataset == "stdlib" and conf["own_data"]:
+        return ("dataset=stdlib is one corpus every node holds; for each edge node's own text use dataset=text "
+                "(the *.jsonl and *.txt files of its data_dir)")
     if conf["model"] == "lora":
         if strategy not in ("fedavg", "fedper", "local"):
             return (f"model=lora shares LoRA adapters: strategy fedavg (all of them), fedper (the last head_layers "
@@ -329,11 +334,18 @@ def combination_problem(conf: Mapping[str, Any]) -> str | None:
         return (f"model={conf['model']}: several architectures in one job need strategy=distill (only outputs "
                 f"travel) or local; strategy={strategy} averages parameters, which must have one shape")
     if strategy in ("distill", "split", "splitfed"):
+        if conf["proximal_mu"] > 0:
+            return (f"proximal_mu pulls shared parameters towards the global ones; strategy={strategy} trains "
+                    f"{'towards outputs' if strategy == 'distill' else 'through a cut'}: set proximal_mu=0")
         if conf["dp"] != "off":
             return f"dp={conf['dp']} is analysed for shared parameters; strategy={strategy} shares other things"
         if conf["scores"] in ("loo", "gtg"):
             return f"scores={conf['scores']} scores aggregate models; with strategy={strategy} use scores=flb"
     if strategy == "distill":
+        if conf["aggregation"] in ("fedavgm", "fedadam"):
+            return (f"aggregation={conf['aggregation']} steps a model with the clients' mean; a distillation "
+                    f"consensus is the mean (or a robust statistic) of their outputs: use mean, median, "
+                    f"trimmed_mean or krum")
         if conf["partition"] == "pfllib":
             return "strategy=distill holds a public set out of the dataset; a PFLlib split has none (partition=pfllib)"
         if conf["own_data"]:

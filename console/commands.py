@@ -121,11 +121,17 @@ def trainFL(session: Session, wait: bool = True, **settings: Any) -> bool:
     return follow(session, status) if wait else True
 
 
-@command("train(rounds=, split_layers=, split_labels=, ..., wait=True)",
+@command("train(rounds=, split_layers=, split_labels=, ..., wait=True, new=False)",
          "start model training as the original console's train() did: the model split between each edge node "
          "(its data and lower layers) and its supernode (the upper layers); strategy=splitfed also averages the "
-         "lower layers; any trainFL() setting may be given")
-def train(session: Session, wait: bool = True, **settings: Any) -> bool:
+         "lower layers; any trainFL() setting may be given; with a job paused, resume() goes on with it "
+         "(new=True starts this one instead)")
+def train(session: Session, wait: bool = True, new: bool = False, **settings: Any) -> bool:
+    current = session.client.call("GetJob")
+    if current.state in ("paused", "failed") and not new:  # (before this wave, train() resumed)
+        session.out.print(f"{current.job_id} is {current.state} at round {current.round}/{current.rounds}: "
+                          f"resume() goes on with it; train(new=True, ...) starts split training instead")
+        return False
     return trainFL(session, wait=wait, **{"strategy": "split", **settings})
 
 

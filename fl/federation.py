@@ -74,6 +74,7 @@ class JobSpec:
     block_size: int = 128
     text_blocks: int = 0  # at most this many blocks of each family of text (0: all)
     base_model: str = ""
+    lora_init: str = ""  # the SHA-256 of the adapters every client starts with and keeps (FFA's frozen A)
     # differential privacy (fl/privacy.py): the mechanism and its settings
     dp: str = "off"
     dp_clip: float = DP_OPTIONS["dp_clip"]
@@ -396,7 +397,8 @@ class ClientWorker:
                                    lr=job.lr, batch_size=job.batch_size, momentum=job.momentum, seed=seed)
         state = model.full_state()
         shared_keys, personal_keys = self._keys(model)
-        update = {k: upper[k] if k in upper else state[k] for k in shared_keys}
+        server = set(self.cut.server_keys(model))  # the upper layers, as the server half trained them
+        update = {k: upper[k] if k in server else state[k] for k in shared_keys}
         model.load_part(update, shared_keys)  # (the trained whole model, for a local evaluation)
         return ClientResult(client=client, shared=update, personal={k: state[k] for k in personal_keys},
                             stats=stats, local_eval=evaluate(model, data.x_test, data.y_test) if local_eval else None)

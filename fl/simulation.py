@@ -266,13 +266,14 @@ class _Scorer:
 
 
 def _check_input_shape(worker: ClientWorker, dataset: Dataset) -> None:
-    """Fail early, with the reason, when the model does not fit the dataset's samples."""
-    try:
-        with torch.no_grad():
-            worker.model.eval()
-            worker.model(dataset.x[:1].to(worker.device))
-    except RuntimeError as exc:
-        raise ValueError(
-            f"model {worker.job.model!r} does not accept {dataset.name} samples of shape "
-            f"{dataset.input_shape}: {exc}"
-        ) from None
+    """Fail early, with the reason, when a model of the job (each architecture) does not fit the
+    dataset's samples."""
+    for client, name in enumerate(worker.job.architectures):
+        model = worker.model_for(client)
+        try:
+            with torch.no_grad():
+                model.eval()
+                model(dataset.x[:1].to(worker.device))
+        except RuntimeError as exc:
+            raise ValueError(f"model {name!r} does not accept {dataset.name} samples of shape "
+                             f"{dataset.input_shape}: {str(exc).splitlines()[0]}") from None

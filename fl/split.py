@@ -57,6 +57,19 @@ class Cut:
     def u_shaped(self) -> bool:
         return self.upper < self.layers
 
+    @torch.no_grad()
+    def shapes(self, model: SplitModel, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The per-sample shapes of what crosses the cut: the activations going up, and what the
+        supernode sends back (the gradient, shaped as the activations; U-shaped also the upper
+        layers' outputs)."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        activations = model.run(torch.zeros(1, *input_shape, device=device), 0, self.lower)
+        outputs = model.run(activations, self.lower, self.upper)
+        model.train(was_training)
+        return tuple(activations.shape[1:]), tuple(outputs.shape[1:])
+
     def server_keys(self, model: SplitModel) -> list[str]:
         return model.layer_keys(model.layer_names[self.lower : self.upper])
 

@@ -116,8 +116,81 @@ def test_distillation_between_two_architectures_beats_each_nodes_local_only_mode
     ({"strategy": "split", "scores": "gtg"}, ["scores=gtg", "flb"]),
     ({"strategy": "distill", "update_norm_bound": 1.0}, ["update_norm_bound", "zeros"]),
     ({"model": "mlp,resnet"}, ["mlp_small"]),
+    ({"strategy": "split", "proximal_mu": 0.01}, ["proximal_mu", "cut"]),
+    ({"strategy": "distill", "aggregation": "fedavgm"}, ["fedavgm", "median"]),
+    ({"dataset": "stdlib", "partition": "pfllib"}, ["pfllib", "family"]),
+    ({"dataset": "stdlib", "own_data": True}, ["dataset=text"]),
 ])
 def test_settings_that_cannot_go_together_are_refused_naming_why(overrides, words):
     with pytest.raises(ConfigError) as refused:
         _conf(**overrides)
     assert all(w in str(refused.value) for w in words), str(refused.value)
+
+
+# --- the supernode's side of a split round, driven directly -------------------------------------
+def _split_round(samples: int = 32):
+    from fl.federation import ClientWorker
+    from fl.serialize import state_to_bytes
+    from node.chain.identity import Identity
+    from node.chain.rules import Transaction, TxKind
+    from node.net.streams import ReceivedModel, make_header
+    from node.roles.jobs import Job, job_payload
+
+    conf = _conf(strategy="split", **{"client.amount": 1, "BATCH_SIZE": 16, "local_epoch": 1})
+    spec = JobSpec.from_config(conf)
+    entry, edge = Identity.generate(), Identity.generate()
+    job = Job.from_tx(Transaction.create(TxKind.JOB, job_payload("job-1", spec, [edge.node_id], conf, [samples]), entry))
+    data = state_to_bytes(ClientWorker(spec, 10, torch.device("cpu")).initial_shared())
+    return job, ReceivedModel.of(make_header(entry, data, "job-1", 0), data), edge.node_id
+
+
+def _stream(server, edge_id, model, *batches):
+    """The answers to an opening message and ``batches`` (each a dict of tensors, or "finish")."""
+    from base_package import data_pb2 as pb
+    from fl.serialize import state_to_bytes
+    from node.net.guard import calls_from
+    from node.net.tls import Peer
+
+    messages = [pb.SplitMessage(node_id=edge_id, job_id="job-1", round=1, model_hash=model.header.model_hash)]
+    messages += [pb.SplitMessage(finish=True) if b == "finish" else pb.SplitMessage(tensors=state_to_bytes(b))
+                 for b in batches]
+    with calls_from(Peer(node_id=edge_id, role="EN")):
+        return list(server.serve(iter(messages)))
+
+
+def _code(call):
+    from node.net.errors import ServiceError
+
+    with pytest.raises(ServiceError) as refused:
+        call()
+    return refused.value.code.name
+
+
+def test_a_supernode_serves_each_edge_node_its_share_of_batches_one_stream_at_a_time():
+    from node.roles.split import SplitServer
+
+    job, model, edge = _split_round(samples=32)  # one epoch of 32 samples in batches of 16: 2 batches
+    server = SplitServer(node=None)
+    batch = {"activations": torch.randn(16, 128), "labels": torch.randint(0, 10, (16,))}
+    assert _code(lambda: _stream(server, edge, model, batch)) == "FAILED_PRECONDITION"  # no round here
+    with server.round(job, 1, model, [edge]):
+        assert _code(lambda: _stream(server, "someone-else", model, batch)) == "PERMISSION_DENIED"
+        bad = {"activations": torch.randn(16, 8, 16), "labels": batch["labels"]}  # not the cut's shape
+        assert _code(lambda: _stream(server, edge, model, bad)) == "INVALID_ARGUMENT"
+        answers = _stream(server, edge, model, batch)  # one batch, then the stream ends unfinished
+        assert len(answers) == 1
+        with server.round(job, 1, model, [edge]):  # a retried attempt overlapping the old one ...
+            pass  # ... that ends first: the round goes on being served
+        assert _code(lambda: _stream(server, edge, model, batch, batch, batch)) == "RESOURCE_EXHAUSTED"
+        _stream(server, edge, model, "finish")
+        assert _code(lambda: _stream(server, edge, model, batch)) == "ALREADY_EXISTS"  # none after its finish
+    assert _code(lambda: _stream(server, edge, model, batch)) == "FAILED_PRECONDITION"
+
+
+def test_a_split_batch_too_large_for_one_message_is_refused_at_the_start():
+    from node.roles.split import check_split_fits
+
+    spec = JobSpec.from_config(load_config(env={}, overrides={"dataset": "mnist", "strategy": "split",
+                                                              "BATCH_SIZE": 1000}))
+    with pytest.raises(ValueError, match="at most 451"):
+        check_split_fits(spec)

@@ -19,9 +19,12 @@ from fl.datasets import DatasetError
 # a progress bar per model load or save is noise in a node's log, where workers load every job
 transformers_logging.disable_progress_bar()
 
-# the files that decide what the model computes: its weights, its shape, its tokenisation
+# the files that decide what the model computes: its weights, its shape, its tokenisation (the
+# tokenizer's vocabulary, merges, special tokens and settings, in whichever of its formats)
 _WEIGHTS = "*.safetensors"
-_DEFINING_FILES = ("config.json", "tokenizer.json")
+_DEFINING_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
+                   "added_tokens.json")
 _CHUNK = 1 << 20
 
 
@@ -48,13 +51,14 @@ def load_model(model_path: str | Path, device: torch.device | str = "cpu") -> Pr
     """The causal LM in float32 (LoRA updates are averaged and hashed: no half-precision
     rounding), in evaluation mode, on ``device``."""
     model = AutoModelForCausalLM.from_pretrained(model_folder(model_path), local_files_only=True,
-                                                 dtype=torch.float32)
+                                                 dtype=torch.float32, use_safetensors=True)
     return model.to(device).eval()
 
 
 def base_model_hash(model_path: str | Path) -> str:
-    """SHA-256 hex over the model's weight files (``*.safetensors``) and the files that decide
-    what those weights compute (``config.json``, ``tokenizer.json``), in sorted name order: for
+    """SHA-256 hex over the model's weight files (``*.safetensors``, the only ones loaded) and the
+    files that decide what those weights compute (its config and every tokenizer file a
+    transformers model folder may hold), in sorted name order: for
     each, its name, its length and its bytes. Two folders with the same hash run the same model
     on the same token ids, wherever they were downloaded or copied."""
     folder = model_folder(model_path)

@@ -90,13 +90,6 @@ class UploadWindow:
                              f"{sender}'s update for round {round_number} of {job_id} is already here (one per round)")
             free.add(sender)
 
-    def expects(self, sender: str, job_id: str, round_number: int) -> bool:
-        """Whether ``sender`` was asked to train this round here and has not uploaded yet (a split
-        learning stream is served only then)."""
-        with self._lock:
-            return any(sender in asked and sender not in taken
-                       for asked, taken in self._rounds.get((job_id, round_number), []))
-
     def release(self, sender: str, job_id: str, round_number: int) -> None:
         """An admitted upload failed on the way: the sender may try again within the round."""
         with self._lock:

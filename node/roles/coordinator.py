@@ -48,7 +48,8 @@ from fl.train import EvalResult, summarize
 from node.chain.rules import Transaction, TxKind, check_payload, fixed, now_ms
 from node.chain.store import StoreError
 from node.roles.checkpoint import JobCheckpoint
-from node.roles.jobs import (Job, check_model_update, initial_model, job_payload, recorded_number, seconds_left,
+from node.roles.split import check_split_fits
+from node.roles.jobs import (Job, check_model_update, initial_model, prepare_model, job_payload, recorded_number, seconds_left,
                              sign_order, signed_train_loss)
 from node.roles.membership import edge_member
 from node.roles.scoring import JobScorer, RoundScores
@@ -144,8 +145,8 @@ class Coordinator:
                 job_id = f"job-{now_ms()}-{self.node.ledger.head().height + 1}"
             try:  # the job's initial model, the same on every node: built before anything is recorded
                 spec.check_model_fits()
-                spec = self._pin_base_model(spec)
-                initial = initial_model(spec, self.base_conf["model_path"])
+                check_split_fits(spec)
+                spec, initial = prepare_model(spec, self.base_conf["model_path"])
             except (ValueError, OSError) as exc:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the job's model cannot be built: {exc}") from None
             if conf["scores"] != "off" and strategy.decomposable and not conf["recompute_partials"]:
@@ -174,17 +175,6 @@ class Coordinator:
                      spec.rounds, len(participants))
             self._launch()
             return self.status()
-
-    def _pin_base_model(self, spec: JobSpec) -> JobSpec:
-        """A LoRA job names its base model by the SHA-256 of its weights (this node's, at
-        ``model_path``): every edge node must hold the same one."""
-        if spec.model != "lora":
-            return spec
-        from fl.lm.base import base_model_hash
-
-        if not self.base_conf["model_path"]:
-            raise ValueError("model=lora needs the base model on the entry node too: start it with --model-path")
-        return replace(spec, base_model=base_model_hash(self.base_conf["model_path"]))
 
     def check_claims(self, tx: Transaction) -> None:
         """Refuse a MODEL_UPDATE of the current job claiming samples the job does not allow,

@@ -28,7 +28,7 @@ from base_package import data_pb2 as pb
 import torch
 
 from fl.federation import JobSpec, make_worker
-from fl.serialize import state_to_bytes
+from fl.serialize import model_hash, state_to_bytes
 from fl.strategy import InvalidUpdate, Strategy, strategy_for_job
 from fl.names import SCORE_METHODS
 from node.chain.identity import Identity, verify_signature
@@ -120,6 +120,21 @@ class Job:
         if self.own_data and enrolled is not None and claimed > enrolled:
             raise InvalidUpdate(f"{node_id} claims {claimed} training samples; it was enrolled to bring at most "
                                 f"{enrolled}")
+
+
+def prepare_model(spec: JobSpec, model_path: str | Path = "") -> tuple[JobSpec, bytes]:
+    """The job's spec as the JOB records it and its first global model: for model=lora the base
+    model at ``model_path`` is pinned by its hash, and the adapters every client starts with and
+    keeps to itself (FFA-LoRA's frozen A) by theirs, so that an edge node on another base model or
+    another library's initialisation is refused instead of silently spoiling the average."""
+    worker = make_worker(spec, 10, torch.device("cpu"), model_path)
+    if spec.model == "lora":
+        from fl.lm.base import base_model_hash
+
+        kept = worker.initial_personal(0)
+        spec = dataclasses.replace(spec, base_model=base_model_hash(model_path),
+                                   lora_init=model_hash(state_to_bytes(kept)) if kept else "")
+    return spec, state_to_bytes(worker.initial_shared())
 
 
 def initial_model(spec: JobSpec, model_path: str | Path = "") -> bytes:

@@ -125,6 +125,17 @@ class _JobReplay:
         self.round_updates: dict[str, tuple[Update, int, int]] = {}  # this round's, by edge node (scores)
 
     def run(self) -> None:
+        spec = self.job.spec
+        if spec.model == "lora":  # rebuilt only on the very base model the JOB pinned
+            from fl.lm.base import base_model_hash
+
+            try:
+                held = base_model_hash(self.model_path) if self.model_path else "none"
+            except (ValueError, OSError) as exc:
+                held = f"unreadable ({exc})"
+            if held != spec.base_model:
+                raise _Mismatch(0, self.entry, f"the job's base model {spec.base_model[:16]}… is not on this node "
+                                f"(model_path holds {held[:40]})", missing=True)
         try:
             current = initial_model(self.job.spec, self.model_path)
         except (ValueError, OSError) as exc:  # a LoRA job whose base model is not on this node

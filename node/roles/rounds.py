@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_TIMEOUT_S = 30.0  # how long a round's updates may take to reach the supernode's disk
+# split rounds: edge nodes training through a stream to this supernode at once (each holds one of
+# the server's stream slots, 24 in all by default, for its whole training; the rest stay free for
+# uploads, downloads and the chain)
+SPLIT_STREAMS = 12
 PARTIALS_KEPT = 100_000  # partial sums remembered as such (an edge node may not download them)
 
 
@@ -64,6 +69,7 @@ class RoundRunner:
         self.orders = OrderLog()  # each signed order is carried out once
         self.uploads = UploadWindow()  # which edge nodes may upload, for the rounds in progress
         self.split = SplitServer(node)  # split learning: the upper layers, batch by batch
+        self._split_slots = threading.BoundedSemaphore(SPLIT_STREAMS)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -84,8 +90,9 @@ class RoundRunner:
         edges = [mine[n] for n in job.participants if n in mine]
         if orders.evaluate_only:
             return self._evaluate(edges, model, request)
+        split = job.spec.strategy in SPLIT_STRATEGIES  # (its edge nodes train through streams to this node)
         with self.uploads.open(job.job_id, round_number, [e.node_id for e in edges]), \
-                self.split.round(job, round_number, model):  # (split jobs: their edge nodes' streams)
+                self.split.round(job, round_number, model, [e.node_id for e in edges]) if split else nullcontext():
             return self._train(orders, edges, model, request)
 
     def _evaluate(self, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest) -> pb.SupernodeResult:
@@ -97,13 +104,15 @@ class RoundRunner:
                 reply.excluded.append(pb.Exclusion(node_id=edge_id, reason=_reason(exc)))
         return reply
 
-    def _ask_all(self, edges: list[Any], model: ReceivedModel,
-                 request: pb.RoundRequest) -> Iterator[tuple[str, Future[pb.EdgeResult]]]:
-        """Ask every edge node in ``edges``; (edge node id, its answer) as the answers arrive."""
+    def _ask_all(self, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest,
+                 split: bool = False) -> Iterator[tuple[str, Future[pb.EdgeResult]]]:
+        """Ask every edge node in ``edges``; (edge node id, its answer) as the answers arrive.
+        ``split``: a split round, whose edge nodes each hold a stream to this node while they
+        train: at most ``SPLIT_STREAMS`` train at once, the others wait their turn in the round."""
         # the model goes to the edge nodes in the order they will be asked, and the asks,
         # edge_parallelism at a time, each wait for their own edge node's copy, then train
         sent = {e.node_id: self._senders.submit(self._send_model, e, model, request) for e in edges}
-        futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request): e.node_id for e in edges}
+        futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request, split): e.node_id for e in edges}
         for future in as_completed(futures):
             yield futures[future], future
 
@@ -123,7 +132,8 @@ class RoundRunner:
                 scratch, self._scratch = self._scratch, None
             partial = ExactSum(strategy.sum_layout(reference), reuse=scratch)
         txs: list[Transaction] = []
-        for edge_id, future in self._ask_all(edges, model, request):  # fold each update in as it arrives
+        split = job.spec.strategy in SPLIT_STRATEGIES
+        for edge_id, future in self._ask_all(edges, model, request, split):  # fold each update in as it arrives
             try:
                 result = future.result()
                 tx, update = self._check_update(result, job, round_number, model.header.model_hash, reference, strategy)
@@ -166,10 +176,12 @@ class RoundRunner:
         stub.DistributeModel(chunks(header, model.data), timeout=_seconds_left(request))
         self.delivered.record(edge.node_id, model.header.model_hash)
 
-    def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest) -> pb.EdgeResult:
+    def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest, split: bool) -> pb.EdgeResult:
         sent.result()  # the model must be there first (raises what sending it raised)
-        timeout = _seconds_left(request)
-        return rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id)).TrainRound(request, timeout=timeout)
+        with self._split_slots if split else nullcontext():
+            timeout = _seconds_left(request)
+            stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id))
+            return stub.TrainRound(request, timeout=timeout)
 
     def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
                  reply: pb.SupernodeResult) -> pb.SupernodeResult:

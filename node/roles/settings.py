@@ -15,10 +15,9 @@ class NodeSettings:
     max_model_bytes: int = 1024 << 20
     edge_parallelism: int = 0
     model_store_bytes: int = 10240 << 20
-    torch_threads: int = 1  # per thread that computes (an edge node's training, a supernode's split halves)
 
     @classmethod
     def from_config(cls, conf: dict[str, Any]) -> "NodeSettings":
         return cls(conf["heartbeat_interval"], conf["dead_after"], conf["block_interval"],
                    conf["block_max_txs"], conf["max_model_mb"] << 20, conf["edge_parallelism"],
-                   conf["model_store_mb"] << 20, conf["torch_threads"])
+                   conf["model_store_mb"] << 20)

@@ -18,12 +18,14 @@ edge node and round waits for its update.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import queue
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,11 +33,13 @@ import torch
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from fl.federation import ClientWorker
+from fl.federation import ClientWorker, JobSpec
+from fl.names import INPUT_SHAPES, SPLIT_STRATEGIES
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.split import ServerLink
 from fl.strategy import InvalidUpdate
-from fl.strategy.base import check_values
+from fl.strategy.base import check_layout, check_values
+from node.net.channels import MAX_MESSAGE_BYTES
 from node.net.errors import refuse
 from node.net.guard import require_caller
 from node.net.streams import ReceivedModel
@@ -47,13 +51,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 10  # every dataset a job may name has ten classes (as ``node.roles.jobs.initial_model``)
+MESSAGE_SLACK = 64 << 10  # a split message's bytes beside its tensors' data (headers, labels, framing)
 
 
 class StreamLink(ServerLink):
-    """The edge node's side: each call one message up and its answer down, in lockstep."""
+    """The edge node's side: each call one message up and its answer down, in lockstep. Answers
+    are checked before they touch the model: the tensor asked for, finite, of the shape that
+    fits (a gradient shaped as what it answers, outputs of the cut's shape, the upper layers of
+    ``upper``'s layout); anything else is a ValueError naming it."""
 
     def __init__(self, stub: rpc_pb.TrainingStub, node_id: str, job_id: str, round_number: int, model_hash: str,
-                 timeout: float) -> None:
+                 timeout: float, output_shape: tuple[int, ...], upper: Mapping[str, torch.Tensor]) -> None:
+        self._output_shape, self._upper = output_shape, upper
+        self._sent: tuple[int, ...] = ()  # the shape of the last activations sent up
         self._outbox: queue.Queue[pb.SplitMessage | None] = queue.Queue()
         self._outbox.put(pb.SplitMessage(node_id=node_id, job_id=job_id, round=round_number, model_hash=model_hash))
         self._replies = stub.SplitTrain(iter(self._outbox.get, None), timeout=timeout)
@@ -62,25 +72,44 @@ class StreamLink(ServerLink):
         self._outbox.put(message)
         return next(self._replies)
 
-    def _exchange(self, **tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+    def _exchange(self, answer: str, shape: tuple[int, ...], **tensors: torch.Tensor) -> tuple[torch.Tensor, float]:
         data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         reply = self._call(pb.SplitMessage(tensors=state_to_bytes(data)))
-        return state_from_bytes(reply.tensors), reply.loss
+        try:
+            received = state_from_bytes(reply.tensors)
+        except Exception as exc:  # noqa: BLE001 - whatever safetensors makes of bad bytes
+            raise ValueError(f"the supernode's answer does not parse: {exc}") from None
+        value = received.get(answer)
+        if set(received) != {answer} or value.dtype != torch.float32 or tuple(value.shape) != shape:
+            raise ValueError(f"the supernode answered {sorted(received)} where {answer} of shape {shape} was due")
+        _finite(answer, value)
+        if not math.isfinite(reply.loss):
+            raise ValueError("the supernode's loss is not finite")
+        return value, reply.loss
 
     def step(self, activations: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-        tensors, loss = self._exchange(activations=activations, labels=labels)
-        return tensors["grad"], loss
+        return self._exchange("grad", tuple(activations.shape), activations=activations, labels=labels)
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        return self._exchange(activations=activations)[0]["outputs"]
+        self._sent = tuple(activations.shape)
+        return self._exchange("outputs", (activations.shape[0], *self._output_shape), activations=activations)[0]
 
     def backward(self, grad_outputs: torch.Tensor) -> torch.Tensor:
-        return self._exchange(grad=grad_outputs)[0]["grad"]
+        return self._exchange("grad", self._sent, grad=grad_outputs)[0]
 
     def finish(self) -> dict[str, torch.Tensor]:
         reply = self._call(pb.SplitMessage(finish=True))
         self.close()
-        return state_from_bytes(reply.tensors)
+        try:
+            upper = state_from_bytes(reply.tensors)
+            check_layout(self._upper, upper)
+        except InvalidUpdate as exc:
+            raise ValueError(f"the supernode's upper layers do not fit the job's: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever safetensors makes of bad bytes
+            raise ValueError(f"the supernode's upper layers do not parse: {exc}") from None
+        for key, value in upper.items():
+            _finite(key, value)
+        return upper
 
     def close(self) -> None:
         """End the stream (after ``finish``, or to abandon it when training failed)."""
@@ -88,35 +117,63 @@ class StreamLink(ServerLink):
         self._replies.cancel()
 
 
+@dataclass
+class _Edge:
+    """One edge node's part of a split round on this supernode: the batches it may still send,
+    whether a stream of it is open, and the upper layers it finished with."""
+
+    batches: int
+    streaming: bool = False
+    trained: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class _Round:
+    job: Job
+    model: ReceivedModel
+    edges: dict[str, _Edge]
+    attempts: int = 1  # attempts of the round in progress here (a retry may overlap the one it replaces)
+
+
 class SplitServer:
-    """The supernode's side: the split rounds in progress and the halves trained in them."""
+    """The supernode's side: the split rounds in progress and each edge node's part in them."""
 
     def __init__(self, node: Supernode) -> None:
         self.node = node
-        self._rounds: dict[tuple[str, int], tuple[Job, ReceivedModel]] = {}
-        self._trained: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
-        self._workers: dict[str, ClientWorker] = {}
+        self._rounds: dict[tuple[str, int], _Round] = {}
+        self._templates: dict[str, tuple[ClientWorker, tuple[int, ...]]] = {}  # per job: worker, activation shape
         self._lock = threading.Lock()
 
     @contextmanager
-    def round(self, job: Job, round_number: int, model: ReceivedModel) -> Iterator[None]:
-        """Serve ``job``'s round ``round_number`` (its edge nodes' streams) while the block runs."""
+    def round(self, job: Job, round_number: int, model: ReceivedModel, edges: list[str]) -> Iterator[None]:
+        """Serve ``job``'s round ``round_number`` to ``edges`` while the block runs: each may open
+        one stream at a time and send its share of the job's batches (a new attempt starts them
+        afresh)."""
         key = (job.job_id, round_number)
+        parts = {edge: _Edge(_batch_budget(job, edge)) for edge in edges}
         with self._lock:
-            self._rounds[key] = (job, model)
+            current = self._rounds.get(key)
+            if current is None:
+                self._rounds[key] = _Round(job, model, parts)
+            else:
+                current.attempts += 1
+                current.edges.update(parts)
         try:
             yield
         finally:
             with self._lock:
-                self._rounds.pop(key, None)
-                for trained in [k for k in self._trained if k[:2] == key]:
-                    del self._trained[trained]
+                current = self._rounds[key]
+                current.attempts -= 1
+                if current.attempts == 0:
+                    del self._rounds[key]
 
     def check_update(self, job_id: str, round_number: int, edge_id: str, state: Mapping[str, torch.Tensor]) -> None:
         """Raise :class:`InvalidUpdate` unless ``state`` holds exactly the upper layers this
         supernode trained with ``edge_id`` in this round."""
         with self._lock:
-            trained = self._trained.pop((job_id, round_number, edge_id), None)
+            current = self._rounds.get((job_id, round_number))
+            part = current.edges.get(edge_id) if current is not None else None
+            trained = part.trained if part is not None else None
         if trained is None:
             raise InvalidUpdate("it trained no upper layers with this supernode in this round (split learning)")
         changed = [k for k, v in trained.items() if k not in state or not torch.equal(state[k], v)]
@@ -129,55 +186,99 @@ class SplitServer:
         if first is None:
             return
         require_caller(first.node_id, "a split learning stream")
-        edge_id = first.node_id
-        job, model = self._admit(first, edge_id)
-        worker = self._worker(job)
-        half = worker.server_half(state_views(model.data), job.spec.build_model(NUM_CLASSES))
-        torch.set_num_threads(self.node.settings.torch_threads)
-        batches = _batch_budget(job, edge_id)
-        for message in messages:
-            if message.finish:
-                trained = half.state()
+        key, edge_id = (first.job_id, first.round), first.node_id
+        job, model, part = self._open(first)
+        try:
+            worker, shape = self._template(job)
+            half = worker.server_half(state_views(model.data), copy.deepcopy(worker.model))
+            for message in messages:
+                self._still_running(key, part)
+                if message.finish:
+                    trained = half.state()
+                    with self._lock:
+                        part.trained, part.batches = trained, 0  # (no more batches after its finish)
+                    yield pb.SplitMessage(tensors=state_to_bytes(trained))
+                    return
+                tensors = _read(message.tensors)
+                if "grad" in tensors:
+                    grad = _run(half.backward, tensors["grad"])
+                    yield pb.SplitMessage(tensors=state_to_bytes({"grad": grad.contiguous()}))
+                    continue
                 with self._lock:
-                    if (job.job_id, first.round) in self._rounds:
-                        self._trained[(job.job_id, first.round, edge_id)] = trained
-                yield pb.SplitMessage(tensors=state_to_bytes(trained))
-                return
-            tensors = _read(message.tensors)
-            if "grad" in tensors:
-                yield pb.SplitMessage(tensors=state_to_bytes({"grad": _run(half.backward, tensors["grad"]).contiguous()}))
-                continue
-            batches -= 1
-            if batches < 0:
-                raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more batches than {job.spec.local_epochs} epoch(s) of "
-                             f"this edge node's samples in batches of {job.spec.batch_size}")
-            activations = _activations(tensors, job)
-            if "labels" in tensors:
-                grad, loss = _run(half.step, activations, _labels(tensors["labels"], activations))
-                yield pb.SplitMessage(tensors=state_to_bytes({"grad": grad.contiguous()}), loss=loss)
-            else:
-                yield pb.SplitMessage(tensors=state_to_bytes({"outputs": _run(half.forward, activations).contiguous()}))
+                    part.batches -= 1
+                    spent = part.batches < 0
+                if spent:
+                    raise refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more batches than {job.spec.local_epochs} "
+                                 f"epoch(s) of {edge_id}'s samples in batches of {job.spec.batch_size}")
+                activations = _activations(tensors, job, shape)
+                if "labels" in tensors:
+                    grad, loss = _run(half.step, activations, _labels(tensors["labels"], activations))
+                    yield pb.SplitMessage(tensors=state_to_bytes({"grad": grad.contiguous()}), loss=loss)
+                else:
+                    outputs = _run(half.forward, activations)
+                    yield pb.SplitMessage(tensors=state_to_bytes({"outputs": outputs.contiguous()}))
+        finally:
+            with self._lock:
+                part.streaming = False
 
-    def _admit(self, first: pb.SplitMessage, edge_id: str) -> tuple[Job, ReceivedModel]:
+    def _open(self, first: pb.SplitMessage) -> tuple[Job, ReceivedModel, _Edge]:
+        """The round and the edge node's part in it, marked streaming (one stream at a time)."""
         with self._lock:
-            entry = self._rounds.get((first.job_id, first.round))
-        if entry is None:
-            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no split round {first.round} of job {first.job_id!r} "
-                         f"is in progress on this supernode")
-        job, model = entry
-        if not self.node.rounds.uploads.expects(edge_id, job.job_id, first.round):
-            raise refuse(grpc.StatusCode.PERMISSION_DENIED,
-                         f"{edge_id} was not asked to train round {first.round} of {job.job_id} here")
-        if first.model_hash != model.header.model_hash:
-            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"round {first.round} trains from model "
-                         f"{model.header.model_hash[:16]}…, not {first.model_hash[:16]}…")
-        return job, model
+            current = self._rounds.get((first.job_id, first.round))
+            if current is None:
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no split round {first.round} of job "
+                             f"{first.job_id!r} is in progress on this supernode")
+            part = current.edges.get(first.node_id)
+            if part is None:
+                raise refuse(grpc.StatusCode.PERMISSION_DENIED,
+                             f"{first.node_id} was not asked to train round {first.round} of {first.job_id} here")
+            if first.model_hash != current.model.header.model_hash:
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"round {first.round} trains from model "
+                             f"{current.model.header.model_hash[:16]}…, not {first.model_hash[:16]}…")
+            if part.streaming or part.trained is not None:
+                raise refuse(grpc.StatusCode.ALREADY_EXISTS, f"{first.node_id} already has a split stream for "
+                             f"round {first.round} here (one at a time, none after it finished)")
+            part.streaming = True
+            return current.job, current.model, part
 
-    def _worker(self, job: Job) -> ClientWorker:
+    def _still_running(self, key: tuple[str, int], part: _Edge) -> None:
         with self._lock:
-            if job.job_id not in self._workers:
-                self._workers = {job.job_id: ClientWorker(job.spec, NUM_CLASSES, torch.device("cpu"))}
-            return self._workers[job.job_id]
+            current = self._rounds.get(key)
+            if current is None or not any(p is part for p in current.edges.values()):
+                raise refuse(grpc.StatusCode.ABORTED, f"round {key[1]} of {key[0]} is over on this supernode")
+
+    def _template(self, job: Job) -> tuple[ClientWorker, tuple[int, ...]]:
+        """The job's worker (its cut and a model to copy for each stream) and the activations'
+        shape at the cut, built once per job."""
+        with self._lock:
+            if job.job_id not in self._templates:
+                worker = ClientWorker(job.spec, NUM_CLASSES, torch.device("cpu"))
+                assert worker.cut is not None, "not a split job"
+                self._templates = {job.job_id: (worker, worker.cut.shapes(worker.model, INPUT_SHAPES[job.spec.dataset])[0])}
+            return self._templates[job.job_id]
+
+
+def check_split_fits(spec: JobSpec) -> None:
+    """ValueError when a split job cannot run over the wire: a cut that leaves a side without a
+    layer, or batches whose activations (or U-shaped outputs) at the cut exceed one message."""
+    if spec.strategy not in SPLIT_STRATEGIES:
+        return
+    worker = ClientWorker(spec, NUM_CLASSES, torch.device("cpu"))
+    assert worker.cut is not None
+    activations, outputs = worker.cut.shapes(worker.model, INPUT_SHAPES[spec.dataset])
+    per_sample = 4 * max(math.prod(activations), math.prod(outputs))  # float32
+    most = (MAX_MESSAGE_BYTES - MESSAGE_SLACK) // per_sample
+    if spec.batch_size > most:
+        raise ValueError(f"batch_size={spec.batch_size}: at the cut after {spec.split_layers} layer(s) a sample "
+                         f"takes {per_sample:,} bytes and one message carries at most {MAX_MESSAGE_BYTES >> 20} MiB; "
+                         f"use batches of at most {most}, or cut later (split_layers)")
+
+
+def _finite(key: str, value: torch.Tensor) -> None:
+    try:
+        check_values(key, value)
+    except InvalidUpdate as exc:
+        raise ValueError(f"the supernode's answer: {exc}") from None
 
 
 def _batch_budget(job: Job, edge_id: str) -> int:
@@ -203,10 +304,11 @@ def _read(data: bytes) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _activations(tensors: Mapping[str, torch.Tensor], job: Job) -> torch.Tensor:
+def _activations(tensors: Mapping[str, torch.Tensor], job: Job, shape: tuple[int, ...]) -> torch.Tensor:
     activations = tensors.get("activations")
-    if activations is None or activations.dtype != torch.float32 or activations.dim() < 2:
-        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "a split batch needs float32 activations (batch first)")
+    if activations is None or activations.dtype != torch.float32 or tuple(activations.shape[1:]) != shape:
+        raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"a split batch needs float32 activations of shape "
+                     f"(batch, {', '.join(map(str, shape))}) at this job's cut")
     if not 1 <= activations.shape[0] <= job.spec.batch_size:
         raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"a batch of {activations.shape[0]} samples; the job's batches "
                      f"hold at most {job.spec.batch_size}")

@@ -19,6 +19,7 @@ count leaves no trace in the head; an order for an older round is refused.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 import json
 import threading
 import time
@@ -33,9 +34,9 @@ import torch
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.federation import ClientWorker, client_data, job_data, make_worker, own_dataset
-from fl.names import SPLIT_STRATEGIES
+from fl.names import INPUT_SHAPES, SPLIT_STRATEGIES
 from fl.partition import client_split
-from fl.serialize import state_from_bytes, state_to_bytes, state_views
+from fl.serialize import model_hash, state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
 from node.chain.rules import Transaction, TxKind, fixed
 from node.roles.checkpoint import write_atomically
@@ -140,12 +141,12 @@ class EdgeTrainer:
             config = orders.authority.payload.get("config", {})  # the strategy's options, signed in the order
             if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the round order's config is not a map of strings")
-            link = self._split_link(job, round_number, model_hash, orders.seconds_left())
+            link = self._split_link(state, job, round_number, model_hash, shared, orders.seconds_left())
             try:
                 result = state.worker.train_round(state.index, state.data, round_number, shared, head, config=config,
                                                   link=link)
-            except ValueError as exc:  # an option this client does not know, or a value out of range
-                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"round {round_number}'s training options: {exc}") from None
+            except ValueError as exc:  # an option this client does not know, a value out of range, a bad answer
+                raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"round {round_number} cannot be trained: {exc}") from None
             except grpc.RpcError as exc:  # the supernode's half of a split round refused or failed
                 raise refuse(exc.code(), f"the supernode's half of split round {round_number}: {exc.details()}") from None
             finally:
@@ -170,15 +171,22 @@ class EdgeTrainer:
             reply.eval.CopyFrom(_eval_metrics(before))
         return reply
 
-    def _split_link(self, job: Job, round_number: int, model_hash: str, seconds: float) -> StreamLink | None:
+    def _split_link(self, state: _JobState, job: Job, round_number: int, model_hash: str,
+                    shared: Mapping[str, torch.Tensor], seconds: float) -> StreamLink | None:
         """A split job's stream to this node's supernode, where the upper layers train."""
         if job.spec.strategy not in SPLIT_STRATEGIES:
             return None
+        cut = state.worker.cut
+        assert cut is not None
         sn = self.node.supernode
         if sn is None:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has no supernode to train the upper layers with")
         stub = rpc_pb.TrainingStub(self.node.channels.get(sn.address, sn.node_id))
-        return StreamLink(stub, self.node.node_id, job.job_id, round_number, model_hash, max(1.0, seconds))
+        model = state.worker.model
+        _, output_shape = cut.shapes(model, INPUT_SHAPES[job.spec.dataset])
+        upper = {k: shared[k] for k in cut.server_keys(model)}
+        return StreamLink(stub, self.node.node_id, job.job_id, round_number, model_hash, max(1.0, seconds),
+                          output_shape, upper)
 
     def _job_state(self, job: Job) -> _JobState:
         state = self._jobs.get(job.job_id)
@@ -192,14 +200,22 @@ class EdgeTrainer:
             worker = make_worker(job.spec, num_classes, self.device, self.model_path)
         except (ValueError, OSError) as exc:  # model=lora without a usable base model here
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot build the job's model: {exc}") from None
+        kept = worker.initial_personal(index)
+        if job.spec.lora_init and model_hash(state_to_bytes(kept)) != job.spec.lora_init:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{job.job_id}'s adapters start from "
+                         f"{job.spec.lora_init[:16]}…; this edge node's peft/torch draw others (install the pinned "
+                         f"versions)")
         # one job at a time
         self._jobs = {job.job_id: _JobState.load(job, index, data, worker, self.home / "jobs" / job.job_id)}
         return self._jobs[job.job_id]
 
     def _check_base_model(self, job: Job) -> None:
         """A LoRA job fine-tunes one base model: this node's must be the one the JOB pins."""
-        if not job.spec.base_model:
+        if job.spec.model != "lora":
             return
+        if not job.spec.base_model:
+            raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{job.job_id} fine-tunes a language model but its "
+                         f"JOB pins none (base_model)")
         from fl.lm.base import base_model_hash
 
         try:
@@ -213,12 +229,15 @@ class EdgeTrainer:
     def _load_data(self, job: Job, index: int) -> tuple[ClientData, int]:
         self._check_base_model(job)
         if job.own_data:
-            dataset = own_dataset(job.spec, self.data_dir, self.model_path)
+            try:
+                dataset = own_dataset(job.spec, self.data_dir, self.model_path)
+            except (ValueError, OSError) as exc:  # missing or unreadable files, no tokenizer …
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot load its data: {exc}") from None
             split = client_split(np.arange(len(dataset)), job.spec.train_fraction, job.spec.seed, index)
         else:
             try:
                 dataset, splits = job_data(job.spec, self.data_dir, self.model_path)
-            except ValueError as exc:  # a PFLlib split of another size, a missing file …
+            except (ValueError, OSError) as exc:  # a PFLlib split of another size, a missing file …
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot load its data: {exc}") from None
             split = splits[index]
         log.info("job %s: edge node %d of %d, %d training and %d test samples of %s", job.job_id, index,
