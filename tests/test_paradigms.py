@@ -102,12 +102,15 @@ def test_distillation_between_two_architectures_beats_each_nodes_local_only_mode
     model: the same architecture, data, seeds and steps."""
     settings = {"strategy": "distill", "model": "mlp,mlp_small", "partition": "iid", "client.amount": 10,
                 "gobal_epoch": 8, "openEval": False}
-    distilled = run_simulation(_conf(**settings)).rounds[-1].client_acc
+    result = run_simulation(_conf(**settings))
+    distilled = result.rounds[-1].client_acc
     alone = run_simulation(_conf(**settings, distill_alpha=0.0)).rounds[-1].client_acc
     for arch in (0, 1):  # each architecture gains on average ...
         assert np.mean(distilled[arch::2]) > np.mean(alone[arch::2]) + 0.03
-    wins = sum(d > a for d, a in zip(distilled, alone))
-    assert wins >= 8, (distilled, alone)  # ... and (nearly) every node on its own test split
+    # ... nine of ten nodes gain on their own test split (about 32 samples each), and none loses more
+    # than one test sample's worth
+    assert sum(d > a for d, a in zip(distilled, alone)) >= 9, (distilled, alone)
+    assert all(d >= a - 1 / n - 1e-9 for d, a, n in zip(distilled, alone, result.num_test)), (distilled, alone)
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -282,7 +282,10 @@ def _finite(key: str, value: torch.Tensor) -> None:
 
 
 def _batch_budget(job: Job, edge_id: str) -> int:
-    samples = (job.samples or {}).get(edge_id) or job.max_samples or 0
+    """The batches ``edge_id`` may send in a round: the job's epochs over its samples (its shard's
+    count; in an own-data job the most it may claim: the job's cap, and its enrolment's)."""
+    caps = [n for n in (job.max_samples, (job.sample_caps or {}).get(edge_id)) if n]
+    samples = (job.samples or {}).get(edge_id) or min(caps, default=0)
     return job.spec.local_epochs * math.ceil(samples / job.spec.batch_size)
 
 
