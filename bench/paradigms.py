@@ -85,7 +85,6 @@ import argparse
 import math
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -101,6 +100,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from bench.machine import machine  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -383,10 +383,6 @@ def paradigms_table(args: argparse.Namespace, dataset: Dataset, rows: list[Row])
             ratio(row.fastest, reference.fastest if reference else None), row.note)
     return table
 
-
-def machine() -> str:
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__}, python {platform.python_version()}")
 
 
 # --- main --------------------------------------------------------------------------------------------

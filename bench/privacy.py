@@ -81,7 +81,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 import traceback
@@ -93,6 +92,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from bench.machine import machine  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -251,10 +251,6 @@ def results_table(args: argparse.Namespace, dataset: Dataset, rows: list[Row]) -
         table.add_row(row.sharing, MECHANISMS[row.mechanism], *cells(row))
     return table
 
-
-def machine() -> str:
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__}, python {platform.python_version()}")
 
 
 # --- main -------------------------------------------------------------------------------------------------

@@ -158,3 +158,18 @@ def download_update(holders: list, model_hash: str) -> Any:
         except Exception:  # noqa: BLE001 - held by another supernode
             continue
     raise AssertionError(f"no supernode holds update {model_hash}")
+
+
+def simulate_as_edge_nodes(conf: dict) -> Any:
+    """``run_simulation(conf)`` on one torch thread, as edge nodes train (torch_threads = 1), so
+    its bytes compare with a network's."""
+    import torch
+
+    from fl.simulation import run_simulation
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_simulation(conf)
+    finally:
+        torch.set_num_threads(threads)

@@ -18,10 +18,9 @@ from config import load_config
 from fl.lm.base import base_model_hash
 from fl.lm.pretrain import pretrain
 from fl.serialize import model_hash, state_to_bytes
-from fl.simulation import run_simulation
 from node.dev.launcher import NodeProcess, wait_until
 from node.net.wire import block_from_pb, tx_from_pb
-from conftest import download_update, start_network
+from conftest import download_update, simulate_as_edge_nodes, start_network
 
 BLOCK = 32
 JOB = {"dataset": "stdlib", "model": "lora", "strategy": "fedavg", "lora_variant": "ffa", "lora_rank": "4",
@@ -70,12 +69,7 @@ def test_lora_adapters_only_travel_and_the_network_matches_the_simulation(tmp_pa
     overrides = {SIM_KEYS.get(k, k): v for k, v in JOB.items()}
     conf = load_config(env={}, overrides={**overrides, "client.amount": 2, "workers": 1, "device": "cpu",
                                           "model_path": str(model_path)})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as on the edge nodes (torch_threads = 1)
-    try:
-        simulated = run_simulation(conf)
-    finally:
-        torch.set_num_threads(threads)
+    simulated = simulate_as_edge_nodes(conf)
     assert tx_from_pb(done.global_model).payload["hash"] == model_hash(state_to_bytes(simulated.global_state))
     assert simulated.global_state and all(".lora_B." in k for k in simulated.global_state)  # FFA: B alone
 

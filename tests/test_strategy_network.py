@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-import torch
 
 from base_package import data_pb2 as pb
 from config import load_config
 from fl.serialize import model_hash, state_to_bytes
-from fl.simulation import run_simulation
 from node.dev.launcher import NodeProcess, stop_all, wait_until
 from node.net.wire import block_from_pb, tx_from_pb
-from conftest import start_network
+from conftest import simulate_as_edge_nodes, start_network
 from pfllib_helpers import make_clients, write_pfllib
 
 EDGE_NODES = 5
@@ -58,13 +56,7 @@ def _simulated_hash(settings: dict[str, str], data_dir: str = "data") -> str:
     overrides = {SIM_KEYS.get(k, k): v for k, v in settings.items()}
     conf = load_config(env={}, overrides={**overrides, "client.amount": EDGE_NODES, "workers": 1, "device": "cpu",
                                           "data_dir": data_dir})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as on the edge nodes (torch_threads = 1)
-    try:
-        result = run_simulation(conf)
-    finally:
-        torch.set_num_threads(threads)
-    return model_hash(state_to_bytes(result.global_state))
+    return model_hash(state_to_bytes(simulate_as_edge_nodes(conf).global_state))
 
 
 @pytest.mark.parametrize("strategy", [
