@@ -269,7 +269,7 @@ class EdgeResult(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., update: _Optional[_Union[Transaction, _Mapping]] = ..., eval: _Optional[_Union[EvalMetrics, _Mapping]] = ..., train_loss: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class SplitMessage(_message.Message):
-    __slots__ = ("job_id", "round", "model_hash", "tensors", "finish", "loss", "node_id")
+    __slots__ = ("job_id", "round", "model_hash", "tensors", "finish", "loss", "node_id", "attempt")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +277,7 @@ class SplitMessage(_message.Message):
     FINISH_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     model_hash: str
@@ -284,7 +285,8 @@ class SplitMessage(_message.Message):
     finish: bool
     loss: float
     node_id: str
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., model_hash: _Optional[str] = ..., tensors: _Optional[bytes] = ..., finish: _Optional[bool] = ..., loss: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...
+    attempt: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., model_hash: _Optional[str] = ..., tensors: _Optional[bytes] = ..., finish: _Optional[bool] = ..., loss: _Optional[float] = ..., node_id: _Optional[str] = ..., attempt: _Optional[str] = ...) -> None: ...
 
 class Exclusion(_message.Message):
     __slots__ = ("node_id", "reason")

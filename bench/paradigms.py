@@ -384,7 +384,6 @@ def paradigms_table(args: argparse.Namespace, dataset: Dataset, rows: list[Row])
     return table
 
 
-
 # --- main --------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -91,7 +91,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -250,7 +249,6 @@ def results_table(args: argparse.Namespace, dataset: Dataset, rows: list[Row]) -
     for row in rows:
         table.add_row(row.sharing, MECHANISMS[row.mechanism], *cells(row))
     return table
-
 
 
 # --- main -------------------------------------------------------------------------------------------------

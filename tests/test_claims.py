@@ -125,10 +125,11 @@ def test_a_split_learning_edge_node_cannot_bring_back_other_upper_layers_than_it
     home_id = next(n.supernode for n in entry.status().edge_nodes.nodes if n.node_id == liar_id)
     holder = next(s for s in (entry, sn) if Identity.load_or_create(s.home).node_id == home_id)
     with node_channel(liar, holder) as as_liar:
-        opening = pb.SplitMessage(node_id=liar_id, job_id=done.job_id, round=1, model_hash="ab" * 32)
+        opening = pb.SplitMessage(node_id=liar_id, job_id=done.job_id, round=1, attempt="cd" * 32,
+                                  model_hash="ab" * 32)
         code = refusal_code(lambda: list(rpc_pb.TrainingStub(as_liar).SplitTrain(iter([opening]), timeout=10)))
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         someone_else = pb.SplitMessage(node_id=Identity.load_or_create(edges[0].home).node_id, job_id=done.job_id,
-                                       round=1, model_hash="ab" * 32)
+                                       round=1, attempt="cd" * 32, model_hash="ab" * 32)
         code = refusal_code(lambda: list(rpc_pb.TrainingStub(as_liar).SplitTrain(iter([someone_else]), timeout=10)))
         assert code == grpc.StatusCode.PERMISSION_DENIED

@@ -147,14 +147,15 @@ def _split_round(samples: int = 32):
     return job, ReceivedModel.of(make_header(entry, data, "job-1", 0), data), edge.node_id
 
 
-def _stream(server, edge_id, model, *batches):
+def _stream(server, edge_id, model, *batches, attempt="attempt-1"):
     """The answers to an opening message and ``batches`` (each a dict of tensors, or "finish")."""
     from base_package import data_pb2 as pb
     from fl.serialize import state_to_bytes
     from node.net.guard import calls_from
     from node.net.tls import Peer
 
-    messages = [pb.SplitMessage(node_id=edge_id, job_id="job-1", round=1, model_hash=model.header.model_hash)]
+    messages = [pb.SplitMessage(node_id=edge_id, job_id="job-1", round=1, attempt=attempt,
+                                model_hash=model.header.model_hash)]
     messages += [pb.SplitMessage(finish=True) if b == "finish" else pb.SplitMessage(tensors=state_to_bytes(b))
                  for b in batches]
     with calls_from(Peer(node_id=edge_id, role="EN")):
@@ -176,14 +177,17 @@ def test_a_supernode_serves_each_edge_node_its_share_of_batches_one_stream_at_a_
     server = SplitServer(node=None)
     batch = {"activations": torch.randn(16, 128), "labels": torch.randint(0, 10, (16,))}
     assert _code(lambda: _stream(server, edge, model, batch)) == "FAILED_PRECONDITION"  # no round here
-    with server.round(job, 1, model, [edge]):
+    with server.attempt("attempt-1", job, 1, model, [edge]):
+        assert _code(lambda: _stream(server, edge, model, batch)) == "PERMISSION_DENIED"  # not asked yet
+        server.ask("attempt-1", edge)
         assert _code(lambda: _stream(server, "someone-else", model, batch)) == "PERMISSION_DENIED"
         bad = {"activations": torch.randn(16, 8, 16), "labels": batch["labels"]}  # not the cut's shape
         assert _code(lambda: _stream(server, edge, model, bad)) == "INVALID_ARGUMENT"
         answers = _stream(server, edge, model, batch)  # one batch, then the stream ends unfinished
         assert len(answers) == 1
-        with server.round(job, 1, model, [edge]):  # a retried attempt overlapping the old one ...
-            pass  # ... that ends first: the round goes on being served
+        with server.attempt("attempt-2", job, 1, model, [edge]):  # a retry overlapping it: records of its own
+            server.ask("attempt-2", edge)
+            assert len(_stream(server, edge, model, batch, batch, "finish", attempt="attempt-2")) == 3
         assert _code(lambda: _stream(server, edge, model, batch, batch, batch)) == "RESOURCE_EXHAUSTED"
         _stream(server, edge, model, "finish")
         assert _code(lambda: _stream(server, edge, model, batch)) == "ALREADY_EXISTS"  # none after its finish

@@ -23,8 +23,8 @@ transformers_logging.disable_progress_bar()
 # tokenizer's vocabulary, merges, special tokens and settings, in whichever of its formats)
 _WEIGHTS = "*.safetensors"
 _DEFINING_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
-                   "added_tokens.json")
+                   "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja")
 _CHUNK = 1 << 20
 
 
@@ -57,8 +57,8 @@ def load_model(model_path: str | Path, device: torch.device | str = "cpu") -> Pr
 
 def base_model_hash(model_path: str | Path) -> str:
     """SHA-256 hex over the model's weight files (``*.safetensors``, the only ones loaded) and the
-    files that decide what those weights compute (its config and every tokenizer file a
-    transformers model folder may hold), in sorted name order: for
+    files that decide what those weights compute (its config, and the tokenizer files of the
+    usual names: ``_DEFINING_FILES``), in sorted name order: for
     each, its name, its length and its bytes. Two folders with the same hash run the same model
     on the same token ids, wherever they were downloaded or copied."""
     folder = model_folder(model_path)

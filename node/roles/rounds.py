@@ -90,9 +90,10 @@ class RoundRunner:
         edges = [mine[n] for n in job.participants if n in mine]
         if orders.evaluate_only:
             return self._evaluate(edges, model, request)
+        ids = [e.node_id for e in edges]
         split = job.spec.strategy in SPLIT_STRATEGIES  # (its edge nodes train through streams to this node)
-        with self.uploads.open(job.job_id, round_number, [e.node_id for e in edges]), \
-                self.split.round(job, round_number, model, [e.node_id for e in edges]) if split else nullcontext():
+        with self.uploads.open(job.job_id, round_number, ids), \
+                self.split.attempt(orders.authority.hash, job, round_number, model, ids) if split else nullcontext():
             return self._train(orders, edges, model, request)
 
     def _evaluate(self, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest) -> pb.SupernodeResult:
@@ -105,14 +106,16 @@ class RoundRunner:
         return reply
 
     def _ask_all(self, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest,
-                 split: bool = False) -> Iterator[tuple[str, Future[pb.EdgeResult]]]:
+                 split_attempt: str | None = None) -> Iterator[tuple[str, Future[pb.EdgeResult]]]:
         """Ask every edge node in ``edges``; (edge node id, its answer) as the answers arrive.
-        ``split``: a split round, whose edge nodes each hold a stream to this node while they
-        train: at most ``SPLIT_STREAMS`` train at once, the others wait their turn in the round."""
+        ``split_attempt``: a split round's attempt, whose edge nodes each hold a stream to this
+        node while they train: at most ``SPLIT_STREAMS`` train at once, the others wait their turn
+        in the round (and may open their stream only once asked)."""
         # the model goes to the edge nodes in the order they will be asked, and the asks,
         # edge_parallelism at a time, each wait for their own edge node's copy, then train
         sent = {e.node_id: self._senders.submit(self._send_model, e, model, request) for e in edges}
-        futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request, split): e.node_id for e in edges}
+        futures = {self._pool.submit(self._ask_edge, e, sent[e.node_id], request, split_attempt): e.node_id
+                   for e in edges}
         for future in as_completed(futures):
             yield futures[future], future
 
@@ -132,11 +135,12 @@ class RoundRunner:
                 scratch, self._scratch = self._scratch, None
             partial = ExactSum(strategy.sum_layout(reference), reuse=scratch)
         txs: list[Transaction] = []
-        split = job.spec.strategy in SPLIT_STRATEGIES
-        for edge_id, future in self._ask_all(edges, model, request, split):  # fold each update in as it arrives
+        attempt = orders.authority.hash if job.spec.strategy in SPLIT_STRATEGIES else None
+        for edge_id, future in self._ask_all(edges, model, request, attempt):  # fold each update in as it arrives
             try:
                 result = future.result()
-                tx, update = self._check_update(result, job, round_number, model.header.model_hash, reference, strategy)
+                tx, update = self._check_update(result, job, round_number, model.header.model_hash, reference, strategy,
+                                                attempt)
                 if partial is not None:
                     partial.add(update, checked=True)  # (refuses a sample total that would reach 2**35)
             except Exception as exc:  # noqa: BLE001 - a failing edge node is left out, not fatal
@@ -176,9 +180,12 @@ class RoundRunner:
         stub.DistributeModel(chunks(header, model.data), timeout=_seconds_left(request))
         self.delivered.record(edge.node_id, model.header.model_hash)
 
-    def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest, split: bool) -> pb.EdgeResult:
+    def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest,
+                  split_attempt: str | None) -> pb.EdgeResult:
         sent.result()  # the model must be there first (raises what sending it raised)
-        with self._split_slots if split else nullcontext():
+        with self._split_slots if split_attempt else nullcontext():
+            if split_attempt:
+                self.split.ask(split_attempt, edge.node_id)
             timeout = _seconds_left(request)
             stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id))
             return stub.TrainRound(request, timeout=timeout)
@@ -214,7 +221,8 @@ class RoundRunner:
         return reply
 
     def _check_update(self, result: pb.EdgeResult, job: Job, round_number: int, sent_hash: str,
-                      reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, Update]:
+                      reference: dict[str, Any], strategy: Strategy,
+                      split_attempt: str | None = None) -> tuple[Transaction, Update]:
         tx = tx_from_pb(result.update)
         member = self.node.members.get(result.node_id)
         if tx.sender != result.node_id or member is None:
@@ -229,8 +237,8 @@ class RoundRunner:
             raise InvalidUpdate(f"its MODEL_UPDATE claims {tx.payload['size']} bytes; it uploaded {len(received.data)}")
         # read only: checked and summed, never kept
         update = Update(state_views(received.data), tx.payload["samples"], tx.payload["hash"])
-        if job.spec.strategy in SPLIT_STRATEGIES:  # the upper layers must be those trained here
-            self.split.check_update(job.job_id, round_number, result.node_id, update.state)
+        if split_attempt is not None:  # the upper layers must be those trained here
+            self.split.check_update(split_attempt, result.node_id, update.state)
         return tx, strategy.validate(reference, update)  # (clipped, when the job clips)
 
 

@@ -2,18 +2,19 @@
 supernode's side of that bidirectional stream (``Training.SplitTrain``; the learning is
 ``fl.split``'s, the same as in the simulation).
 
-One stream per edge node and round. The edge node's first message names the job, round and
-global model; the supernode serves it only while that round is in progress here with that
-edge node asked to train (the round's upload window), from that round's global model. Then,
-per batch: activations (and labels, unless U-shaped) up, the gradient (U-shaped: the outputs,
-then the gradient at the cut) down. ``finish`` ends it: the supernode sends its trained upper
-layers and keeps a copy, so that the update the edge node uploads must hold exactly those
-layers (checked before the update is summed).
+A round's attempt (its signed ROUND, named by hash) is served to the edge nodes the supernode
+asked to train in it, once it asked them, from that attempt's global model; an attempt that
+overlaps the one it replaces has records of its own. The edge node's first message names the
+job, round, attempt and global model. Then, per batch: activations (and labels, unless
+U-shaped) up, the gradient (U-shaped: the outputs, then the gradient at the cut) down.
+``finish`` ends it: the supernode sends its trained upper layers and keeps a copy, so that the
+update the edge node uploads must hold exactly those layers (checked before it is summed).
 
-What the supernode bounds: tensors arrive as safetensors (never pickle), their shapes must fit
-the cut and the job's batch size, values must be finite, labels within the classes, and the
-number of batches at most the edge node's share of the job's epochs; at most one trained half per
-edge node and round waits for its update.
+What the supernode bounds: tensors arrive as safetensors (never pickle), activations must have
+the cut's shape and at most the job's batch size, gradients the shape of what they answer,
+values must be finite, labels within the classes; an edge node holds one stream at a time, and
+its streams of an attempt together send at most its share of the job's epochs in batches, none
+after its finish; a stream whose attempt is over is ABORTED at its next message.
 """
 
 from __future__ import annotations
@@ -60,17 +61,20 @@ class StreamLink(ServerLink):
     fits (a gradient shaped as what it answers, outputs of the cut's shape, the upper layers of
     ``upper``'s layout); anything else is a ValueError naming it."""
 
-    def __init__(self, stub: rpc_pb.TrainingStub, node_id: str, job_id: str, round_number: int, model_hash: str,
-                 timeout: float, output_shape: tuple[int, ...], upper: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, stub: rpc_pb.TrainingStub, opening: pb.SplitMessage, timeout: float,
+                 output_shape: tuple[int, ...], upper: Mapping[str, torch.Tensor]) -> None:
         self._output_shape, self._upper = output_shape, upper
         self._sent: tuple[int, ...] = ()  # the shape of the last activations sent up
         self._outbox: queue.Queue[pb.SplitMessage | None] = queue.Queue()
-        self._outbox.put(pb.SplitMessage(node_id=node_id, job_id=job_id, round=round_number, model_hash=model_hash))
+        self._outbox.put(opening)  # who, and which job, round, attempt and model
         self._replies = stub.SplitTrain(iter(self._outbox.get, None), timeout=timeout)
 
     def _call(self, message: pb.SplitMessage) -> pb.SplitMessage:
         self._outbox.put(message)
-        return next(self._replies)
+        try:
+            return next(self._replies)
+        except StopIteration:
+            raise ValueError("the supernode ended the split stream without answering") from None
 
     def _exchange(self, answer: str, shape: tuple[int, ...], **tensors: torch.Tensor) -> tuple[torch.Tensor, float]:
         data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -119,59 +123,58 @@ class StreamLink(ServerLink):
 
 @dataclass
 class _Edge:
-    """One edge node's part of a split round on this supernode: the batches it may still send,
-    whether a stream of it is open, and the upper layers it finished with."""
+    """One edge node's part in an attempt of a split round on this supernode: whether it was
+    asked yet, the batches it may still send, whether a stream of it is open, and the upper layers
+    it finished with."""
 
     batches: int
+    asked: bool = False
     streaming: bool = False
     trained: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
-class _Round:
+class _Attempt:
     job: Job
+    round: int
     model: ReceivedModel
     edges: dict[str, _Edge]
-    attempts: int = 1  # attempts of the round in progress here (a retry may overlap the one it replaces)
 
 
 class SplitServer:
-    """The supernode's side: the split rounds in progress and each edge node's part in them."""
+    """The supernode's side: the attempts of split rounds in progress (by the hash of their
+    signed ROUND) and each edge node's part in them."""
 
     def __init__(self, node: Supernode) -> None:
         self.node = node
-        self._rounds: dict[tuple[str, int], _Round] = {}
+        self._attempts: dict[str, _Attempt] = {}
         self._templates: dict[str, tuple[ClientWorker, tuple[int, ...]]] = {}  # per job: worker, activation shape
         self._lock = threading.Lock()
 
     @contextmanager
-    def round(self, job: Job, round_number: int, model: ReceivedModel, edges: list[str]) -> Iterator[None]:
-        """Serve ``job``'s round ``round_number`` to ``edges`` while the block runs: each may open
-        one stream at a time and send its share of the job's batches (a new attempt starts them
-        afresh)."""
-        key = (job.job_id, round_number)
+    def attempt(self, attempt: str, job: Job, round_number: int, model: ReceivedModel,
+                edges: list[str]) -> Iterator[None]:
+        """Serve the attempt ``attempt`` of ``job``'s round ``round_number`` to ``edges`` while the
+        block runs, each from when it is asked (:meth:`ask`)."""
         parts = {edge: _Edge(_batch_budget(job, edge)) for edge in edges}
         with self._lock:
-            current = self._rounds.get(key)
-            if current is None:
-                self._rounds[key] = _Round(job, model, parts)
-            else:
-                current.attempts += 1
-                current.edges.update(parts)
+            self._attempts[attempt] = _Attempt(job, round_number, model, parts)
         try:
             yield
         finally:
             with self._lock:
-                current = self._rounds[key]
-                current.attempts -= 1
-                if current.attempts == 0:
-                    del self._rounds[key]
+                del self._attempts[attempt]
 
-    def check_update(self, job_id: str, round_number: int, edge_id: str, state: Mapping[str, torch.Tensor]) -> None:
-        """Raise :class:`InvalidUpdate` unless ``state`` holds exactly the upper layers this
-        supernode trained with ``edge_id`` in this round."""
+    def ask(self, attempt: str, edge_id: str) -> None:
+        """``edge_id`` is being asked to train in ``attempt`` now: its stream may open."""
         with self._lock:
-            current = self._rounds.get((job_id, round_number))
+            self._attempts[attempt].edges[edge_id].asked = True
+
+    def check_update(self, attempt: str, edge_id: str, state: Mapping[str, torch.Tensor]) -> None:
+        """Raise :class:`InvalidUpdate` unless ``state`` holds exactly the upper layers this
+        supernode trained with ``edge_id`` in ``attempt``."""
+        with self._lock:
+            current = self._attempts.get(attempt)
             part = current.edges.get(edge_id) if current is not None else None
             trained = part.trained if part is not None else None
         if trained is None:
@@ -186,13 +189,13 @@ class SplitServer:
         if first is None:
             return
         require_caller(first.node_id, "a split learning stream")
-        key, edge_id = (first.job_id, first.round), first.node_id
+        edge_id = first.node_id
         job, model, part = self._open(first)
         try:
             worker, shape = self._template(job)
             half = worker.server_half(state_views(model.data), copy.deepcopy(worker.model))
             for message in messages:
-                self._still_running(key, part)
+                self._still_running(first, part)
                 if message.finish:
                     trained = half.state()
                     with self._lock:
@@ -222,14 +225,14 @@ class SplitServer:
                 part.streaming = False
 
     def _open(self, first: pb.SplitMessage) -> tuple[Job, ReceivedModel, _Edge]:
-        """The round and the edge node's part in it, marked streaming (one stream at a time)."""
+        """The attempt and the edge node's part in it, marked streaming (one stream at a time)."""
         with self._lock:
-            current = self._rounds.get((first.job_id, first.round))
-            if current is None:
-                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no split round {first.round} of job "
-                             f"{first.job_id!r} is in progress on this supernode")
+            current = self._attempts.get(first.attempt)
+            if current is None or (current.job.job_id, current.round) != (first.job_id, first.round):
+                raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"no attempt {first.attempt[:16]}… of split round "
+                             f"{first.round} of job {first.job_id!r} is in progress on this supernode")
             part = current.edges.get(first.node_id)
-            if part is None:
+            if part is None or not part.asked:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"{first.node_id} was not asked to train round {first.round} of {first.job_id} here")
             if first.model_hash != current.model.header.model_hash:
@@ -241,21 +244,25 @@ class SplitServer:
             part.streaming = True
             return current.job, current.model, part
 
-    def _still_running(self, key: tuple[str, int], part: _Edge) -> None:
+    def _still_running(self, first: pb.SplitMessage, part: _Edge) -> None:
         with self._lock:
-            current = self._rounds.get(key)
-            if current is None or not any(p is part for p in current.edges.values()):
-                raise refuse(grpc.StatusCode.ABORTED, f"round {key[1]} of {key[0]} is over on this supernode")
+            current = self._attempts.get(first.attempt)
+            if current is None or current.edges.get(first.node_id) is not part:
+                raise refuse(grpc.StatusCode.ABORTED, f"round {first.round} of {first.job_id} (this attempt) is "
+                             f"over on this supernode")
 
     def _template(self, job: Job) -> tuple[ClientWorker, tuple[int, ...]]:
         """The job's worker (its cut and a model to copy for each stream) and the activations'
-        shape at the cut, built once per job."""
+        shape at the cut, built once per job (outside the lock: it runs the model)."""
         with self._lock:
-            if job.job_id not in self._templates:
-                worker = ClientWorker(job.spec, NUM_CLASSES, torch.device("cpu"))
-                assert worker.cut is not None, "not a split job"
-                self._templates = {job.job_id: (worker, worker.cut.shapes(worker.model, INPUT_SHAPES[job.spec.dataset])[0])}
-            return self._templates[job.job_id]
+            template = self._templates.get(job.job_id)
+        if template is None:
+            worker = ClientWorker(job.spec, NUM_CLASSES, torch.device("cpu"))
+            assert worker.cut is not None, "not a split job"
+            template = (worker, worker.cut.shapes(worker.model, INPUT_SHAPES[job.spec.dataset])[0])
+            with self._lock:
+                self._templates = {job.job_id: template}
+        return template
 
 
 def check_split_fits(spec: JobSpec) -> None:

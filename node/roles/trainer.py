@@ -40,7 +40,7 @@ from fl.serialize import model_hash, state_from_bytes, state_to_bytes, state_vie
 from fl.train import ClientData, EvalResult, resolve_device
 from node.chain.rules import Transaction, TxKind, fixed
 from node.roles.checkpoint import write_atomically
-from node.roles.jobs import Job, OrderLog, read_orders
+from node.roles.jobs import Job, OrderLog, Orders, read_orders
 from node.roles.split import StreamLink
 from node.net.errors import refuse
 from node.net.streams import chunks, make_header
@@ -141,7 +141,7 @@ class EdgeTrainer:
             config = orders.authority.payload.get("config", {})  # the strategy's options, signed in the order
             if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT, "the round order's config is not a map of strings")
-            link = self._split_link(state, job, round_number, model_hash, shared, orders.seconds_left())
+            link = self._split_link(state, orders, shared)
             try:
                 result = state.worker.train_round(state.index, state.data, round_number, shared, head, config=config,
                                                   link=link)
@@ -171,9 +171,9 @@ class EdgeTrainer:
             reply.eval.CopyFrom(_eval_metrics(before))
         return reply
 
-    def _split_link(self, state: _JobState, job: Job, round_number: int, model_hash: str,
-                    shared: Mapping[str, torch.Tensor], seconds: float) -> StreamLink | None:
+    def _split_link(self, state: _JobState, orders: Orders, shared: Mapping[str, torch.Tensor]) -> StreamLink | None:
         """A split job's stream to this node's supernode, where the upper layers train."""
+        job = orders.job
         if job.spec.strategy not in SPLIT_STRATEGIES:
             return None
         cut = state.worker.cut
@@ -184,9 +184,10 @@ class EdgeTrainer:
         stub = rpc_pb.TrainingStub(self.node.channels.get(sn.address, sn.node_id))
         model = state.worker.model
         _, output_shape = cut.shapes(model, INPUT_SHAPES[job.spec.dataset])
-        upper = {k: shared[k] for k in cut.server_keys(model)}
-        return StreamLink(stub, self.node.node_id, job.job_id, round_number, model_hash, max(1.0, seconds),
-                          output_shape, upper)
+        opening = pb.SplitMessage(node_id=self.node.node_id, job_id=job.job_id, round=orders.round,
+                                  attempt=orders.authority.hash, model_hash=orders.model_hash)
+        return StreamLink(stub, opening, max(1.0, orders.seconds_left()), output_shape,
+                          {k: shared[k] for k in cut.server_keys(model)})
 
     def _job_state(self, job: Job) -> _JobState:
         state = self._jobs.get(job.job_id)
