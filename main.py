@@ -6,6 +6,13 @@
     python main.py init --home ~/.fedledger/sn-8080                           # keys and config only
     python main.py token --home ~/.fedledger/sn-8080 --port 8080 --role EN    # a token, offline
 
+The GFL_p way: describe a node once, then start it and open its console by its home alone:
+
+    python main.py init --home DIR --port 8080 --nt SN --entry 127.0.0.1:8080 -z   # writes DIR/node.toml
+    python main.py run --home DIR                                                  # starts that node
+    python main.py attach --home DIR                                               # its console
+    python main.py attach -H HOST -P PORT --token-file ENTRY_HOME/admin.token      # any supernode's
+
 A node keeps its key, its configuration (``config.toml``, optional), its TLS certificate
 (``tls/``) and, for supernodes, its SQLite ledger in its home directory. The entry node also keeps
 the network's CA (``ca/``), the enrolment tokens and the console's certificate (``console/``).
@@ -21,6 +28,7 @@ import json
 import logging
 import os
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +39,35 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"  # where a node finds its enrolment token when --token is not given
 
 
-def build_parser() -> argparse.ArgumentParser:
+NODE_FILE = "node.toml"  # in a node's home: the flags `main.py run --home` starts it with
+# main.py's flags a node's description may hold (the enrolment token does not: it is a secret, used once)
+NODE_FLAGS = ("port", "nt", "entry", "is_entry", "host", "advertise", "enrol_port", "insecure", "db", "data_dir",
+              "model_path", "device")
+
+
+def build_parser(describing: bool = False) -> argparse.ArgumentParser:
+    """main.py's flags; ``describing``: for ``init``, where the node's flags are optional."""
     p = argparse.ArgumentParser(
-        prog="main.py", description="Start a FedLedger supernode (SN) or edge node (EN).",
-        epilog="`python main.py init --home DIR` creates a node's key and config and prints its id.")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
-    p.add_argument("--port", type=int, required=True, help="port to listen on")
-    p.add_argument("--nt", choices=("SN", "EN"), required=True, type=str.upper,
+        prog="main.py init" if describing else "main.py",
+        description=("Create a node's key and config, and with the node's flags its description "
+                     f"({NODE_FILE}) for `main.py run --home`; print its id." if describing
+                     else "Start a FedLedger supernode (SN) or edge node (EN)."),
+        epilog=None if describing else ("`main.py init --home DIR [flags]` describes a node, `main.py run --home "
+                                        "DIR` starts it, `main.py attach --home DIR` opens its console."))
+    p.add_argument("--host", default=None if describing else "0.0.0.0",
+                   help="address to listen on (default: all interfaces)")
+    p.add_argument("--port", type=int, required=not describing, help="port to listen on")
+    p.add_argument("--nt", choices=("SN", "EN"), required=not describing, type=str.upper,
                    help="node type: SN = supernode (keeps the ledger, serves edge nodes), EN = edge node (trains)")
-    p.add_argument("--entry", required=True, metavar="HOST:PORT",
+    p.add_argument("--entry", required=not describing, metavar="HOST:PORT",
                    help="the entry supernode; SNs register there, ENs ask it for a supernode")
     p.add_argument("-z", "--is-entry", action="store_true",
                    help="this SN is the entry node: it creates the genesis block and proposes blocks")
     p.add_argument("--advertise", metavar="HOST:PORT",
                    help="the address other nodes reach this one at (default: this machine's address on the "
                         "route to the entry node, with --port)")
-    p.add_argument("--home", type=Path, help="key, config and SQLite ledger (default: ~/.fedledger/<sn|en>-<port>)")
-    p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
-                   help=f"enrolment token from the operator, needed on a node's first start only "
-                        f"(default: ${TOKEN_ENV}); console: enrol(role='EN')")
-    p.add_argument("--token-file", type=Path, metavar="FILE", help="read the enrolment token from FILE")
+    p.add_argument("--home", type=Path, required=describing,
+                   help="key, config and SQLite ledger (default: ~/.fedledger/<sn|en>-<port>)")
     p.add_argument("--enrol-port", type=int, metavar="PORT",
                    help="entry node: the plaintext port nodes without a certificate enrol on (default: --port + 10000)")
     p.add_argument("--insecure", action="store_true",
@@ -63,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", help="model=lora jobs: a local folder holding the base causal language model "
                                         "(config model_path); nothing is downloaded")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device (config device)")
+    if describing:
+        return p
+    p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
+                   help=f"enrolment token from the operator, needed on a node's first start only "
+                        f"(default: ${TOKEN_ENV}); console: enrol(role='EN')")
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="read the enrolment token from FILE")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower)
     p.add_argument("--config", type=Path, help="a TOML file of config keys (default: <home>/config.toml if present)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
@@ -99,26 +122,120 @@ def token(argv: list[str]) -> int:
     return 0
 
 
-def build_init_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py init", description="Create a node's key and config; print its id.")
-    p.add_argument("--home", type=Path, required=True)
-    return p
-
-
 def init(argv: list[str]) -> int:
+    """Create a node's key and config; with the node's flags (--port, --nt, --entry …) also its
+    description, ``<home>/node.toml``, which ``run --home`` starts it with."""
     from node.chain.identity import Identity
 
-    args = build_init_parser().parse_args(argv)
+    args = build_parser(describing=True).parse_args(argv)
+    described = {flag: getattr(args, flag) for flag in NODE_FLAGS if getattr(args, flag) not in (None, False)}
+    if described:
+        missing = [f"--{flag}" for flag in ("port", "nt", "entry") if flag not in described]
+        if missing:
+            raise ConfigError(f"a node's description needs {', '.join(missing)} too (or give none of its flags "
+                              f"for the key and config alone)")
     identity = Identity.load_or_create(args.home)
     config_file = args.home / "config.toml"
     if not config_file.exists():
         lines = ["# FedLedger node configuration: every key of config.my_conf, with its default."]
-        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in my_conf.items()]
+        lines += [_config_line(k, v) for k, v in my_conf.items()]
         config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"node id  {identity.node_id}")
     print(f"key      {args.home / 'node.key'}")
     print(f"config   {config_file}")
+    if described:
+        node_file = args.home / NODE_FILE
+        lines = [f"# How `python main.py run --home {args.home}` starts this node (main.py's flags)."]
+        lines += [f"{flag} = {_toml_value(str(value) if isinstance(value, Path) else value)}"
+                  for flag, value in described.items()]
+        node_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"node     {node_file}  (start it: python main.py run --home {args.home})")
     return 0
+
+
+def described_node(home: Path) -> dict[str, Any]:
+    """The node ``home`` describes (its ``node.toml``, written by ``init``)."""
+    node_file = home / NODE_FILE
+    try:
+        described = tomllib.loads(node_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{home} describes no node ({NODE_FILE} is missing): python main.py init --home {home} "
+                          f"--port PORT --nt SN|EN --entry HOST:PORT [-z]") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{node_file} is not valid TOML: {exc}") from None
+    unknown = sorted(set(described) - set(NODE_FLAGS))
+    if unknown:
+        raise ConfigError(f"{node_file}: unknown keys {unknown}; known: {', '.join(NODE_FLAGS)}")
+    return described
+
+
+def node_argv(home: Path) -> list[str]:
+    """main.py's flags for the node ``home`` describes."""
+    argv = ["--home", str(home)]
+    for flag, value in described_node(home).items():
+        option = "-z" if flag == "is_entry" else f"--{flag.replace('_', '-')}"
+        if isinstance(value, bool):
+            argv += [option] if value else []
+        else:
+            argv += [option, str(value)]
+    return argv
+
+
+def build_attach_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main.py attach", description=(
+        "Open the console on a supernode: the one a home describes (its port, and the admin token and the "
+        "console's certificate found in that home), or any at -H HOST -P PORT."))
+    p.add_argument("--home", type=Path, help="a supernode's home (the entry node's holds the admin token)")
+    p.add_argument("-H", "--host", help="the supernode's address (with -P)")
+    p.add_argument("-P", "--port", type=int, help="the supernode's port (with -H)")
+    p.add_argument("--token-file", type=Path, help="the admin token (default: <home>/admin.token)")
+    p.add_argument("--tls", type=Path, help="the console's certificate folder (default: <home>/console)")
+    p.add_argument("--insecure", action="store_true", help="plaintext (nodes started with --insecure)")
+    p.add_argument("-c", "--command", help='run these commands and exit, e.g. -c "status()"')
+    return p
+
+
+def attach(argv: list[str]) -> int:
+    """Open the console (``console.app``) on the node a home describes, or at -H/-P."""
+    from console.app import main as console_main
+    from node.net.tls import CONSOLE_DIR
+
+    args = build_attach_parser().parse_args(argv)
+    if (args.home is None) == (args.host is None and args.port is None):
+        raise ConfigError("attach to a node by its home (--home DIR) or its address (-H HOST -P PORT), one of them")
+    token_file, tls, insecure = args.token_file, args.tls, args.insecure
+    if args.home is not None:
+        node = described_node(args.home)
+        if node["nt"] != "SN":
+            raise ConfigError(f"{args.home} is an edge node's home: edge nodes take no console; attach to a supernode")
+        host = node.get("host", "0.0.0.0")
+        address = ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host), int(node["port"])
+        insecure = insecure or bool(node.get("insecure", False))
+        token_file = token_file or args.home / "admin.token"
+        if not token_file.exists():
+            raise ConfigError(f"{args.home} holds no admin token (only the entry node's home does): pass "
+                              f"--token-file <entry home>/admin.token")
+        tls = tls or (args.home / CONSOLE_DIR if (args.home / CONSOLE_DIR).exists() else None)
+    else:
+        if args.host is None or args.port is None:
+            raise ConfigError("attach -H HOST -P PORT: give both")
+        address = args.host, args.port
+    console_argv = ["--ip", address[0], "--port", str(address[1])]
+    console_argv += ["--token-file", str(token_file)] if token_file else []
+    console_argv += ["--tls", str(tls)] if tls else []
+    console_argv += ["--insecure"] if insecure else []
+    console_argv += ["-c", args.command] if args.command is not None else []
+    return console_main(console_argv)
+
+
+def _config_line(key: str, value: Any) -> str:
+    """One key of the default config as TOML; an aggregation rule's option stays a comment unless
+    its rule is the default one (set explicitly for another rule it would be refused)."""
+    from fl.options import rule_of
+
+    line = f"{json.dumps(key)} = {_toml_value(value)}"
+    rule = rule_of(key)
+    return line if rule in (None, my_conf["aggregation"]) else f"# {line}  (with aggregation = {json.dumps(rule)})"
 
 
 def _toml_value(value: Any) -> str:
@@ -275,14 +392,18 @@ def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], ident
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["init"]:
-        return init(argv[1:])
-    if argv[:1] == ["token"]:
-        try:
-            return token(argv[1:])
-        except (ConfigError, ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    commands = {"init": init, "token": token, "attach": attach}
+    try:
+        if argv[:1] and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        if argv[:1] == ["run"]:  # the node a home describes (init), with any more flags after
+            run_args = argparse.ArgumentParser(prog="main.py run", add_help=False)
+            run_args.add_argument("--home", type=Path, required=True)
+            known, rest = run_args.parse_known_args(argv[1:])
+            argv = node_argv(known.home) + rest
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
