@@ -140,7 +140,8 @@ def main() -> None:
     if args.plot and results:
         from fl.report import plot_accuracy
 
-        plot_accuracy({k: v.rounds for k, v in results.items()}, args.plot, f"{args.dataset}, {args.partition}")
+        plot_accuracy({k: v.rounds for k, v in results.items()}, args.plot, f"{args.dataset}, {args.partition}",
+                      {k: v.rounds[-1].client_acc for k, v in results.items()})
 
 
 if __name__ == "__main__":

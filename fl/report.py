@@ -85,5 +85,6 @@ def save_run(result: SimulationResult, conf: dict[str, Any], out_dir: Path) -> d
     }
     paths["metrics"].write_text(json.dumps(metrics, indent=2))
     plot_accuracy({job.strategy: result.rounds}, paths["plot"],
-                  f"{job.strategy} on {job.dataset}, {job.num_clients} clients ({job.partition})")
+                  f"{job.strategy} on {job.dataset}, {job.num_clients} clients ({job.partition})",
+                  {job.strategy: result.rounds[-1].client_acc})  # (the last round is always evaluated)
     return paths

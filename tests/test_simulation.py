@@ -140,3 +140,22 @@ def test_cli_takes_the_aggregation_flags(tmp_path, capsys):
     assert "krum_f applies to aggregation='krum', not 'median'" in " ".join(capsys.readouterr().out.split())
     assert main(["--dataset", "digits", "--clients", "4", "--aggregation", "krum", "--krum-f", "1"]) == 2
     assert "needs at least 2*krum_f+3 = 5 clients, the job has 4" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_learning_curves_show_the_band_over_edge_nodes_the_losses_and_each_nodes_final_accuracy(tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from fl.plot import accuracy_figure
+    from fl.simulation import RoundMetrics
+
+    def rounds(shift: float) -> list[RoundMetrics]:
+        return [RoundMetrics(round=r, acc_weighted=0.5 + shift + r / 20, acc_mean=0.5, acc_min=0.3 + r / 20,
+                             acc_max=0.8 + r / 50, loss=1.0 / r, train_loss=1.2 / r, seconds=0.1) for r in (1, 2, 3)]
+
+    figure = accuracy_figure({"fedper": rounds(0.1), "fedavg": rounds(0.0)}, "two strategies",
+                             {"fedper": [0.9, 0.8, 0.95], "fedavg": [0.7, 0.75, 0.6]})
+    accuracy, loss, nodes = figure.axes
+    assert len([c for c in accuracy.collections if isinstance(c, PolyCollection)]) == 2  # a min–max band each
+    assert [t for t in accuracy.get_xticks() if 1 <= t <= 3] == [1, 2, 3]  # whole rounds
+    assert len(loss.get_lines()) == 4  # test and training loss of each run
+    assert len(nodes.patches) == 6  # each run's edge nodes
