@@ -284,15 +284,19 @@ def run(args: argparse.Namespace) -> int:
                                                              credentials, pin, admission)
             revoked = node.ledger.is_revoked
         else:
-            from node.roles.edgenode import EdgeNode, edge_rules, edge_servicers
-            from node.roles.trainer import EdgeTrainer
+            from node.roles.edgenode import EdgeNode, TrainerOnDemand, edge_rules, edge_servicers
 
             from fl.datasets import available_datasets
 
             node = EdgeNode(identity, address, args.entry, settings, credentials=credentials,
                             entry_id=pin.entry_id, genesis_hash=pin.genesis_hash,
                             datasets=available_datasets(conf["data_dir"], conf["model_path"]))
-            servicers, rules = edge_servicers(node, EdgeTrainer(node, home, conf)), edge_rules(node)
+            def trainer() -> Any:  # (imported on first use: torch is most of an edge node's memory)
+                from node.roles.trainer import EdgeTrainer
+
+                return EdgeTrainer(node, home, conf)
+
+            servicers, rules = edge_servicers(node, TrainerOnDemand(trainer)), edge_rules(node)
             ledger_text = "none (edge node)"
             revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does
         server = build_server(f"{url_host(args.host)}:{args.port}", servicers, rules, credentials,

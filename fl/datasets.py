@@ -21,8 +21,12 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from fl.names import DATASET_ALIASES as ALIASES
 from fl.names import DATASETS
@@ -84,6 +88,8 @@ def load_dataset(name: str, data_dir: str | Path = "data") -> Dataset:
 
 def _to_dataset(key: str, images: np.ndarray, labels: np.ndarray) -> Dataset:
     """uint8-style pixels (N×H×W or N×C×H×W, range 0..scale) → normalised float tensors."""
+    import torch  # (here: listing the datasets a folder holds needs no torch)
+
     scale = 16.0 if key == "digits" else 255.0
     x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
     if x.dim() == 3:

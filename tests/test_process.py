@@ -84,3 +84,20 @@ def test_evaluation_does_not_depend_on_its_batch_size():
         part = evaluate(model, x, y, batch_size=batch_size)
         assert part.correct == whole.correct and part.num_samples == 300
         assert part.loss_sum == pytest.approx(whole.loss_sum, rel=1e-5)
+
+
+def test_an_idle_edge_node_holds_no_learning_runtime_and_stops_at_once(tmp_path, nodes):
+    """Torch (most of an edge node's memory) is imported when the node's first model arrives, not
+    at start: an idle edge node stays well under 150 MiB, and SIGTERM stops it within a second."""
+    import signal
+    import time
+
+    from conftest import start_network
+
+    _, _, [edge] = start_network(tmp_path, lambda name: None, nodes, 1)
+    rss_kib = next(int(line.split()[1]) for line in open(f"/proc/{edge.proc.pid}/status") if line.startswith("VmRSS"))
+    assert rss_kib < 100 * 1024, f"an idle edge node holds {rss_kib >> 10} MiB"
+    started = time.perf_counter()
+    edge.proc.send_signal(signal.SIGTERM)
+    assert edge.proc.wait(timeout=10) == 0
+    assert time.perf_counter() - started < 1.0

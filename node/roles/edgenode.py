@@ -162,10 +162,40 @@ def _entry_identity(ch: grpc.Channel, entry_id: str | None, genesis_hash: str) -
     return found_id, key
 
 
+class TrainerOnDemand:
+    """The edge node's trainer, built when first needed: an idle edge node holds no learning
+    runtime (torch), about 55 MiB instead of 250. The first model its supernode sends it warms the
+    trainer up in the background, before the round that needs it."""
+
+    def __init__(self, build: Callable[[], EdgeTrainer]) -> None:
+        self._build = build
+        self._trainer: EdgeTrainer | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> EdgeTrainer:
+        with self._lock:
+            if self._trainer is None:
+                self._trainer = self._build()
+            return self._trainer
+
+    def warm_up(self) -> None:
+        if self._trainer is None:
+            threading.Thread(target=self._warm, name="trainer-warm-up", daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            self.get()
+        except Exception as exc:  # noqa: BLE001 - said again, to the supernode, when a round needs it
+            log.warning("the trainer could not start: %s", exc)
+
+    def handle(self, request: pb.RoundRequest) -> pb.EdgeResult:
+        return self.get().handle(request)
+
+
 class EdgeTrainingService(rpc_pb.TrainingServicer):
     """Receives models from this edge node's supernode only."""
 
-    def __init__(self, node: EdgeNode, trainer: EdgeTrainer) -> None:
+    def __init__(self, node: EdgeNode, trainer: TrainerOnDemand) -> None:
         self.node = node
         self.trainer = trainer
 
@@ -180,13 +210,14 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
 
         model = receive(request_iterator, self.node.settings.max_model_bytes, authorise)
         self.node.models.put(model)
+        self.trainer.warm_up()  # a round follows: have torch and the trainer ready for it
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 
     def TrainRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.EdgeResult:
         return self.trainer.handle(request)
 
 
-def edge_servicers(node: EdgeNode, trainer: EdgeTrainer) -> list[tuple[Callable[[Any, Any], None], Any]]:
+def edge_servicers(node: EdgeNode, trainer: TrainerOnDemand) -> list[tuple[Callable[[Any, Any], None], Any]]:
     return [(rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(node, trainer))]
 
 
