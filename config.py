@@ -301,6 +301,7 @@ def load_config(
     if overrides:
         _apply(conf, overrides.items(), "command line", given)
     _check_rule_options(conf, given)
+    _check_owned_options(conf, given)
     if conf["model"] == "auto" and DATASET_ALIASES.get(conf["dataset"], conf["dataset"]) in TEXT_DATASETS:
         conf["model"] = "lora"  # (auto: the model for the dataset; for text, the language model)
     problem = combination_problem(conf)
@@ -354,6 +355,34 @@ def combination_problem(conf: Mapping[str, Any]) -> str | None:
             return ("update_norm_bound bounds an update by the global model's norm; a distillation job's first "
                     "consensus is all zeros")
     return None
+
+
+# keys that mean something only with one choice of another key: (that key, the values it must take)
+OWNED_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{key: ("strategy", ("distill",)) for key in ("distill_alpha", "distill_l2", "distill_public")},
+    **{key: ("strategy", ("split", "splitfed")) for key in ("split_layers", "split_labels")},
+    **{key: ("model", ("lora",)) for key in ("lora_rank", "lora_alpha", "lora_variant", "block_size", "text_blocks")},
+}
+
+
+def owner_problem(key: str, conf: Mapping[str, Any]) -> str | None:
+    """Why ``key`` does nothing with ``conf``'s choices (``split_layers`` without split learning),
+    or None."""
+    if key not in OWNED_OPTIONS:
+        return None
+    owner, values = OWNED_OPTIONS[key]
+    current = conf[owner]
+    if owner == "model" and current == "auto" and DATASET_ALIASES.get(conf["dataset"], conf["dataset"]) in TEXT_DATASETS:
+        current = "lora"
+    return None if current in values else f"{key} applies to {owner}={' | '.join(values)}, not {current!r}"
+
+
+def _check_owned_options(conf: Mapping[str, Any], given: Mapping[str, str]) -> None:
+    """A key set explicitly for a choice the job does not make is a mistake: say so."""
+    for key in sorted(given):
+        problem = owner_problem(key, conf)
+        if problem is not None:
+            raise ConfigError(f"{problem} ({key} from {given[key]})")
 
 
 def _check_rule_options(conf: Mapping[str, Any], given: Mapping[str, str]) -> None:

@@ -231,11 +231,17 @@ def attach(argv: list[str]) -> int:
 def _config_line(key: str, value: Any) -> str:
     """One key of the default config as TOML; an aggregation rule's option stays a comment unless
     its rule is the default one (set explicitly for another rule it would be refused)."""
+    from config import OWNED_OPTIONS, owner_problem
     from fl.options import rule_of
 
     line = f"{json.dumps(key)} = {_toml_value(value)}"
     rule = rule_of(key)
-    return line if rule in (None, my_conf["aggregation"]) else f"# {line}  (with aggregation = {json.dumps(rule)})"
+    if rule not in (None, my_conf["aggregation"]):
+        return f"# {line}  (with aggregation = {json.dumps(rule)})"
+    if owner_problem(key, my_conf) is not None:
+        owner, values = OWNED_OPTIONS[key]
+        return f"# {line}  (with {owner} = {' | '.join(values)})"
+    return line
 
 
 def _toml_value(value: Any) -> str:

@@ -123,6 +123,9 @@ def test_distillation_between_two_architectures_beats_each_nodes_local_only_mode
     ({"strategy": "distill", "aggregation": "fedavgm"}, ["fedavgm", "median"]),
     ({"dataset": "stdlib", "partition": "pfllib"}, ["pfllib", "family"]),
     ({"dataset": "stdlib", "own_data": True}, ["dataset=text"]),
+    ({"split_layers": 2}, ["split_layers", "strategy=split", "fedper"]),  # an option the job does not use
+    ({"distill_public": 100, "strategy": "fedavg"}, ["distill_public", "strategy=distill"]),
+    ({"lora_rank": 4}, ["lora_rank", "model=lora"]),
 ])
 def test_settings_that_cannot_go_together_are_refused_naming_why(overrides, words):
     with pytest.raises(ConfigError) as refused:

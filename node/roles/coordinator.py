@@ -38,7 +38,7 @@ from google.protobuf import json_format
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from config import ConfigError, load_config
+from config import ConfigError, load_config, owner_problem
 from fl.datasets import canonical_name
 from fl.federation import JobSpec, job_data
 from fl.serialize import model_hash, state_to_bytes, state_views
@@ -226,12 +226,13 @@ class Coordinator:
     def _job_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """The job's configuration: this node's own (jobs keys only) under the console's
         ``overrides``. The rule's options come from this node's configuration too, but only those
-        of the rule the job uses (config refuses an option given for another rule)."""
+        of the rule the job uses (config refuses an option given for another rule, or for another
+        strategy: distillation's)."""
         base = _job_defaults(self.base_conf)
         try:
-            aggregation = load_config(env={}, overrides={**base, **overrides})["aggregation"]
-            inherited = {k: self.base_conf[k] for k in options_of(aggregation) | set(COMMON_OPTIONS)
-                         if k not in overrides}
+            chosen = load_config(env={}, overrides={**base, **overrides})
+            inherited = {k: self.base_conf[k] for k in options_of(chosen["aggregation"]) | set(COMMON_OPTIONS)
+                         if k not in overrides and owner_problem(k, chosen) is None}
             return load_config(env={}, overrides={**base, **inherited, **overrides})
         except ConfigError as exc:
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
