@@ -167,8 +167,10 @@ def test_enrolment_mutual_tls_and_revocation_over_the_network(tmp_path, db_for, 
     nodes.append(en)
     wait_until(lambda: any(n.alive for n in entry.status().edge_nodes.nodes), 30, "the edge node")
     en_id = Identity.load_or_create(en.home).node_id
-    listing = entry.console("ListEnrolments")
-    assert {n.role for n in listing.nodes} == {"SN", "EN"} and not any(n.revoked for n in listing.nodes)
+    # (an edge node is served as soon as it registers; its ENROLL is on the chain with the next block)
+    listing = wait_until(lambda: (s := entry.console("ListEnrolments")) and {n.role for n in s.nodes} == {"SN", "EN"}
+                         and s, 10, "the edge node's ENROLL on the chain")
+    assert not any(n.revoked for n in listing.nodes)
 
     # --- a certificate of the network is needed, and the right one for the call -----------------
     rogue = Authority.load_or_create(tmp_path / "rogue", "rogue")
@@ -259,5 +261,6 @@ def test_insecure_nodes_enrol_and_talk_plaintext(tmp_path, nodes):
     wait_until(lambda: any(n.alive for n in entry.status().edge_nodes.nodes), 30, "the edge node")
     assert (en.home / "tls" / "node.crt").exists()  # enrolled all the same: ENROLL is on the chain
     with channel(entry.address) as plain:  # nobody is authenticated: the rules fall back to signed payloads
-        assert rpc_pb.LedgerStub(plain).GetHead(pb.Empty(), timeout=5).height >= 1
+        wait_until(lambda: rpc_pb.LedgerStub(plain).GetHead(pb.Empty(), timeout=5).height >= 1, 10,
+                   "the block holding the ENROLL and REGISTER")
         assert _code(lambda: rpc_pb.ConsoleStub(plain).Status(pb.Empty(), timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
