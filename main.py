@@ -297,6 +297,11 @@ def run(args: argparse.Namespace) -> int:
             node = EdgeNode(identity, address, args.entry, settings, credentials=credentials,
                             entry_id=pin.entry_id, genesis_hash=pin.genesis_hash,
                             datasets=available_datasets(conf["data_dir"], conf["model_path"]))
+            if conf["device"] == "cuda":  # said now, not at the first round (the trainer is built late)
+                from fl.train import resolve_device
+
+                resolve_device("cuda")
+
             def trainer() -> Any:  # (imported on first use: torch is most of an edge node's memory)
                 from node.roles.trainer import EdgeTrainer
 
