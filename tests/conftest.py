@@ -173,3 +173,14 @@ def simulate_as_edge_nodes(conf: dict) -> Any:
         return run_simulation(conf)
     finally:
         torch.set_num_threads(threads)
+
+
+def run_job(entry: Any, settings: dict[str, str], timeout: float = 180) -> Any:
+    """Start a job on the entry node with the console's ``settings``; its final status, once done."""
+    from base_package import data_pb2 as pb
+    from node.dev.launcher import wait_until
+
+    entry.console("StartJob", pb.JobRequest(settings=settings))
+    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, timeout, "the job")
+    assert done.state == "done", done.error
+    return done

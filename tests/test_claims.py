@@ -10,7 +10,7 @@ import pytest
 
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
-from conftest import node_channel, refusal_code, start_supernodes
+from conftest import node_channel, refusal_code, run_job, start_supernodes
 from fl.federation import JobSpec, job_data
 from fl.strategy import InvalidUpdate
 from config import load_config
@@ -113,9 +113,7 @@ def test_a_split_learning_edge_node_cannot_bring_back_other_upper_layers_than_it
                        env={"FEDLEDGER_TEST_FAULT": "scale"})
     nodes.extend([*edges, liar])
     wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 3, 60, "the edge nodes")
-    entry.console("StartJob", pb.JobRequest(settings={**JOB, "strategy": "split"}))
-    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
-    assert done.state == "done", done.error
+    done = run_job(entry, {**JOB, "strategy": "split"})
     [metrics] = done.metrics
     assert metrics.participants == 2
     liar_id = Identity.load_or_create(liar.home).node_id

@@ -20,7 +20,7 @@ from fl.lm.pretrain import pretrain
 from fl.serialize import model_hash, state_to_bytes
 from node.dev.launcher import NodeProcess, wait_until
 from node.net.wire import block_from_pb, tx_from_pb
-from conftest import download_update, simulate_as_edge_nodes, start_network
+from conftest import download_update, run_job, simulate_as_edge_nodes, start_network
 
 BLOCK = 32
 JOB = {"dataset": "stdlib", "model": "lora", "strategy": "fedavg", "lora_variant": "ffa", "lora_rank": "4",
@@ -59,9 +59,7 @@ def test_lora_adapters_only_travel_and_the_network_matches_the_simulation(tmp_pa
     where = ["--model-path", str(model_path)]
     entry, sn, edges = start_network(tmp_path, lambda name: None, nodes, 2, edge_args=where, entry_args=where,
                                      extra=where)
-    entry.console("StartJob", pb.JobRequest(settings=JOB))
-    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 180, "the job")
-    assert done.state == "done", done.error
+    done = run_job(entry, JOB)
     spec = tx_from_pb(done.job).payload["spec"]
     assert spec["base_model"] == base_model_hash(model_path)  # pinned; the files are as pretrained
 
@@ -91,9 +89,7 @@ def test_lora_adapters_only_travel_and_the_network_matches_the_simulation(tmp_pa
                            token_source=entry)
     nodes.append(stranger)
     wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 3, 60, "the third edge node")
-    entry.console("StartJob", pb.JobRequest(settings={**JOB, "rounds": "1"}))
-    again = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 180, "the job")
-    assert again.state == "done", again.error
+    again = run_job(entry, {**JOB, "rounds": "1"})
     [metrics] = again.metrics
     assert metrics.participants == 2
     reasons = {x.reason for x in metrics.excluded}

@@ -17,7 +17,7 @@ from config import load_config
 from fl.serialize import model_hash, state_to_bytes
 from node.dev.launcher import NodeProcess, stop_all, wait_until
 from node.net.wire import block_from_pb, tx_from_pb
-from conftest import simulate_as_edge_nodes, start_network
+from conftest import run_job, simulate_as_edge_nodes, start_network
 from pfllib_helpers import make_clients, write_pfllib
 
 EDGE_NODES = 5
@@ -45,13 +45,6 @@ def network(tmp_path_factory, pfllib_folder):
         stop_all(started, timeout=5)
 
 
-def _run_job(entry: NodeProcess, settings: dict[str, str]) -> pb.JobStatus:
-    entry.console("StartJob", pb.JobRequest(settings=settings))
-    done = wait_until(lambda: (s := entry.console("GetJob")).state in ("done", "failed") and s, 120, "the job")
-    assert done.state == "done", done.error
-    return done
-
-
 def _simulated_hash(settings: dict[str, str], data_dir: str = "data") -> str:
     overrides = {SIM_KEYS.get(k, k): v for k, v in settings.items()}
     conf = load_config(env={}, overrides={**overrides, "client.amount": EDGE_NODES, "workers": 1, "device": "cpu",
@@ -76,7 +69,7 @@ def _simulated_hash(settings: dict[str, str], data_dir: str = "data") -> str:
 def test_the_network_and_the_simulation_give_the_same_global_model(network, strategy):
     entry, sn = network
     settings = {**JOB, **strategy}
-    done = _run_job(entry, settings)
+    done = run_job(entry, settings)
     network_hash = tx_from_pb(done.global_model).payload["hash"]
     assert network_hash == _simulated_hash(settings)
     # both supernodes summed or listed updates: two AGGREGATE transactions per round
@@ -100,7 +93,7 @@ def test_a_pfllib_split_trains_alike_over_the_network_and_in_the_simulation(netw
     by id), exactly as the simulation reads the same folder."""
     entry, _ = network
     settings = {**JOB, "dataset": "mnist", "partition": "pfllib", "rounds": "1", "strategy": "fedper"}
-    done = _run_job(entry, settings)
+    done = run_job(entry, settings)
     assert tx_from_pb(done.global_model).payload["hash"] == _simulated_hash(settings, str(pfllib_folder))
     assert sum(e.num_samples for e in entry.console("Evaluate").edges) == 8 * EDGE_NODES  # PFLlib's test splits
 

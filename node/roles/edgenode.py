@@ -175,7 +175,10 @@ class TrainerOnDemand:
     def get(self) -> EdgeTrainer:
         with self._lock:
             if self._trainer is None:
-                self._trainer = self._build()
+                try:
+                    self._trainer = self._build()
+                except (RuntimeError, ValueError, OSError) as exc:  # a device or library this host lacks
+                    raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot train: {exc}") from None
             return self._trainer
 
     def warm_up(self) -> None:
