@@ -301,9 +301,9 @@ def load_config(
     if overrides:
         _apply(conf, overrides.items(), "command line", given)
     _check_rule_options(conf, given)
-    _check_owned_options(conf, given)
     if conf["model"] == "auto" and DATASET_ALIASES.get(conf["dataset"], conf["dataset"]) in TEXT_DATASETS:
         conf["model"] = "lora"  # (auto: the model for the dataset; for text, the language model)
+    _check_owned_options(conf, given)
     problem = combination_problem(conf)
     if problem is not None:
         raise ConfigError(problem)
@@ -367,14 +367,11 @@ OWNED_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def owner_problem(key: str, conf: Mapping[str, Any]) -> str | None:
     """Why ``key`` does nothing with ``conf``'s choices (``split_layers`` without split learning),
-    or None."""
+    or None. ``conf`` as ``load_config`` makes it (``model=auto`` for text already ``lora``)."""
     if key not in OWNED_OPTIONS:
         return None
     owner, values = OWNED_OPTIONS[key]
-    current = conf[owner]
-    if owner == "model" and current == "auto" and DATASET_ALIASES.get(conf["dataset"], conf["dataset"]) in TEXT_DATASETS:
-        current = "lora"
-    return None if current in values else f"{key} applies to {owner}={' | '.join(values)}, not {current!r}"
+    return None if conf[owner] in values else f"{key} applies to {owner}={' | '.join(values)}, not {conf[owner]!r}"
 
 
 def _check_owned_options(conf: Mapping[str, Any], given: Mapping[str, str]) -> None:

@@ -8,6 +8,7 @@ part as the update while keeping the personal part.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -136,10 +137,11 @@ class JobSpec:
         torch.manual_seed(self.seed)
         return build_model(self.architecture(client), self.dataset, num_classes, self.head_layers)
 
-    def check_model_fits(self) -> None:
-        """Raise ValueError unless the job's model accepts its dataset's samples (one zero sample
-        of the dataset's input shape, so no data is needed): checked before a job starts."""
-        shape = INPUT_SHAPES.get(self.dataset)
+    def check_model_fits(self, input_shape: tuple[int, ...] | None = None) -> None:
+        """Raise ValueError unless each of the job's models accepts its dataset's samples (one zero
+        sample of ``input_shape``, by default the dataset's usual one, so no data is needed):
+        checked before a job starts."""
+        shape = input_shape or INPUT_SHAPES.get(self.dataset)
         if shape is None:
             return
         for client, name in enumerate(self.architectures):
@@ -274,11 +276,11 @@ class ClientWorker:
         self.device = device
         self.num_classes = num_classes
         self.strategy = job.get_strategy()
-        self._models: dict[str, SplitModel] = {}
+        self._models: dict[str, tuple[SplitModel, list[str], list[str]]] = {}  # architecture -> model, keys
         self.model = self.model_for(0)
         self.cut = self.split_cut(self.model) if job.strategy in SPLIT_STRATEGIES else None
         self._server_model: SplitModel | None = None  # the simulation's server half (split jobs)
-        self.shared_keys, self.personal_keys = self._keys(self.model)
+        self.shared_keys, self.personal_keys = self._keys(0)
 
     def split_cut(self, model: SplitModel) -> Cut:
         """Where this split job cuts ``model`` (ValueError when the cut leaves a side empty)."""
@@ -301,21 +303,33 @@ class ClientWorker:
 
     def model_for(self, client: int) -> SplitModel:
         """The working model of ``client``'s architecture (built once, reused every round)."""
+        return self._built(client)[0]
+
+    def _keys(self, client: int) -> tuple[list[str], list[str]]:
+        """(shared, personal) keys of ``client``'s architecture."""
+        _, shared, personal = self._built(client)
+        return shared, personal
+
+    def _built(self, client: int) -> tuple[SplitModel, list[str], list[str]]:
         name = self.job.architecture(client)
         if name not in self._models:
-            model = self.job.build_model(self.num_classes, client)
-            self._models[name] = model.to(self.device, memory_format=torch.channels_last)
+            model = self.job.build_model(self.num_classes, client).to(self.device, memory_format=torch.channels_last)
+            keys = list(model.state_dict())
+            if self.distills:
+                shared = [PUBLIC_LOGITS]
+            elif self.job.strategy in SPLIT_STRATEGIES:
+                shared = self.split_cut(model).shared_keys(model, self.job.strategy == "splitfed")
+            else:
+                shared = self.strategy.shared_keys(model.base_keys(), model.head_keys())
+            self._models[name] = (model, shared, [k for k in keys if k not in set(shared)])
         return self._models[name]
 
-    def _keys(self, model: SplitModel) -> tuple[list[str], list[str]]:
-        keys = list(model.state_dict())
-        if self.distills:
-            return [PUBLIC_LOGITS], keys
-        if self.job.strategy in SPLIT_STRATEGIES:
-            shared = self.split_cut(model).shared_keys(model, self.job.strategy == "splitfed")
-        else:
-            shared = self.strategy.shared_keys(model.base_keys(), model.head_keys())
-        return shared, [k for k in keys if k not in set(shared)]
+    @functools.cached_property
+    def split_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """A split job's per-sample shapes at the cut: the activations, and what the supernode
+        sends back to a U-shaped edge node (``Cut.shapes``)."""
+        assert self.cut is not None, "not a split job"
+        return self.cut.shapes(self.model, INPUT_SHAPES[self.job.dataset])
 
     def initial_shared(self) -> StateDict:
         """The job's first global shared state (built from the job's seed alone); a distillation
@@ -326,13 +340,12 @@ class ClientWorker:
 
     def initial_personal(self, client: int) -> StateDict:
         """What ``client`` keeps before its first round (its whole model when distilling)."""
-        model = self.model_for(client)
-        return split_state(model.full_state(), self._keys(model)[1])
+        return split_state(self.model_for(client).full_state(), self._keys(client)[1])
 
     def load(self, client: int, shared: Mapping[str, torch.Tensor], personal: Mapping[str, torch.Tensor]) -> SplitModel:
         """``client``'s working model holding ``shared`` + ``personal``."""
         model = self.model_for(client)
-        shared_keys, personal_keys = self._keys(model)
+        shared_keys, personal_keys = self._keys(client)
         if not self.distills:
             model.load_part(shared, shared_keys)
         model.load_part(personal, personal_keys)
@@ -355,7 +368,7 @@ class ClientWorker:
         supernode; by default one in this process)."""
         hook = TrainHook.from_config(config)
         model = self.load(client, shared, personal)
-        shared_keys, personal_keys = self._keys(model)
+        shared_keys, personal_keys = self._keys(client)
         job = self.job
         seed = job.round_seed(round_number, client)
         if self.cut is not None:
@@ -396,7 +409,7 @@ class ClientWorker:
         stats, upper = train_split(model, self.cut, link, data.x_train, data.y_train, epochs=job.local_epochs,
                                    lr=job.lr, batch_size=job.batch_size, momentum=job.momentum, seed=seed)
         state = model.full_state()
-        shared_keys, personal_keys = self._keys(model)
+        shared_keys, personal_keys = self._keys(client)
         server = set(self.cut.server_keys(model))  # the upper layers, as the server half trained them
         update = {k: upper[k] if k in server else state[k] for k in shared_keys}
         model.load_part(update, shared_keys)  # (the trained whole model, for a local evaluation)

@@ -178,7 +178,7 @@ def run_simulation(
 
     server = make_worker(job, dataset.num_classes, torch.device("cpu"), conf["model_path"])
     if isinstance(server, ClientWorker):  # (a language model's input is checked as it loads the text)
-        _check_input_shape(server, dataset)
+        job.check_model_fits(dataset.input_shape)  # (a PFLlib split's images, say, may differ in size)
     personal_bytes = [state_to_bytes(server.initial_personal(i)) for i in range(len(clients))]
     global_shared = server.initial_shared()
     shared = state_to_bytes(global_shared)  # encoded once per round
@@ -263,17 +263,3 @@ class _Scorer:
         scores, validation = self.scorer.score(round_number, self.strategy, reference, checked)
         self.scorer.commit(scores, validation)
         return {client: dataclasses.asdict(score) for client, score in scores.items()}
-
-
-def _check_input_shape(worker: ClientWorker, dataset: Dataset) -> None:
-    """Fail early, with the reason, when a model of the job (each architecture) does not fit the
-    dataset's samples."""
-    for client, name in enumerate(worker.job.architectures):
-        model = worker.model_for(client)
-        try:
-            with torch.no_grad():
-                model.eval()
-                model(dataset.x[:1].to(worker.device))
-        except RuntimeError as exc:
-            raise ValueError(f"model {name!r} does not accept {dataset.name} samples of shape "
-                             f"{dataset.input_shape}: {str(exc).splitlines()[0]}") from None

@@ -73,3 +73,14 @@ def base_model_hash(model_path: str | Path) -> str:
             while chunk := fh.read(_CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def held_base_model(model_path: str | Path) -> str:
+    """What ``model_path`` holds, to compare with a job's pinned base model: its
+    :func:`base_model_hash`, or what stands there instead (no path, a folder that cannot be read)."""
+    if not str(model_path):
+        return "none (no --model-path)"
+    try:
+        return base_model_hash(model_path)
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"

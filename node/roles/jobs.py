@@ -122,26 +122,34 @@ class Job:
                                 f"{enrolled}")
 
 
+NUM_CLASSES = 10  # every dataset a job may name has ten classes (a supernode builds models without the data)
+
+
 def prepare_model(spec: JobSpec, model_path: str | Path = "") -> tuple[JobSpec, bytes]:
     """The job's spec as the JOB records it and its first global model: for model=lora the base
     model at ``model_path`` is pinned by its hash, and the adapters every client starts with and
     keeps to itself (FFA-LoRA's frozen A) by theirs, so that an edge node on another base model or
     another library's initialisation is refused instead of silently spoiling the average."""
-    worker = make_worker(spec, 10, torch.device("cpu"), model_path)
+    worker = make_worker(spec, NUM_CLASSES, torch.device("cpu"), model_path)
     if spec.model == "lora":
         from fl.lm.base import base_model_hash
 
-        kept = worker.initial_personal(0)
-        spec = dataclasses.replace(spec, base_model=base_model_hash(model_path),
-                                   lora_init=model_hash(state_to_bytes(kept)) if kept else "")
+        spec = dataclasses.replace(spec, base_model=base_model_hash(model_path), lora_init=kept_adapters_hash(worker))
     return spec, state_to_bytes(worker.initial_shared())
+
+
+def kept_adapters_hash(worker: Any) -> str:
+    """The SHA-256 of the adapters a LoRA job's clients start with and keep to themselves (FFA's
+    frozen A; the same for every client), "" when they keep none."""
+    kept = worker.initial_personal(0)
+    return model_hash(state_to_bytes(kept)) if kept else ""
 
 
 def initial_model(spec: JobSpec, model_path: str | Path = "") -> bytes:
     """The job's first global model (its shared layers as safetensors bytes), built from the job's
     seed alone (and for model=lora the base model at ``model_path``): the entry node starts the
     job with it and an auditor rebuilds it to recompute."""
-    worker = make_worker(spec, 10, torch.device("cpu"), model_path)
+    worker = make_worker(spec, NUM_CLASSES, torch.device("cpu"), model_path)
     return state_to_bytes(worker.initial_shared())
 
 

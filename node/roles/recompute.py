@@ -127,12 +127,9 @@ class _JobReplay:
     def run(self) -> None:
         spec = self.job.spec
         if spec.model == "lora":  # rebuilt only on the very base model the JOB pinned
-            from fl.lm.base import base_model_hash
+            from fl.lm.base import held_base_model
 
-            try:
-                held = base_model_hash(self.model_path) if self.model_path else "none"
-            except (ValueError, OSError) as exc:
-                held = f"unreadable ({exc})"
+            held = held_base_model(self.model_path)
             if held != spec.base_model:
                 raise _Mismatch(0, self.entry, f"the job's base model {spec.base_model[:16]}… is not on this node "
                                 f"(model_path holds {held[:40]})", missing=True)

@@ -91,10 +91,11 @@ class RoundRunner:
         if orders.evaluate_only:
             return self._evaluate(edges, model, request)
         ids = [e.node_id for e in edges]
-        split = job.spec.strategy in SPLIT_STRATEGIES  # (its edge nodes train through streams to this node)
+        # a split round's attempt: its edge nodes train through streams to this node
+        attempt = orders.authority.hash if job.spec.strategy in SPLIT_STRATEGIES else None
         with self.uploads.open(job.job_id, round_number, ids), \
-                self.split.attempt(orders.authority.hash, job, round_number, model, ids) if split else nullcontext():
-            return self._train(orders, edges, model, request)
+                self.split.attempt(attempt, job, round_number, model, ids) if attempt else nullcontext():
+            return self._train(orders, edges, model, request, attempt)
 
     def _evaluate(self, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest) -> pb.SupernodeResult:
         reply = pb.SupernodeResult(node_id=self.node.node_id)
@@ -119,8 +120,9 @@ class RoundRunner:
         for future in as_completed(futures):
             yield futures[future], future
 
-    def _train(self, orders: Orders, edges: list[Any], model: ReceivedModel,
-               request: pb.RoundRequest) -> pb.SupernodeResult:
+    def _train(self, orders: Orders, edges: list[Any], model: ReceivedModel, request: pb.RoundRequest,
+               attempt: str | None) -> pb.SupernodeResult:
+        """One attempt of a training round here (``attempt``: a split round's, else None)."""
         job, round_number = orders.job, orders.round
         reply = pb.SupernodeResult(node_id=self.node.node_id)
         strategy = self._strategy(job)
@@ -135,7 +137,6 @@ class RoundRunner:
                 scratch, self._scratch = self._scratch, None
             partial = ExactSum(strategy.sum_layout(reference), reuse=scratch)
         txs: list[Transaction] = []
-        attempt = orders.authority.hash if job.spec.strategy in SPLIT_STRATEGIES else None
         for edge_id, future in self._ask_all(edges, model, request, attempt):  # fold each update in as it arrives
             try:
                 result = future.result()

@@ -35,7 +35,7 @@ import torch
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.federation import ClientWorker, JobSpec
-from fl.names import INPUT_SHAPES, SPLIT_STRATEGIES
+from fl.names import SPLIT_STRATEGIES
 from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.split import ServerLink
 from fl.strategy import InvalidUpdate
@@ -44,14 +44,13 @@ from node.net.channels import MAX_MESSAGE_BYTES
 from node.net.errors import refuse
 from node.net.guard import require_caller
 from node.net.streams import ReceivedModel
-from node.roles.jobs import Job
+from node.roles.jobs import NUM_CLASSES, Job
 
 if TYPE_CHECKING:
     from node.roles.supernode import Supernode
 
 log = logging.getLogger(__name__)
 
-NUM_CLASSES = 10  # every dataset a job may name has ten classes (as ``node.roles.jobs.initial_model``)
 MESSAGE_SLACK = 64 << 10  # a split message's bytes beside its tensors' data (headers, labels, framing)
 
 
@@ -258,8 +257,7 @@ class SplitServer:
             template = self._templates.get(job.job_id)
         if template is None:
             worker = ClientWorker(job.spec, NUM_CLASSES, torch.device("cpu"))
-            assert worker.cut is not None, "not a split job"
-            template = (worker, worker.cut.shapes(worker.model, INPUT_SHAPES[job.spec.dataset])[0])
+            template = (worker, worker.split_shapes[0])
             with self._lock:
                 self._templates = {job.job_id: template}
         return template
@@ -270,9 +268,7 @@ def check_split_fits(spec: JobSpec) -> None:
     layer, or batches whose activations (or U-shaped outputs) at the cut exceed one message."""
     if spec.strategy not in SPLIT_STRATEGIES:
         return
-    worker = ClientWorker(spec, NUM_CLASSES, torch.device("cpu"))
-    assert worker.cut is not None
-    activations, outputs = worker.cut.shapes(worker.model, INPUT_SHAPES[spec.dataset])
+    activations, outputs = ClientWorker(spec, NUM_CLASSES, torch.device("cpu")).split_shapes
     per_sample = 4 * max(math.prod(activations), math.prod(outputs))  # float32
     most = (MAX_MESSAGE_BYTES - MESSAGE_SLACK) // per_sample
     if spec.batch_size > most:

@@ -34,13 +34,13 @@ import torch
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from fl.federation import ClientWorker, client_data, job_data, make_worker, own_dataset
-from fl.names import INPUT_SHAPES, SPLIT_STRATEGIES
+from fl.names import SPLIT_STRATEGIES
 from fl.partition import client_split
-from fl.serialize import model_hash, state_from_bytes, state_to_bytes, state_views
+from fl.serialize import state_from_bytes, state_to_bytes, state_views
 from fl.train import ClientData, EvalResult, resolve_device
 from node.chain.rules import Transaction, TxKind, fixed
 from node.roles.checkpoint import write_atomically
-from node.roles.jobs import Job, OrderLog, Orders, read_orders
+from node.roles.jobs import Job, OrderLog, Orders, kept_adapters_hash, read_orders
 from node.roles.split import StreamLink
 from node.net.errors import refuse
 from node.net.streams import chunks, make_header
@@ -182,12 +182,10 @@ class EdgeTrainer:
         if sn is None:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has no supernode to train the upper layers with")
         stub = rpc_pb.TrainingStub(self.node.channels.get(sn.address, sn.node_id))
-        model = state.worker.model
-        _, output_shape = cut.shapes(model, INPUT_SHAPES[job.spec.dataset])
         opening = pb.SplitMessage(node_id=self.node.node_id, job_id=job.job_id, round=orders.round,
                                   attempt=orders.authority.hash, model_hash=orders.model_hash)
-        return StreamLink(stub, opening, max(1.0, orders.seconds_left()), output_shape,
-                          {k: shared[k] for k in cut.server_keys(model)})
+        return StreamLink(stub, opening, max(1.0, orders.seconds_left()), state.worker.split_shapes[1],
+                          {k: shared[k] for k in cut.server_keys(state.worker.model)})
 
     def _job_state(self, job: Job) -> _JobState:
         state = self._jobs.get(job.job_id)
@@ -201,8 +199,7 @@ class EdgeTrainer:
             worker = make_worker(job.spec, num_classes, self.device, self.model_path)
         except (ValueError, OSError) as exc:  # model=lora without a usable base model here
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot build the job's model: {exc}") from None
-        kept = worker.initial_personal(index)
-        if job.spec.lora_init and model_hash(state_to_bytes(kept)) != job.spec.lora_init:
+        if job.spec.lora_init and kept_adapters_hash(worker) != job.spec.lora_init:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{job.job_id}'s adapters start from "
                          f"{job.spec.lora_init[:16]}…; this edge node's peft/torch draw others (install the pinned "
                          f"versions)")
@@ -217,12 +214,9 @@ class EdgeTrainer:
         if not job.spec.base_model:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{job.job_id} fine-tunes a language model but its "
                          f"JOB pins none (base_model)")
-        from fl.lm.base import base_model_hash
+        from fl.lm.base import held_base_model
 
-        try:
-            held = base_model_hash(self.model_path) if self.model_path else "none (no --model-path)"
-        except (OSError, ValueError) as exc:
-            held = f"unreadable ({exc})"
+        held = held_base_model(self.model_path)
         if held != job.spec.base_model:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{job.job_id} fine-tunes the base model "
                          f"{job.spec.base_model[:16]}…; this edge node's --model-path holds {held[:40]}")
