@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo sim lora test bench clean
+.PHONY: setup browser demo sim lora test bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ lora: setup
 	$(PY) -m fl --dataset stdlib --model-path models/tiny-stdlib-lm --clients 4 --rounds 5 --strategy fedavg \
 		--lora-variant ffa --partition pathological --lr 0.01 --batch-size 16 --local-epochs 1 --out runs/lora
 
+# Debian's Chromium for the explorer's browser test (installed when missing, where root can apt-get)
+browser:
+	@scripts/install_browser.sh
+
 # pytest exits 5 when it collected no test: that is a failure here, said plainly.
-test: setup
+test: setup browser
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 

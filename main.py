@@ -42,7 +42,7 @@ TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"  # where a node finds its enrolment token wh
 NODE_FILE = "node.toml"  # in a node's home: the flags `main.py run --home` starts it with
 # main.py's flags a node's description may hold (the enrolment token does not: it is a secret, used once)
 NODE_FLAGS = ("port", "nt", "entry", "is_entry", "host", "advertise", "enrol_port", "insecure", "db", "data_dir",
-              "model_path", "device")
+              "model_path", "device", "http")
 
 
 def build_parser(describing: bool = False) -> argparse.ArgumentParser:
@@ -80,6 +80,9 @@ def build_parser(describing: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--model-path", help="model=lora jobs: a local folder holding the base causal language model "
                                         "(config model_path); nothing is downloaded")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device (config device)")
+    p.add_argument("--http", type=int, metavar="PORT",
+                   help="supernodes: serve the block and model explorer on this port (HTTPS with the node's "
+                        "certificate; plain HTTP with --insecure); log in with the admin token")
     if describing:
         return p
     p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
@@ -276,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
         split_address(args.advertise)
     if args.is_entry and args.nt != "SN":
         raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
+    if args.http is not None and args.nt != "SN":
+        raise ConfigError("--http serves the explorer from a supernode's copy of the chain; edge nodes keep none")
     identity = Identity.load_or_create(home)
     address = args.advertise or f"{url_host(route_ip(args.entry))}:{args.port}"
     settings = NodeSettings.from_config(conf)
@@ -313,8 +318,15 @@ def run(args: argparse.Namespace) -> int:
         server = build_server(f"{url_host(args.host)}:{args.port}", servicers, rules, credentials,
                               revoked=revoked, enrol_bind=enrol_bind, streams_per_peer=conf["streams_per_peer"],
                               stream_idle_s=conf["stream_idle_s"])
+        if args.http is not None:
+            explorer = _explorer(node, args, home)
+            closers.insert(0, explorer.stop)
         try:
             node.start()
+            if args.http is not None:
+                explorer.start()
+                log.info("explorer on %s://%s:%d/ (log in with the admin token)", explorer.scheme, args.host,
+                         explorer.port)
             role = "SN, entry" if args.is_entry else args.nt
             log.info("node %s (%s) serving on %s:%d (%s), reachable at %s; home %s; ledger %s",
                      identity.node_id, role, args.host, args.port, "plaintext" if args.insecure else "mutual TLS",
@@ -381,6 +393,18 @@ def _admit(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity:
     if pin.role != args.nt:
         raise ConfigError(f"this node ({home}) is enrolled as {pin.role}, not {args.nt}; use another --home")
     return None, pin
+
+
+def _explorer(node: Any, args: argparse.Namespace, home: Path) -> Any:
+    """The explorer's server, its socket bound now (a port in use is an error before the node starts)."""
+    from node.explorer.server import ExplorerServer
+    from node.net.tls import NODE_CERT, NODE_KEY, TLS_DIR
+
+    tls = None if args.insecure else (home / TLS_DIR / NODE_CERT, home / TLS_DIR / NODE_KEY)
+    try:
+        return ExplorerServer(node, args.host, args.http, tls)
+    except OSError as exc:
+        raise ConfigError(f"the explorer cannot listen on {args.host}:{args.http}: {exc.strerror or exc}") from None
 
 
 def _supernode(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity: Any, address: str,

@@ -4,8 +4,10 @@ Starts an entry supernode, a second supernode and four edge nodes as real proces
 loopback (SQLite ledgers, homes and logs under ``--work``), trains FedPer on scikit-learn's
 ``digits`` (no download) through ``Console.py -c``, then shows the per-edge-node accuracy, the
 chain head on every supernode and ``verify(recompute=True)``, and stops every node (SIGTERM).
+The entry node serves the block and model explorer (``--http``); with ``--keep`` the network
+stays up until Ctrl-C so it can be browsed.
 
-    python scripts/local_network.py [--rounds 5] [--edge-nodes 4] [--work runs/local-network]
+    python scripts/local_network.py [--rounds 5] [--edge-nodes 4] [--work runs/local-network] [--http 8088] [--keep]
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--edge-nodes", type=int, default=4)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "local-network")
+    p.add_argument("--http", type=int, default=8088, help="the entry node's explorer port")
+    p.add_argument("--keep", action="store_true", help="keep the network up after the job (Ctrl-C stops it)")
     p.add_argument("--job", default="dataset='digits', partition='pathological', batch_size=16, lr=0.05",
                    help="trainFL keyword arguments")
     args = p.parse_args()
@@ -38,7 +42,7 @@ def main() -> int:
     args.work.mkdir(parents=True)
     nodes: list[NodeProcess] = []
     try:
-        entry = NodeProcess(args.work, "entry", "SN", is_entry=True)
+        entry = NodeProcess(args.work, "entry", "SN", is_entry=True, extra=["--http", str(args.http)])
         nodes.append(entry)
         entry.wait_ready()
         sn = NodeProcess(args.work, "sn1", "SN", entry=entry.address, token_source=entry)
@@ -66,10 +70,34 @@ def main() -> int:
             s, v = node.status(), node.console("Verify")
             table.add_row(node.name, node.address, str(s.head.height), s.head.hash, "OK" if v.ok else f"BAD: {v.reason}")
         out.print(table)
+        shown = explorer_head(entry, args.http)
+        out.print(f"explorer: https://127.0.0.1:{args.http}/ shows head {shown} (log in with the token in "
+                  f"{entry.home / 'admin.token'}; the certificate is the network's own: {entry.home / 'ca'})")
+        if args.keep:
+            out.print("the network stays up: Ctrl-C stops it")
+            try:
+                entry.proc.wait()
+            except KeyboardInterrupt:
+                pass
         return 0
     finally:
         codes = [n.stop() for n in reversed(nodes)]
         out.print(f"stopped {len(codes)} nodes (exit codes {sorted(set(codes))})")
+
+
+def explorer_head(entry: NodeProcess, port: int) -> str:
+    """The head height the entry node's explorer page shows (fetched over HTTPS, checked against
+    the network's CA, with the admin token)."""
+    import re
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(entry.home / "ca" / "ca.crt"))
+    context.check_hostname = False  # the certificate names the node by its id, not by 127.0.0.1
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/", headers={"Authorization": f"Bearer {entry.token}"})
+    with urllib.request.urlopen(request, context=context, timeout=30) as reply:
+        found = re.search(r'id="head-height"><a href="/block/(\d+)"', reply.read().decode())
+    return found.group(1) if found else "?"
 
 
 if __name__ == "__main__":

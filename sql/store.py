@@ -48,6 +48,17 @@ class NodeRecord:
 
 
 @dataclass(frozen=True)
+class BlockSummary:
+    """A block's header as stored (its stored hash: ``verify`` says whether it is the right one)."""
+
+    height: int
+    hash: str
+    timestamp: int
+    proposer: str
+    tx_count: int
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     tx_hash: str
     job_id: str
@@ -330,6 +341,50 @@ class LedgerStore:
         if round is not None:
             out = [(h, t) for h, t in out if t.round == round]
         return out
+
+    def latest_blocks(self, below: int | None = None, limit: int = 25) -> list[BlockSummary]:
+        """Up to ``limit`` block headers, newest first, all below height ``below`` when given."""
+        query = select(blocks.c.height, blocks.c.hash, blocks.c.timestamp, blocks.c.proposer, blocks.c.tx_count)
+        if below is not None:
+            query = query.where(blocks.c.height < below)
+        query = query.order_by(blocks.c.height.desc()).limit(limit)
+        return [BlockSummary(*r) for r in self._read(lambda c: c.execute(query).all(), "read block headers")]
+
+    def transaction(self, tx_hash: str) -> tuple[int, int, Transaction] | None:
+        """(block height, position, transaction) of the transaction with this hash, if on the chain."""
+        row = self._read(lambda c: c.execute(select(transactions).where(transactions.c.hash == tx_hash)).first(),
+                         "find a transaction")
+        return None if row is None else (row.block_height, row.position, _tx_from_row(row))
+
+    def transactions_by(self, sender: str, limit: int = 50) -> list[tuple[int, Transaction]]:
+        """The last ``limit`` transactions ``sender`` signed, newest first."""
+        query = (select(transactions).where(transactions.c.sender == sender)
+                 .order_by(transactions.c.block_height.desc(), transactions.c.position.desc()).limit(limit))
+        return [(r.block_height, _tx_from_row(r)) for r in self._read(lambda c: c.execute(query).all(),
+                                                                         "read a node's transactions")]
+
+    def find(self, text: str, limit: int = 20) -> list[tuple[str, str]]:
+        """What ``text`` names, as (kind, key) pairs: a block by height ("block", height) or by
+        hash, a transaction, a model (by its hash), a node (by id), a job (by id); hashes and ids
+        may be given by a prefix of 6 or more hex digits."""
+        text = text.strip()
+        found: list[tuple[str, str]] = []
+        if text.isdigit():
+            found += [("block", text)] if self.block_hash(int(text)) is not None else []
+        hexed = text.lower()
+        if len(hexed) >= 6 and all(ch in "0123456789abcdef" for ch in hexed):
+            pattern = hexed + "%"
+            for kind, column in (("block", blocks.c.height), ("tx", transactions.c.hash),
+                                 ("model", model_records.c.hash), ("node", nodes.c.node_id),
+                                 ("node", enrolments.c.node_id)):
+                matched_on = blocks.c.hash if kind == "block" else column
+                query = select(column).where(matched_on.like(pattern)).distinct().limit(limit)
+                keys = self._read(lambda c, q=query: c.execute(q).scalars().all(), "search the ledger")
+                found += [(kind, str(key)) for key in keys if (kind, str(key)) not in found]
+        job_query = select(jobs.c.job_id).where(jobs.c.job_id.like(text.replace("%", "").replace("_", "\\_") + "%",
+                                                                   escape="\\")).limit(limit)
+        found += [("job", j) for j in self._read(lambda c: c.execute(job_query).scalars().all(), "search jobs")]
+        return found[:limit]
 
     def model_record(self, model_hash: str) -> ModelRecord | None:
         """The first chain record naming this model hash (an update, aggregate, global or save)."""

@@ -377,6 +377,14 @@ class Coordinator:
             job=tx_to_pb(job.tx) if job else None,
             global_model=tx_to_pb(self.global_tx) if self.global_tx else None)
 
+    def evaluations(self, job_id: str) -> list[dict[str, Any]]:
+        """Every evaluated round of job ``job_id`` as this node's checkpoint kept it (one dict per
+        round: ``RoundMetrics``' fields and ``edges``, each edge node's accuracy, loss and samples);
+        the accuracies are measured by the edge nodes for the entry node and are not on the chain."""
+        if self.jobs_dir is None or not job_id or Path(job_id).name != job_id or job_id in (".", ".."):
+            return []
+        return JobCheckpoint(self.jobs_dir / job_id).metrics(up_to=2**31)
+
     def evaluate(self) -> pb.EvalReport:
         if self.job is None or self.global_tx is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION, "no global model yet: run at least one round")
@@ -754,12 +762,16 @@ class Coordinator:
         metrics, self._unevaluated = self._unevaluated, None
         if metrics is None:
             return
+        row = {}
         if report is not None and report.edges:
             for key, value in _summary(report).items():
                 setattr(metrics, key, value)
             metrics.excluded.extend(report.excluded)
+            # each edge node's evaluation: kept for the explorer's pages, not sent with every status
+            row["edges"] = [{"node_id": e.node_id, "supernode": e.supernode, "accuracy": e.accuracy, "loss": e.loss,
+                             "num_samples": e.num_samples} for e in report.edges]
         self.metrics.append(metrics)
-        self._checkpoint().add_metrics(json_format.MessageToDict(metrics, preserving_proto_field_name=True))
+        self._checkpoint().add_metrics({**json_format.MessageToDict(metrics, preserving_proto_field_name=True), **row})
         log.info("round %d: accuracy %.4f (mean %.4f), %.2f s", metrics.round, metrics.acc_weighted,
                  metrics.acc_mean, metrics.seconds)
 

@@ -14,9 +14,9 @@ import grpc
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.chain.audit import verify_chain
-from fl.scores import job_totals
 from node.chain.rules import Transaction, TxKind
-from node.roles.scoring import round_scores, scorer_utility
+from node.roles.reports import privacy_report, score_report
+from node.roles.scoring import scorer_utility
 from node.net.admin import require_admin
 from node.net.errors import refuse
 from node.net.guard import Rule, anyone, caller, certified, method_path, refused, require_caller
@@ -240,30 +240,10 @@ class ConsoleService(rpc_pb.ConsoleServicer):
         return pb.EnrolmentList(tokens=tokens, nodes=nodes)
 
     def Privacy(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.PrivacyReport:
-        store, jobs = self.node.ledger.store, {}
-        for _, tx in store.transactions(kind=TxKind.GLOBAL_MODEL):
-            section = tx.payload.get("privacy")
-            if isinstance(section, dict):
-                job = jobs.setdefault(tx.payload["job_id"], pb.JobPrivacy(job_id=tx.payload["job_id"]))
-                job.rounds.append(pb.PrivacyRound(round=tx.payload["round"],
-                                                  record={str(k): str(v) for k, v in section.items()}))
-        for _, tx in store.transactions(kind=TxKind.ROUND_FAILED):
-            if tx.payload["job_id"] in jobs and tx.payload["attempt"] == 0:  # stopped before a round, for good
-                jobs[tx.payload["job_id"]].stopped = tx.payload["reason"]
-        return pb.PrivacyReport(jobs=list(jobs.values()))
+        return privacy_report(self.node.ledger.store)
 
     def Scores(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ScoreReport:
-        store, report = self.node.ledger.store, pb.ScoreReport()
-        for _, job_tx in store.transactions(kind=TxKind.JOB):
-            method = job_tx.payload.get("options", {}).get("scores", "off")
-            if method == "off":
-                continue
-            rounds, _ = round_scores(store, job_tx.payload["job_id"], job_tx.sender)
-            job = report.jobs.add(job_id=job_tx.payload["job_id"], method=str(method), rounds=len(rounds))
-            for node, total in sorted(job_totals([rounds[r] for r in sorted(rounds)]).items()):
-                job.edges.add(node_id=node, samples=total.samples, rounds=total.uploads, flb=total.flb,
-                              has_marginal=total.marginal is not None, marginal=total.marginal or 0.0, flags=total.flags)
-        return report
+        return score_report(self.node.ledger.store)
 
     def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
         return pb.SubmitReply(tx_hash=_enroller(self.node).revoke(request.id, request.reason))
