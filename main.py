@@ -42,7 +42,7 @@ TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"  # where a node finds its enrolment token wh
 NODE_FILE = "node.toml"  # in a node's home: the flags `main.py run --home` starts it with
 # main.py's flags a node's description may hold (the enrolment token does not: it is a secret, used once)
 NODE_FLAGS = ("port", "nt", "entry", "is_entry", "host", "advertise", "enrol_port", "insecure", "db", "data_dir",
-              "model_path", "device", "http")
+              "model_path", "device", "http", "count")
 
 
 def build_parser(describing: bool = False) -> argparse.ArgumentParser:
@@ -80,6 +80,9 @@ def build_parser(describing: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--model-path", help="model=lora jobs: a local folder holding the base causal language model "
                                         "(config model_path); nothing is downloaded")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device (config device)")
+    p.add_argument("--count", type=int, default=None if describing else 1, metavar="K",
+                   help="edge nodes: run K edge nodes in this process (each its own key, enrolment, data shard and "
+                        "head, in <home>/node-0000 …), behind one server; the enrolment token must allow K uses")
     p.add_argument("--http", type=int, metavar="PORT",
                    help="supernodes: serve the block and model explorer on this port (HTTPS with the node's "
                         "certificate; plain HTTP with --insecure); log in with the admin token")
@@ -279,13 +282,16 @@ def run(args: argparse.Namespace) -> int:
         split_address(args.advertise)
     if args.is_entry and args.nt != "SN":
         raise ConfigError("-z makes a supernode the entry node; an edge node cannot be one")
+    if args.count < 1 or (args.count > 1 and args.nt != "EN"):
+        raise ConfigError("--count K runs K edge nodes in one process: K >= 1, and only with --nt EN")
     if args.http is not None and args.nt != "SN":
         raise ConfigError("--http serves the explorer from a supernode's copy of the chain; edge nodes keep none")
-    identity = Identity.load_or_create(home)
+    many = args.count > 1  # edge nodes in homes of their own under this one (see _edge_host)
+    identity = None if many else Identity.load_or_create(home)
     address = args.advertise or f"{url_host(route_ip(args.entry))}:{args.port}"
     settings = NodeSettings.from_config(conf)
-    admission, pin = _admit(args, home, conf, identity, log)
-    credentials = None if args.insecure else Credentials.load(home / TLS_DIR)
+    admission, pin = (None, None) if many else _admit(args, home, conf, identity, log)
+    credentials = None if args.insecure or many else Credentials.load(home / TLS_DIR)
     enrol_bind = f"{url_host(args.host)}:{admission.enrol_port}" if admission else None
 
     closers: list[Any] = []
@@ -295,28 +301,16 @@ def run(args: argparse.Namespace) -> int:
                                                              credentials, pin, admission)
             revoked = node.ledger.is_revoked
         else:
-            from node.roles.edgenode import EdgeNode, TrainerOnDemand, edge_rules, edge_servicers
+            from node.roles.edgenode import edge_rules, edge_servicers
 
-            from fl.datasets import available_datasets
-
-            node = EdgeNode(identity, address, args.entry, settings, credentials=credentials,
-                            entry_id=pin.entry_id, genesis_hash=pin.genesis_hash,
-                            datasets=available_datasets(conf["data_dir"], conf["model_path"]))
-            if conf["device"] == "cuda":  # said now, not at the first round (the trainer is built late)
-                from fl.train import resolve_device
-
-                resolve_device("cuda")
-
-            def trainer() -> Any:  # (imported on first use: torch is most of an edge node's memory)
-                from node.roles.trainer import EdgeTrainer
-
-                return EdgeTrainer(node, home, conf)
-
-            servicers, rules = edge_servicers(node, TrainerOnDemand(trainer)), edge_rules(node)
+            node, credentials = _edge_host(args, home, conf, address, settings, identity, pin, credentials, log)
+            servicers, rules = edge_servicers(node), edge_rules(node)
             ledger_text = "none (edge node)"
             revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does
+        # edge nodes sharing a server take a supernode's model transfers and round orders for all of them
         server = build_server(f"{url_host(args.host)}:{args.port}", servicers, rules, credentials,
-                              revoked=revoked, enrol_bind=enrol_bind, streams_per_peer=conf["streams_per_peer"],
+                              revoked=revoked, enrol_bind=enrol_bind, workers=32 + min(args.count - 1, 96),
+                              streams_per_peer=max(conf["streams_per_peer"], min(args.count, 16)),
                               stream_idle_s=conf["stream_idle_s"])
         if args.http is not None:
             explorer = _explorer(node, args, home)
@@ -329,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
                          explorer.port)
             role = "SN, entry" if args.is_entry else args.nt
             log.info("node %s (%s) serving on %s:%d (%s), reachable at %s; home %s; ledger %s",
-                     identity.node_id, role, args.host, args.port, "plaintext" if args.insecure else "mutual TLS",
+                     f"{args.count} edge nodes" if many else identity.node_id, role, args.host, args.port, "plaintext" if args.insecure else "mutual TLS",
                      address, home, ledger_text)
             if enrol_bind:
                 log.info("enrolment port %s (plaintext; tokens pin the CA)", enrol_bind)
@@ -393,6 +387,59 @@ def _admit(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity:
     if pin.role != args.nt:
         raise ConfigError(f"this node ({home}) is enrolled as {pin.role}, not {args.nt}; use another --home")
     return None, pin
+
+
+def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], address: str, settings: Any,
+               identity: Any, pin: Any, credentials: Any, log: logging.Logger) -> tuple[Any, Any]:
+    """(host, server credentials): the edge node this process runs, or with ``--count K`` K of
+    them, each in a home of its own under ``home`` (``node-0000`` …: key, certificate, heads),
+    enrolled with the same token (it must allow K uses), behind one server and one torch runtime
+    that they share: its data, its models (named by hash) and ``slots`` cores' worth of training."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fl.datasets import available_datasets
+    from node.chain.identity import Identity
+    from node.net.model_store import ModelCache
+    from node.net.tls import TLS_DIR, Credentials, HostCredentials
+    from node.roles.edgenode import EdgeHost, EdgeNode, TrainerOnDemand
+
+    if conf["device"] == "cuda":  # said now, not at the first round (the trainer is built late)
+        from fl.train import resolve_device
+
+        resolve_device("cuda")
+    members: list[tuple[Any, Any, Any]] = [(home, identity, pin)]
+    if args.count > 1:
+        homes = [home / f"node-{i:04d}" for i in range(args.count)]
+        def admitted(node_home: Path) -> tuple[Path, Any, Any]:
+            node_identity = Identity.load_or_create(node_home)
+            return node_home, node_identity, _admit(args, node_home, conf, node_identity, log)[1]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # first start: K enrolments
+            members = list(pool.map(admitted, homes))
+        log.info("%d edge nodes in this process, homes %s … %s", args.count, homes[0], homes[-1])
+    datasets = available_datasets(conf["data_dir"], conf["model_path"])
+    models = ModelCache(2 * settings.max_model_bytes)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    slots = threading.Semaphore(max(1, cores // conf["torch_threads"]))
+
+    def edge(node_home: Path, node_identity: Any, node_pin: Any) -> tuple[Any, Any]:
+        node_credentials = None if args.insecure else Credentials.load(node_home / TLS_DIR)
+        node = EdgeNode(node_identity, address, args.entry, settings, credentials=node_credentials,
+                        entry_id=node_pin.entry_id, genesis_hash=node_pin.genesis_hash, datasets=datasets, models=models)
+
+        def trainer() -> Any:  # (imported on first use: torch is most of an edge node's memory)
+            from node.roles.trainer import EdgeTrainer
+
+            return EdgeTrainer(node, node_home, conf, slots)
+
+        return node, TrainerOnDemand(trainer), node_credentials
+
+    built = [edge(*member) for member in members]
+    host = EdgeHost([(node, trainer) for node, trainer, _ in built])
+    if args.insecure or args.count == 1:
+        return host, credentials
+    return host, HostCredentials(tuple(c for _, _, c in built))
 
 
 def _explorer(node: Any, args: argparse.Namespace, home: Path) -> Any:

@@ -2,6 +2,10 @@
 
 Every command returns True on success and False on a failure it has already explained; the
 scripting mode (``-c``) turns a False into a non-zero exit status.
+
+What takes long shows it is alive, on a terminal only (the scripting mode into a pipe prints the
+same lines as ever): ``verify()`` is one unary call that can run for minutes on a long chain, so a
+spinner line counts its seconds; a job followed live shows the round under way and for how long.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from base_package import data_pb2 as pb
@@ -24,7 +29,7 @@ from console.client import NodeClient
 from console.parser import CommandError
 from node.net.wire import block_from_pb, tx_from_pb
 
-FINISHED = ("done", "failed", "paused", "idle")
+FINISHED = ("done", "failed", "paused", "idle", "stopped")  # (stopped: its strategy refused the next round)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,20 @@ def _nodes_table(nodes: pb.NodeList, title: str, edge: bool) -> Table:
         table.add_row(n.node_id, n.address, "yes" if n.alive else "[red]no[/red]",
                       n.supernode if edge else str(n.load), f"{n.seen_ms_ago / 1000:.1f} s ago")
     return table
+
+
+@contextmanager
+def waiting(session: Session, what: str) -> Iterator[None]:
+    """A live line (a spinner, ``what``, the seconds so far) while a long call blocks, so the
+    operator sees the console is waiting, not hung; gone when the call returns. Only on a
+    terminal: piped output (``-c`` in a script) stays exactly the result lines."""
+    if not session.out.is_terminal:
+        yield
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description} … {task.elapsed:.0f} s"), console=session.out,
+                  transient=True, refresh_per_second=4) as line:
+        line.add_task(what, total=None)
+        yield
 
 
 def _settings(kwargs: dict[str, Any]) -> dict[str, str]:
@@ -346,7 +365,9 @@ def block(session: Session, n: int = -1) -> bool:
 @command("verify(recompute=False)", "re-check every hash, link, Merkle root and signature of this supernode's "
          "chain; recompute=True also re-derives every round's aggregates from the recorded updates")
 def verify(session: Session, recompute: bool = False) -> bool:
-    r = session.client.call("Verify", pb.VerifyRequest(recompute=bool(recompute)), timeout=3600)
+    doing = "verifying the chain and recomputing every round" if recompute else "verifying the chain"
+    with waiting(session, f"{doing} on {session.client.address}"):
+        r = session.client.call("Verify", pb.VerifyRequest(recompute=bool(recompute)), timeout=3600)
     if r.ok:
         session.out.print(f"[green]OK[/green]: {r.blocks} blocks, {r.transactions} transactions, "
                           f"head {r.head.height} {r.head.hash}")
@@ -417,11 +438,24 @@ def quit_(session: Session) -> bool:
 COMMANDS["exit"] = Spec(quit_, "exit()", "leave the console")
 
 
+def _job_line(status: pb.JobStatus, round_seconds: float) -> str:
+    """The live bar's words: the job, the round under way and for how long this console has seen
+    it run (a round can take minutes with nothing else changing on screen), the last accuracy."""
+    last = status.metrics[-1] if status.metrics else None
+    if status.state in ("running", "pausing") and status.round < status.rounds:
+        words = (f"{status.job_id}: round {status.round + 1} of {status.rounds} running, {round_seconds:.0f} s"
+                 + (" (pausing after it)" if status.state == "pausing" else ""))
+    else:
+        words = f"{status.job_id} {status.state}"
+    return words + (f", acc {_pct(last.acc_weighted)} %" if last else "")
+
+
 def follow(session: Session, status: pb.JobStatus, poll: float = 0.5) -> bool:
     """Show the job's progress live until it finishes, pauses or fails (Ctrl-C detaches)."""
     shown = 0
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=session.out, transient=True)
+    round_started, seen_round = time.monotonic(), status.round
     try:
         with progress:
             task = progress.add_task(f"{status.job_id}", total=status.rounds, completed=status.round)
@@ -431,9 +465,10 @@ def follow(session: Session, status: pb.JobStatus, poll: float = 0.5) -> bool:
                                       f"min {_pct(m.acc_min)}), train loss {m.train_loss:.4f}, {m.participants} ENs, "
                                       f"{len(m.excluded)} left out, {m.seconds:.2f} s")
                 shown = len(status.metrics)
-                last = status.metrics[-1] if status.metrics else None
-                progress.update(task, completed=status.round, description=(
-                    f"{status.job_id} {status.state}" + (f", acc {_pct(last.acc_weighted)} %" if last else "")))
+                if status.round != seen_round:  # a round finished: the next one's clock starts
+                    round_started, seen_round = time.monotonic(), status.round
+                progress.update(task, completed=status.round,
+                                description=_job_line(status, time.monotonic() - round_started))
                 if status.state in FINISHED:
                     break
                 time.sleep(poll)
@@ -444,5 +479,6 @@ def follow(session: Session, status: pb.JobStatus, poll: float = 0.5) -> bool:
     if status.state == "failed":
         session.out.print(f"[red]{status.job_id} failed: {status.error}[/red]")
         return False
-    session.out.print(f"{status.job_id}: {status.state} after {status.round}/{status.rounds} rounds")
+    session.out.print(f"{status.job_id}: {status.state} after {status.round}/{status.rounds} rounds"
+                      + (f": {status.error}" if status.state == "stopped" and status.error else ""))
     return True

@@ -25,7 +25,7 @@ from fl.distill import PUBLIC_LOGITS, DistillTerm, public_indices, public_output
 from fl.names import DISTILL_PUBLIC, DP_OPTIONS, INPUT_SHAPES, OPTION_DEFAULTS, SPLIT_STRATEGIES, TEXT_DATASETS
 from fl.split import Cut, LocalLink, ServerHalf, ServerLink, train_split
 from fl.strategy import Strategy, TrainHook, strategy_for_job
-from fl.train import ClientData, EvalResult, TrainStats, evaluate, train_local
+from fl.train import GLOBAL_RNG, ClientData, EvalResult, TrainStats, evaluate, train_local
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,9 @@ class JobSpec:
 
     def build_model(self, num_classes: int = 10, client: int = 0) -> SplitModel:
         """Client ``client``'s model, initialised from the job's seed (identical on every node)."""
-        torch.manual_seed(self.seed)
-        return build_model(self.architecture(client), self.dataset, num_classes, self.head_layers)
+        with GLOBAL_RNG:
+            torch.manual_seed(self.seed)
+            return build_model(self.architecture(client), self.dataset, num_classes, self.head_layers)
 
     def check_model_fits(self, input_shape: tuple[int, ...] | None = None) -> None:
         """Raise ValueError unless each of the job's models accepts its dataset's samples (one zero
@@ -225,12 +226,10 @@ def client_indices(labels: np.ndarray, job: JobSpec) -> list[ClientIndices]:
     )
     splits = [replace(client_split(pool[p], job.train_fraction, job.seed, i), public=public)
               for i, p in enumerate(parts)]
-    for i, split in enumerate(splits):
-        if len(split.train) == 0 or len(split.test) == 0:
-            raise ValueError(
-                f"client {i} got {len(split.train)} training and {len(split.test)} test samples "
-                f"from the {job.partition} partition; use fewer clients or another partition"
-            )
+    for i, split in enumerate(splits):  # (a client with one sample trains on it and has none to test on:
+        if len(split.train) == 0:        # its evaluation counts in the weighted accuracy with weight 0)
+            raise ValueError(f"client {i} got no training samples from the {job.partition} partition; use fewer "
+                             f"clients or another partition")
     return splits
 
 

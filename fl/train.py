@@ -6,6 +6,7 @@ tensors and each batch is one index into them: no DataLoader, no per-sample Pyth
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,6 +14,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Held by code that seeds and then draws from torch's global generator (a model's initial weights,
+# LoRA's dropout): edge nodes sharing a process (``--count``) train side by side, and one's draws
+# must not interleave with another's, or it would not train as it would alone.
+GLOBAL_RNG = threading.RLock()
 
 if TYPE_CHECKING:
     from fl.strategy.client import TrainHook
@@ -138,8 +144,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def summarize(results: list[EvalResult]) -> dict[str, float]:
-    """Per-client mean/min/max accuracy, the sample-weighted accuracy and the mean loss."""
-    accs = [r.accuracy for r in results]
+    """Per-client mean/min/max accuracy (over clients with test samples: a client with a single
+    sample trains on it), the sample-weighted accuracy and the mean loss."""
+    accs = [r.accuracy for r in results if r.num_samples] or [r.accuracy for r in results]
     total = sum(r.num_samples for r in results)
     return {
         "acc_weighted": sum(r.correct for r in results) / total if total else 0.0,

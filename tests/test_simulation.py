@@ -6,6 +6,7 @@ import torch
 from config import load_config
 from fl.__main__ import main
 from fl.datasets import load_dataset
+from fl.federation import JobSpec, client_indices
 from fl.serialize import model_hash, state_from_bytes
 from fl.simulation import run_simulation
 
@@ -53,8 +54,21 @@ def test_fedper_keeps_heads_personal_and_fedavg_shares_them():
 
 
 def test_too_many_clients_for_the_data_is_a_clear_error():
-    with pytest.raises(ValueError, match="client .* got .* test samples"):
-        run_simulation(_conf(**{"client.amount": 1797}), dataset=DIGITS)
+    with pytest.raises(ValueError, match="2000 clients but only 1797 samples"):
+        run_simulation(_conf(**{"client.amount": 2000}), dataset=DIGITS)
+    with pytest.raises(ValueError, match="client .* got no training samples from the pathological partition"):
+        client_indices(DIGITS.y.numpy(), JobSpec.from_config(_conf(**{"client.amount": 1500,
+                                                                       "partition": "pathological"})))
+
+
+def test_a_client_with_one_sample_trains_and_is_not_counted_in_the_per_client_accuracy():
+    from fl.train import EvalResult, summarize
+
+    splits = client_indices(DIGITS.y.numpy(), JobSpec.from_config(_conf(**{"client.amount": 1000,
+                                                                          "partition": "iid"})))
+    assert min(len(s.train) for s in splits) >= 1 and min(len(s.test) for s in splits) == 0
+    summary = summarize([EvalResult(3, 1.0, 4), EvalResult(0, 0.0, 0)])
+    assert summary["acc_min"] == summary["acc_max"] == summary["acc_mean"] == 0.75
 
 
 def test_local_open_eval_and_open_eval_off():

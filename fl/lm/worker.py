@@ -35,7 +35,7 @@ from fl.federation import ClientResult, JobSpec
 from fl.lm.base import load_model
 from fl.models import StateDict
 from fl.strategy import TrainHook
-from fl.train import ClientData, EvalResult, TrainStats
+from fl.train import GLOBAL_RNG, ClientData, EvalResult, TrainStats
 
 VARIANTS = ("fedavg", "ffa")
 _ADAPTER = "default"  # peft's adapter name, dropped from the keys that travel
@@ -119,8 +119,8 @@ class LMWorker:
         base = load_model(model_path, "cpu")
         # one evaluation batch holds at most EVAL_LOGITS logits (a 49k vocabulary's are large)
         self._vocab_size = int(base.get_output_embeddings().weight.shape[0])
-        torch.manual_seed(job.seed)
-        with warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecates
+        with GLOBAL_RNG, warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecates
+            torch.manual_seed(job.seed)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             peft = get_peft_model(base, lora.config())
         self.model = LoRAModel(peft.to(self.device))
@@ -206,6 +206,12 @@ class LMWorker:
         job = self.job
         optimizer = torch.optim.AdamW([p for p in self.model.adapters.values() if p.requires_grad],
                                       lr=job.lr, weight_decay=0.0)
+        with GLOBAL_RNG:  # LoRA's dropout draws from the global generator throughout
+            return self._train_blocks(blocks, optimizer, seed, hook)
+
+    def _train_blocks(self, blocks: torch.Tensor, optimizer: torch.optim.Optimizer, seed: int,
+                      hook: TrainHook) -> TrainStats:
+        n, job = int(blocks.shape[0]), self.job
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # LoRA dropout
         before_step = hook.start(self.model, self.shared_keys)

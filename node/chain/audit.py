@@ -10,6 +10,9 @@ against the genesis hash a node pinned at enrolment.
 
 Ed25519 verification dominates the cost (~0.1 ms a signature here) and OpenSSL releases the
 GIL while it runs, so signatures are checked a batch of blocks at a time on a thread pool.
+
+A long chain takes a while, so a caller may pass ``progress``: it hears how many blocks were
+walked of how many the head promised, once a batch, which costs nothing beside the checks.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ BATCH_BLOCKS = 500
 SIGNATURES_PER_TASK = 256
 MAX_PENDING_TASKS = 64
 DERIVED_MISMATCH = "the tables built from the chain differ from it: "
+
+# (blocks done, blocks in all) -> None: how far a long audit has got, for a progress bar
+ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -76,12 +82,15 @@ class _Walk:
 
 
 def verify_chain(store: BlockStore, *, signatures: bool = True, threads: int | None = None,
-                 genesis_hash: str = "") -> VerifyReport:
+                 genesis_hash: str = "", progress: ProgressCallback | None = None) -> VerifyReport:
     """Audit the whole chain in ``store``; ``signatures=False`` skips only the Ed25519 checks;
     ``genesis_hash``: the genesis block pinned at enrolment (another one is another network;
     empty: not checked). Once every block holds, the tables built from the chain (nodes,
     enrolments, jobs, rounds, model records) are compared with what its blocks derive: a
     mismatch is reported with ``bad_height`` None and the tables' rows in ``reason``.
+    ``progress(done, total)`` hears of the walk at its start, once a batch of blocks (``total``:
+    the head's height + 1 when the walk starts, raised if blocks arrive meanwhile), and once more
+    with ``done == total`` when every block has passed, signatures included (not after a bad one).
 
     The structural pass runs on this thread while earlier batches' signatures are checked on the
     pool; results are read back in chain order, so the lowest bad height is the one reported."""
@@ -91,7 +100,7 @@ def verify_chain(store: BlockStore, *, signatures: bool = True, threads: int | N
                                                    f"{genesis_hash[:16]}… (the one seen at enrolment): another network")
     derived = store.derived_check()  # read before the walk: blocks appended meanwhile are not compared
     try:
-        report = _verify_blocks(store, signatures, threads, derived.add)
+        report = _verify_blocks(store, signatures, threads, derived.add, _Counter(store, progress))
         if not report.ok:
             return report
         if differences := derived.differences():
@@ -102,14 +111,39 @@ def verify_chain(store: BlockStore, *, signatures: bool = True, threads: int | N
         derived.close()
 
 
+class _Counter:
+    """Tells ``progress`` how many blocks the walk has passed: at the start (0, so a bar has its
+    total from the first moment; the total is the head read before the walk), once a batch, and
+    once at the end."""
+
+    def __init__(self, store: BlockStore, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        head = store.head() if progress is not None else None
+        self.total = 0 if head is None else head.height + 1
+
+    def start(self) -> None:
+        if self.progress is not None and self.total > 0:  # (an empty chain is told once, at the end)
+            self.progress(0, self.total)
+
+    def batch(self, done: int) -> None:
+        if self.progress is not None and done < self.total:  # the last batch is told by ``finished``
+            self.progress(done, self.total)
+
+    def finished(self, done: int) -> None:
+        if self.progress is not None:
+            self.total = max(self.total, done)
+            self.progress(self.total, self.total)
+
+
 def _verify_blocks(store: BlockStore, signatures: bool, threads: int | None,
-                   derive: Callable[[Block], None]) -> VerifyReport:
+                   derive: Callable[[Block], None], counter: _Counter) -> VerifyReport:
     """Walk every block once: structure on this thread, signatures on the pool, and each block
     that passed the structural checks handed to ``derive`` (the derived tables' check)."""
     walk = _Walk()
     blocks = store.iter_stored_blocks(batch=BATCH_BLOCKS)
     pending: deque[Future[list[_SignatureCheck]]] = deque()
     structural: _Bad | None = None
+    counter.start()
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         try:
             while structural is None and (batch := list(islice(blocks, BATCH_BLOCKS))):
@@ -128,6 +162,8 @@ def _verify_blocks(store: BlockStore, signatures: bool, threads: int | None,
                                    for i in range(0, len(checks), SIGNATURES_PER_TASK))
                 while len(pending) > MAX_PENDING_TASKS:  # bound the memory held by queued checks
                     _raise_first_failure(pending.popleft())
+                if structural is None:
+                    counter.batch(_walked(walk))
             while pending:
                 _raise_first_failure(pending.popleft())
         except _Bad as bad:
@@ -137,10 +173,16 @@ def _verify_blocks(store: BlockStore, signatures: bool, threads: int | None,
                 future.cancel()
     if structural is not None:
         return VerifyReport(False, structural.height, walk.transactions, None, structural.height, structural.reason)
+    counter.finished(_walked(walk))
     if walk.previous is None:
         return VerifyReport(True, 0, 0, None)
     head = Head(walk.previous.block.height, walk.previous.stored_hash)
     return VerifyReport(True, head.height + 1, walk.transactions, head)
+
+
+def _walked(walk: _Walk) -> int:
+    """How many blocks the structural pass has passed (heights start at 0)."""
+    return 0 if walk.previous is None else walk.previous.block.height + 1
 
 
 def _raise_first_failure(future: Future[list[_SignatureCheck]]) -> None:

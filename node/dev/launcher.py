@@ -78,8 +78,9 @@ class NodeProcess:
         if db:
             args += ["--db", db]
         environment = {**os.environ, **FAST, **(env or {})}
-        if not is_entry and token_source is not None:
-            environment["FEDLEDGER_ENROL_TOKEN"] = token_source.enrolment_token(nt)
+        if not is_entry and token_source is not None:  # (`--count K` edge nodes enrol K times)
+            uses = int(extra[list(extra).index("--count") + 1]) if "--count" in extra else 1
+            environment["FEDLEDGER_ENROL_TOKEN"] = token_source.enrolment_token(nt, uses)
         self.proc = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT)
         self.token_source = token_source

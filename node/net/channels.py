@@ -14,6 +14,9 @@ import grpc
 
 from node.net.tls import NETWORK_NAME, Credentials
 
+# gRPC metadata naming which of the edge nodes behind one address a supernode's call is for (one
+# process may run many: ``main.py --count K``); their server routes the call by it
+ADDRESSED_NODE = "fedledger-node"
 CHUNK_BYTES = 1 << 20  # model streams: 1 MiB per message
 MAX_MESSAGE_BYTES = 8 << 20  # anything larger is refused by gRPC itself (RESOURCE_EXHAUSTED)
 CHANNEL_OPTIONS = [
@@ -38,6 +41,11 @@ def channel(address: str, credentials: Credentials | None = None, node_id: str =
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node_id or NETWORK_NAME)]
     return grpc.secure_channel(address, credentials.channel(), options=options)
+
+
+def addressed_to(node_id: str) -> tuple[tuple[str, str], ...]:
+    """The metadata of a call to edge node ``node_id`` (see ``ADDRESSED_NODE``)."""
+    return ((ADDRESSED_NODE, node_id),)
 
 
 class Channels:

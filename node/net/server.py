@@ -17,7 +17,7 @@ from base_package import data_pb2 as pb
 from node.net.channels import CHANNEL_OPTIONS
 from node.net.guard import Guard, Rule
 from node.net.limits import StreamLimits
-from node.net.tls import Credentials
+from node.net.tls import Credentials, HostCredentials
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ SERVICES = [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]
 
 
 def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None], Any]],
-                 rules: Mapping[str, Rule], credentials: Credentials | None = None, *,
+                 rules: Mapping[str, Rule], credentials: Credentials | HostCredentials | None = None, *,
                  revoked: Callable[[str], bool] = lambda node_id: False, enrol_bind: str | None = None,
                  workers: int = 32, streams_per_peer: int = 4, stream_idle_s: float = 30.0) -> grpc.Server:
     """A started server on ``bind`` (HOST:PORT) with every servicer, health and reflection, and
@@ -56,7 +56,7 @@ def build_server(bind: str, servicers: Iterable[tuple[Callable[[Any, Any], None]
     return server
 
 
-def _listen(server: grpc.Server, bind: str, credentials: Credentials | None) -> None:
+def _listen(server: grpc.Server, bind: str, credentials: Credentials | HostCredentials | None) -> None:
     try:
         port = (server.add_secure_port(bind, credentials.server()) if credentials is not None
                 else server.add_insecure_port(bind))

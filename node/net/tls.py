@@ -226,6 +226,21 @@ class Credentials:
         return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
 
 
+@dataclass(frozen=True)
+class HostCredentials:
+    """The credentials of several nodes behind one server (virtual edge nodes, ``--count``): the
+    handshake presents the certificate of the node the caller asks for. A caller names the node
+    it expects as its TLS target (``grpc.ssl_target_name_override``), which gRPC also sends as
+    the server name (SNI); the server picks the certificate whose names match it, so each node
+    still proves its own id, and a node this server does not hold fails the handshake."""
+
+    members: tuple[Credentials, ...]
+
+    def server(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(c.key_pem, c.cert_pem) for c in self.members],
+                                           root_certificates=self.members[0].ca_pem, require_client_auth=True)
+
+
 def save_node_credentials(folder: Path, cert: x509.Certificate, ca: x509.Certificate) -> None:
     """Write a node's certificate and the CA's next to its TLS key (``node.key``)."""
     folder.mkdir(parents=True, exist_ok=True)

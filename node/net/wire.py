@@ -11,9 +11,13 @@ import json
 from typing import Any
 
 from base_package import data_pb2 as pb
-from node.chain.rules import Block, ChainError, Head, Transaction, canonical_bytes
+from node.chain.rules import Block, ChainError, Head, Transaction, TxKind, canonical_bytes
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+# a JOB names every participant (and its sample cap), an AGGREGATE every update its supernode
+# checked: ~75 bytes an edge node, so these grow with the network (1 MiB: ~14,000 edge nodes)
+MAX_LISTING_PAYLOAD_BYTES = 1 << 20
+LISTING_KINDS = frozenset({TxKind.JOB, TxKind.AGGREGATE})
 MAX_BLOCK_TRANSACTIONS = 10_000
 
 
@@ -31,8 +35,9 @@ def tx_to_pb(tx: Transaction) -> pb.Transaction:
 
 
 def tx_from_pb(msg: pb.Transaction) -> Transaction:
-    if len(msg.payload) > MAX_PAYLOAD_BYTES:
-        raise WireError(f"transaction payload is {len(msg.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    limit = MAX_LISTING_PAYLOAD_BYTES if msg.kind in LISTING_KINDS else MAX_PAYLOAD_BYTES
+    if len(msg.payload) > limit:
+        raise WireError(f"{msg.kind[:32]} transaction payload is {len(msg.payload)} bytes; the limit is {limit}")
     try:
         payload = json.loads(msg.payload.decode("utf-8"), parse_float=_no_floats,
                              parse_constant=_no_floats)

@@ -218,9 +218,9 @@ class Coordinator:
             _, splits = job_data(spec, self.base_conf["data_dir"], self.base_conf["model_path"])
         except (ValueError, OSError) as exc:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
-                         f"the entry node derives every edge node's sample count from the job's partition, but "
-                         f"cannot load {spec.dataset} from its data_dir: {exc}; give it the dataset (--data-dir), "
-                         f"or start the job with own_data=True") from None
+                         f"the entry node derives every edge node's sample count from the job's partition, and "
+                         f"could not: {exc} (a dataset it lacks: give it the files, --data-dir, or start the job "
+                         f"with own_data=True)") from None
         return [len(split.train) for split in splits]
 
     def _job_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -610,8 +610,7 @@ class Coordinator:
         mine += [pb.Exclusion(node_id=n, reason=self._absence(n, lost)) for n in job.participants if n not in accounted]
         excluded += mine
         if not parts:
-            raise RuntimeError("no edge node returned a usable update: " +
-                               ("; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded) or "no participants"))
+            raise RuntimeError(f"no edge node returned a usable update: {_exclusions(excluded)}")
         scored = self._scorer.score(round_number, strategy, reference, scoring) if self._scorer else None
         if strategy.decomposable:
             combined: ExactSum | list[Update] = strategy.accumulator(reference)
@@ -814,6 +813,15 @@ class Coordinator:
 
 
 
+def _exclusions(excluded: list[pb.Exclusion], shown: int = 5) -> str:
+    """Why edge nodes were left out, for a message a person reads: the first few, and a count of
+    the rest (the chain's EXCLUDED records hold every one)."""
+    if not excluded:
+        return "no participants"
+    text = "; ".join(f"{e.node_id[:8]}: {e.reason}" for e in excluded[:shown])
+    return text + (f"; and {len(excluded) - shown} more" if len(excluded) > shown else "")
+
+
 def _samples(edge: pb.EdgeResult) -> int:
     return int(tx_from_pb(edge.update).payload["samples"]) if edge.HasField("update") else 0
 
@@ -838,7 +846,7 @@ def _eval_report(job: Job, round_number: int, results: list[tuple[Any, pb.Supern
 
 
 def _summary(report: pb.EvalReport) -> dict[str, float]:
-    accs = [e.accuracy for e in report.edges]
+    accs = [e.accuracy for e in report.edges if e.num_samples] or [e.accuracy for e in report.edges]
     return {"acc_weighted": report.acc_weighted, "acc_mean": report.acc_mean, "acc_min": min(accs),
             "acc_max": max(accs), "loss": report.loss}
 

@@ -27,7 +27,7 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from node.chain.rules import genesis_proposer
 from node.chain.identity import Identity, node_id_for
-from node.net.channels import Channels
+from node.net.channels import ADDRESSED_NODE, Channels
 from node.net.errors import refuse
 from node.net.guard import Rule, certified, method_path, refused, require_caller
 from node.net.tls import Credentials, Peer
@@ -50,10 +50,11 @@ class EdgeNode:
 
     def __init__(self, identity: Identity, address: str, entry_address: str, settings: NodeSettings, *,
                  credentials: Credentials | None = None, entry_id: str | None = None,
-                 genesis_hash: str = "", datasets: list[str] | None = None) -> None:
+                 genesis_hash: str = "", datasets: list[str] | None = None, models: ModelCache | None = None) -> None:
         """``credentials``: this node's TLS certificate (None: plaintext, ``--insecure``);
         ``entry_id`` and ``genesis_hash``: the network as pinned at enrolment; ``datasets``: what
-        its data_dir holds, said in its registration (None: not said)."""
+        its data_dir holds, said in its registration (None: not said); ``models``: the model
+        cache, shared by the edge nodes of one process (models are named by their hash)."""
         self.identity = identity
         self.node_id = identity.node_id
         self.address = address
@@ -63,7 +64,7 @@ class EdgeNode:
         self.entry_id: str | None = entry_id  # pinned at enrolment; its key comes from the genesis block
         self.entry_key: bytes | None = None
         self.genesis_hash = genesis_hash
-        self.models = ModelCache(2 * settings.max_model_bytes)
+        self.models = models if models is not None else ModelCache(2 * settings.max_model_bytes)
         self.channels = Channels(credentials)  # to the entry node and its supernode, reused
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,9 +79,11 @@ class EdgeNode:
         self._thread = threading.Thread(target=self._run, name="edge", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop heartbeating; ``wait``: until its thread has ended (a process with many edge nodes
+        tells them all first, then waits)."""
         self._stop.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=10)
 
     def join(self, exclude: set[str]) -> pb.NodeInfo:
@@ -195,38 +198,78 @@ class TrainerOnDemand:
         return self.get().handle(request)
 
 
-class EdgeTrainingService(rpc_pb.TrainingServicer):
-    """Receives models from this edge node's supernode only."""
+class EdgeHost:
+    """The edge nodes one process runs behind one gRPC server: one, or K with ``--count K``, each
+    with its own identity, certificate, supernode and trainer. A supernode names the edge node it
+    calls in the call's metadata (``ADDRESSED_NODE``) and, under mutual TLS, as the certificate it
+    expects; the call goes to that node or is refused."""
 
-    def __init__(self, node: EdgeNode, trainer: TrainerOnDemand) -> None:
-        self.node = node
-        self.trainer = trainer
+    def __init__(self, members: list[tuple[EdgeNode, TrainerOnDemand]]) -> None:
+        if not members:
+            raise ValueError("an edge host needs at least one edge node")
+        self.members = {node.node_id: (node, trainer) for node, trainer in members}
+        self.entry_address = members[0][0].entry_address
+
+    def addressed(self, context: grpc.ServicerContext) -> tuple[EdgeNode, TrainerOnDemand]:
+        """The edge node a call is for."""
+        named = dict(context.invocation_metadata()).get(ADDRESSED_NODE)
+        if named is None:
+            if len(self.members) == 1:
+                return next(iter(self.members.values()))
+            raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"this process runs {len(self.members)} edge nodes: name the "
+                         f"one the call is for (metadata {ADDRESSED_NODE})")
+        found = self.members.get(named)
+        if found is None:
+            raise refuse(grpc.StatusCode.NOT_FOUND, f"edge node {named[:40]} is not served here")
+        return found
+
+    def nodes(self) -> list[EdgeNode]:
+        return [node for node, _ in self.members.values()]
+
+    def start(self) -> None:
+        for node in self.nodes():
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes():
+            node.stop(wait=False)
+        for node in self.nodes():
+            node.stop()
+
+
+class EdgeTrainingService(rpc_pb.TrainingServicer):
+    """Receives models and round orders for the edge node each call names, from its supernode only."""
+
+    def __init__(self, host: EdgeHost) -> None:
+        self.host = host
 
     def DistributeModel(self, request_iterator, context: grpc.ServicerContext) -> pb.TransferReceipt:
+        node, trainer = self.host.addressed(context)
+
         def authorise(header: pb.ModelHeader) -> None:
-            sn = self.node.supernode
+            sn = node.supernode
             require_caller(header.sender, "a model")
             if sn is None or header.sender != sn.node_id:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"node {header.sender} is not this edge node's supernode")
             check_header_signature(header, sn.public_key)
 
-        model = receive(request_iterator, self.node.settings.max_model_bytes, authorise)
-        self.node.models.put(model)
-        self.trainer.warm_up()  # a round follows: have torch and the trainer ready for it
+        model = receive(request_iterator, node.settings.max_model_bytes, authorise)
+        node.models.put(model)
+        trainer.warm_up()  # a round follows: have torch and the trainer ready for it
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 
     def TrainRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.EdgeResult:
-        return self.trainer.handle(request)
+        return self.host.addressed(context)[1].handle(request)
 
 
-def edge_servicers(node: EdgeNode, trainer: TrainerOnDemand) -> list[tuple[Callable[[Any, Any], None], Any]]:
-    return [(rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(node, trainer))]
+def edge_servicers(host: EdgeHost) -> list[tuple[Callable[[Any, Any], None], Any]]:
+    return [(rpc_pb.add_TrainingServicer_to_server, EdgeTrainingService(host))]
 
 
-def edge_rules(node: EdgeNode) -> dict[str, Rule]:
+def edge_rules(host: EdgeHost) -> dict[str, Rule]:
     """Who may call each RPC of an edge node: its supernode, for models and rounds; nobody else."""
-    where = f"connect to a supernode such as the entry node at {node.entry_address}"
+    where = f"connect to a supernode such as the entry node at {host.entry_address}"
     rules = {method_path(service, method): refused(code, message)
              for service, code, message in (
                  ("Console", grpc.StatusCode.PERMISSION_DENIED,
@@ -235,11 +278,11 @@ def edge_rules(node: EdgeNode) -> dict[str, Rule]:
                   f"this is an edge node: it keeps no membership; {where}"),
                  ("Ledger", grpc.StatusCode.FAILED_PRECONDITION, f"this is an edge node: it keeps no ledger; {where}"))
              for method in [m.name for m in pb.DESCRIPTOR.services_by_name[service].methods]}
+
     def its_supernode(context: grpc.ServicerContext, peer: Peer) -> None:
-        sn = node.supernode
+        sn = host.addressed(context)[0].supernode
         if sn is None or not peer.is_node(sn.node_id):
             raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"only this edge node's supernode sends it work, not {peer}")
-
     rules.update({
         method_path("Enrolment", "GetNetwork"): refused(grpc.StatusCode.FAILED_PRECONDITION, f"nodes enrol at the entry node; {where}"),
         method_path("Enrolment", "Enrol"): refused(grpc.StatusCode.FAILED_PRECONDITION, f"nodes enrol at the entry node; {where}"),

@@ -40,6 +40,8 @@ SCORE_TOLERANCE = 0.01  # recomputed accuracies and marginal scores may differ t
 
 # (model hash, the node that should hold it) -> the model's bytes, checked against the hash; or None
 FetchModel = Callable[[str, str], "bytes | None"]
+# (rounds recomputed, rounds in all) -> None: how far a long recompute has got, for a progress bar
+ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,13 @@ class _Mismatch(Exception):
 
 def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel,
                     utility_for: Callable[[Job], Utility | None] | None = None,
-                    model_path: str = "") -> RecomputeReport:
+                    model_path: str = "", progress: ProgressCallback | None = None) -> RecomputeReport:
     """Recompute every job in ``transactions`` (the chain's, in chain order). ``utility_for``: the
     scorer's validation utility for a job, where this node holds its data (scores' accuracies
     and marginal values are then recomputed too); ``model_path``: the base model of LoRA jobs
-    (their initial adapters are rebuilt on it)."""
+    (their initial adapters are rebuilt on it). ``progress(done, total)`` hears of every round
+    recomputed (``total``: the finished rounds of every recomputable job), so a long recompute can
+    show how far it has got; a chain with no such round is told ``(0, 0)`` once."""
     started = time.perf_counter()
     by_job: dict[str, list[Transaction]] = defaultdict(list)
     jobs: list[Transaction] = []
@@ -86,12 +90,15 @@ def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel,
         elif tx.kind in (TxKind.ROUND, TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.GLOBAL_MODEL, TxKind.SCORE):
             by_job[tx.payload["job_id"]].append(tx)
     rounds = updates = skipped = 0
+    total = _finished_rounds(jobs, by_job)
     for job_tx in jobs:
-        if "aggregation" not in job_tx.payload.get("spec", {}):
+        if not _recomputable(job_tx):
             skipped += 1  # recorded before aggregates were exact and named: nothing to recompute against
             continue
         job = Job.from_tx(job_tx)
         replay = _JobReplay(job, by_job.get(job.job_id, []), fetch, utility_for, model_path)
+        if progress is not None:
+            replay.on_round = lambda here, before=rounds: progress(before + here, total)
         try:
             replay.run()
         except _Mismatch as bad:
@@ -99,8 +106,23 @@ def recompute_chain(transactions: Iterable[Transaction], fetch: FetchModel,
                                    bad.round, bad.node, bad.reason, time.perf_counter() - started, bad.missing,
                                    skipped)
         rounds, updates = rounds + replay.rounds, updates + replay.updates
+    if progress is not None and total == 0:
+        progress(0, 0)  # (otherwise the last round told ``done == total``)
     return RecomputeReport(True, len(jobs), rounds, updates, seconds=time.perf_counter() - started,
                            skipped_jobs=skipped)
+
+
+def _recomputable(job_tx: Transaction) -> bool:
+    """Whether the JOB names its aggregation: those recorded before aggregates were exact cannot be."""
+    return "aggregation" in job_tx.payload.get("spec", {})
+
+
+def _finished_rounds(jobs: list[Transaction], by_job: dict[str, list[Transaction]]) -> int:
+    """The rounds the recompute will walk (one per GLOBAL_MODEL round of every recomputable job):
+    the total a progress bar is drawn against."""
+    return sum(len({t.payload["round"] for t in by_job.get(job_tx.payload.get("job_id", ""), [])
+                    if t.kind == TxKind.GLOBAL_MODEL})
+               for job_tx in jobs if _recomputable(job_tx))
 
 
 class _JobReplay:
@@ -116,6 +138,7 @@ class _JobReplay:
         self.aggregates = {t.hash: t for t in txs if t.kind == TxKind.AGGREGATE}
         self.model_updates = {t.hash: t for t in txs if t.kind == TxKind.MODEL_UPDATE}
         self.rounds = self.updates = 0
+        self.on_round: Callable[[int], None] = lambda rounds: None  # told the rounds done after each (progress)
         self.scores: dict[int, dict[str, Transaction]] = defaultdict(dict)  # the entry node's, by round and node
         for t in txs:
             if t.kind == TxKind.SCORE and t.sender == self.entry and t.payload["round"] > 0:
@@ -167,6 +190,7 @@ class _JobReplay:
                                 f"what the {self.strategy.name} rule makes of the recorded updates "
                                 f"({model_hash(current)[:16]}…)")
             self.rounds += 1
+            self.on_round(self.rounds)
 
     def _recorded_models(self, round_number: int, recorded: Transaction) -> dict[str, dict[str, torch.Tensor]]:
         """The states the GLOBAL_MODEL names beside the model (a DP round's noised mean), fetched

@@ -33,6 +33,7 @@ from fl.names import SPLIT_STRATEGIES
 from node.roles.split import SplitServer
 from node.roles.jobs import (Job, OrderLog, Orders, check_model_update, read_orders, seconds_left,
                              signed_train_loss)
+from node.net.channels import addressed_to
 from node.net.errors import refuse, status_for
 from node.net.model_store import Deliveries, UploadWindow
 from node.net.streams import ReceivedModel, chunks, make_header
@@ -178,7 +179,7 @@ class RoundRunner:
         header = make_header(self.node.identity, model.data, model.header.job_id, model.header.round,
                              model.header.num_samples, model_hash=model.header.model_hash)
         stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id))
-        stub.DistributeModel(chunks(header, model.data), timeout=_seconds_left(request))
+        stub.DistributeModel(chunks(header, model.data), timeout=_seconds_left(request), metadata=addressed_to(edge.node_id))
         self.delivered.record(edge.node_id, model.header.model_hash)
 
     def _ask_edge(self, edge: Any, sent: Future[None], request: pb.RoundRequest,
@@ -189,7 +190,7 @@ class RoundRunner:
                 self.split.ask(split_attempt, edge.node_id)
             timeout = _seconds_left(request)
             stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id))
-            return stub.TrainRound(request, timeout=timeout)
+            return stub.TrainRound(request, timeout=timeout, metadata=addressed_to(edge.node_id))
 
     def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
                  reply: pb.SupernodeResult) -> pb.SupernodeResult:

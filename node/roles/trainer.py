@@ -18,6 +18,7 @@ count leaves no trace in the head; an order for an older round is refused.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 import json
@@ -100,9 +101,20 @@ class _JobState:
                    state_from_bytes(before.read_bytes()) if before.exists() else None, last_round)
 
 
+@functools.lru_cache(maxsize=2)
+def shared_job_data(spec: Any, data_dir: str, model_path: str) -> tuple[Any, list[Any]]:
+    """``job_data`` once per process and job: the edge nodes of one process (``--count``) share
+    the job's samples and partition; each copies out only its own shard."""
+    return job_data(spec, data_dir, model_path)
+
+
 class EdgeTrainer:
-    def __init__(self, node: EdgeNode, home: Path, conf: dict[str, Any]) -> None:
+    def __init__(self, node: EdgeNode, home: Path, conf: dict[str, Any],
+                 slots: threading.Semaphore | None = None) -> None:
+        """``slots``: how many of the process's edge nodes may train at once (shared by them:
+        they share the host's cores); None: this node alone decides."""
         self.node = node
+        self.slots = slots if slots is not None else threading.Semaphore(1)
         self.home = Path(home)
         self.data_dir = conf["data_dir"]
         self.model_path = conf["model_path"]
@@ -123,7 +135,7 @@ class EdgeTrainer:
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                          f"this edge node does not hold the global model {model_hash[:16]}…; distribute it first")
-        with self._lock:
+        with self._lock, self.slots:
             if self.device.type == "cpu":
                 # per thread: OpenMP keeps the thread count per calling thread, and each gRPC call
                 # may run on another one (else training here would use every core, and spin)
@@ -231,7 +243,7 @@ class EdgeTrainer:
             split = client_split(np.arange(len(dataset)), job.spec.train_fraction, job.spec.seed, index)
         else:
             try:
-                dataset, splits = job_data(job.spec, self.data_dir, self.model_path)
+                dataset, splits = shared_job_data(job.spec, str(self.data_dir), str(self.model_path or ""))
             except (ValueError, OSError) as exc:  # a PFLlib split of another size, a missing file …
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot load its data: {exc}") from None
             split = splits[index]

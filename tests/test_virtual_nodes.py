@@ -1,0 +1,91 @@
+"""Virtual edge nodes (``main.py --nt EN --count K``): K edge nodes in one process, each with its
+own key, enrolment, certificate, data shard, head on disk and records on the chain, behind one
+server that routes a supernode's call to the edge node it names, and whose TLS handshake proves
+that node's certificate. The network's global model is the simulation's, bit for bit."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from base_package import data_pb2 as pb
+from base_package import data_pb2_grpc as rpc_pb
+from config import load_config
+from fl.serialize import model_hash, state_to_bytes
+from node.dev.launcher import NodeProcess, stop_all, wait_until
+from node.net.channels import addressed_to, channel
+from node.net.tls import Credentials
+from node.net.wire import tx_from_pb
+from tests.conftest import refusal_code, run_job, simulate_as_edge_nodes, start_supernodes
+
+COUNT = 6
+JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2"}
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    started: list[NodeProcess] = []
+    try:
+        entry, sn = start_supernodes(tmp_path_factory.mktemp("virtual"), lambda name: None, started)
+        host = NodeProcess(entry.home.parent, "edges", "EN", entry=entry.address, token_source=entry,
+                           extra=["--count", str(COUNT)])
+        started.append(host)
+        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == COUNT, 60, "the edge nodes")
+        yield entry, sn, host
+    finally:
+        stop_all(started, timeout=5)
+
+
+def test_k_edge_nodes_in_one_process_train_as_k_processes_would(network):
+    entry, sn, host = network
+    edges = entry.status().edge_nodes.nodes
+    assert {e.address for e in edges} == {host.address}  # one server …
+    assert len({e.node_id for e in edges}) == COUNT and len({e.supernode for e in edges}) == 2  # … K nodes, spread
+    done = run_job(entry, JOB)
+    conf = load_config(env={}, overrides={"dataset": "digits", "partition": "pathological", "BATCH_SIZE": 16,
+                                          "learn_rate": 0.05, "gobal_epoch": 2, "client.amount": COUNT,
+                                          "workers": 1, "device": "cpu"})
+    assert tx_from_pb(done.global_model).payload["hash"] == model_hash(state_to_bytes(
+        simulate_as_edge_nodes(conf).global_state))
+    homes = sorted(p for p in host.home.iterdir() if p.name.startswith("node-"))
+    assert len(homes) == COUNT
+    for home in homes:  # each its own key, certificate and head on disk
+        assert (home / "node.key").exists() and (home / "tls" / "node.crt").exists()
+        assert (home / "jobs" / done.job_id / "personal.safetensors").exists()
+
+
+def test_the_chain_holds_each_virtual_node_as_a_node(network):
+    entry, _, host = network
+    from sql.store import LedgerStore
+
+    store = LedgerStore(f"sqlite:///{entry.home / 'ledger.db'}", create=False)
+    try:
+        wait_until(lambda: entry.status().pending_transactions == 0, 30, "sealed")
+        enrolled = {tx.payload["node"] for _, tx in store.transactions(kind="ENROLL")}
+        registered = {tx.sender: tx.payload["address"] for _, tx in store.transactions(kind="REGISTER")
+                      if tx.payload["role"] == "EN"}
+        assert len(registered) == COUNT and set(registered) <= enrolled
+        assert set(registered.values()) == {host.address}
+        senders = {tx.sender for _, tx in store.transactions(kind="MODEL_UPDATE")}
+        assert senders == set(registered)
+    finally:
+        store.close()
+
+
+def test_the_server_routes_by_the_named_node_and_proves_its_certificate(network):
+    entry, sn, host = network
+    edges = {e.node_id: e for e in entry.status().edge_nodes.nodes}
+    mine = next(n for n, e in edges.items() if e.supernode != entry.status().node_id)  # the second supernode's
+    theirs = next(n for n, e in edges.items() if e.supernode == entry.status().node_id)
+    creds = Credentials.load(sn.home / "tls")  # calling as the second supernode
+    with channel(host.address, creds, node_id=mine) as ch:
+        stub = rpc_pb.TrainingStub(ch)
+        assert refusal_code(lambda: stub.TrainRound(pb.RoundRequest(), timeout=10)) == \
+            grpc.StatusCode.INVALID_ARGUMENT  # which of the K?
+        assert refusal_code(lambda: stub.TrainRound(pb.RoundRequest(), timeout=10, metadata=addressed_to("0" * 32))) \
+            == grpc.StatusCode.NOT_FOUND
+        assert refusal_code(lambda: stub.TrainRound(pb.RoundRequest(), timeout=10, metadata=addressed_to(theirs))) \
+            == grpc.StatusCode.PERMISSION_DENIED  # not this supernode's edge node
+    with channel(host.address, creds, node_id="f" * 32) as ch:  # a node this server does not hold: no handshake
+        assert refusal_code(lambda: rpc_pb.TrainingStub(ch).TrainRound(pb.RoundRequest(), timeout=5)) == \
+            grpc.StatusCode.UNAVAILABLE
