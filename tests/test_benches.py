@@ -13,6 +13,7 @@ from node.dev.launcher import ROOT
 SMOKE = {
     "ledger.py": ["--mysql", "", "--blocks", "3", "--txs", "5", "--verify-blocks", "10", "--verify-txs", "3"],
     "paradigms.py": ["--quick"],
+    "scale.py": ["--quick"],
     "scores.py": ["--dataset", "digits", "--rounds", "2", "--clients", "4"],
     "privacy.py": ["--dataset", "digits", "--rounds", "2", "--clients", "4", "--sharing", "fedper",
                    "--mechanisms", "none,fixed,adaptive,local", "--epsilons", "8"],
