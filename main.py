@@ -402,7 +402,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
     from node.chain.identity import Identity
     from node.net.model_store import ModelCache
     from node.net.tls import TLS_DIR, Credentials, HostCredentials
-    from node.roles.edgenode import EdgeHost, EdgeNode, TrainerOnDemand
+    from node.roles.edgenode import EdgeHost, EdgeNode, SharedJobData, TrainerOnDemand
 
     if conf["device"] == "cuda":  # said now, not at the first round (the trainer is built late)
         from fl.train import resolve_device
@@ -422,6 +422,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
     models = ModelCache(2 * settings.max_model_bytes)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     slots = threading.Semaphore(max(1, cores // conf["torch_threads"]))
+    shared_data = SharedJobData() if args.count > 1 else None
 
     def edge(node_home: Path, node_identity: Any, node_pin: Any) -> tuple[Any, Any]:
         node_credentials = None if args.insecure else Credentials.load(node_home / TLS_DIR)
@@ -431,7 +432,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
         def trainer() -> Any:  # (imported on first use: torch is most of an edge node's memory)
             from node.roles.trainer import EdgeTrainer
 
-            return EdgeTrainer(node, node_home, conf, slots)
+            return EdgeTrainer(node, node_home, conf, slots, shared_data)
 
         return node, TrainerOnDemand(trainer), node_credentials
 

@@ -212,7 +212,7 @@ def run_simulation(
             if conf["openEval"] or last:
                 evals = list(runner.map(_eval_task, [(i, shared, personal_bytes[i]) for i in range(len(clients))]))
                 summary = summarize(evals)
-                client_acc = [e.accuracy for e in evals]
+                client_acc = [e.accuracy for e in evals if e.num_samples]  # (one sample: none to test)
             else:
                 summary = {k: float("nan") for k in ("acc_weighted", "acc_mean", "acc_min", "acc_max", "loss")}
                 client_acc = []

@@ -369,7 +369,7 @@ class LedgerStore:
         may be given by a prefix of 6 or more hex digits."""
         text = text.strip()
         found: list[tuple[str, str]] = []
-        if text.isdigit():
+        if text.isascii() and text.isdigit() and int(text) < 2**63:
             found += [("block", text)] if self.block_hash(int(text)) is not None else []
         hexed = text.lower()
         if len(hexed) >= 6 and all(ch in "0123456789abcdef" for ch in hexed):
@@ -381,8 +381,8 @@ class LedgerStore:
                 query = select(column).where(matched_on.like(pattern)).distinct().limit(limit)
                 keys = self._read(lambda c, q=query: c.execute(q).scalars().all(), "search the ledger")
                 found += [(kind, str(key)) for key in keys if (kind, str(key)) not in found]
-        job_query = select(jobs.c.job_id).where(jobs.c.job_id.like(text.replace("%", "").replace("_", "\\_") + "%",
-                                                                   escape="\\")).limit(limit)
+        pattern = text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"  # the text as typed
+        job_query = select(jobs.c.job_id).where(jobs.c.job_id.like(pattern, escape="!")).limit(limit)
         found += [("job", j) for j in self._read(lambda c: c.execute(job_query).scalars().all(), "search jobs")]
         return found[:limit]
 

@@ -53,7 +53,7 @@ def test_services_and_wiring(services):
     assert services["sn"]["depends_on"]["entry"]["condition"] == "service_healthy"
     assert services["en"]["depends_on"]["entry"]["condition"] == "service_healthy"
     assert services["entry"]["ports"] == ["${ENTRY_PORT:-8080}:8080", "${ENROL_PORT:-18080}:18080",
-                                          "${EXPLORER_PORT:-8443}:8443"]
+                                          "127.0.0.1:${EXPLORER_PORT:-8443}:8443"]
     entry_command = services["entry"]["command"]
     assert entry_command[entry_command.index("--http") + 1] == "8443"  # the explorer, on the published port
     assert "ports" not in services["en"] and "container_name" not in services["en"]  # scalable

@@ -89,6 +89,23 @@ def test_only_the_operator_reads_the_explorer(explorer):
     assert _fetch(explorer.url + "/", token=explorer.entry.token, method="PUT")[0] == 405  # read-only
 
 
+def test_what_anyone_may_send_is_bounded(explorer):
+    code, _, body = _fetch(explorer.url + "/login", data=b"token=" + b"x" * 10_000, method="POST")
+    assert code == 413  # before the rest is read
+    request = urllib.request.Request(explorer.url + "/login", data=b"token=x", method="POST",
+                                     headers={"Origin": "https://elsewhere.example", "Accept": "text/html"})
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=context, timeout=30)
+    assert refused.value.code == 403  # a form posted from another site
+    token = explorer.entry.token
+    assert _fetch(f"{explorer.url}/block/{10**30}", token=token)[0] == 404  # beyond the ledger's integers
+    assert _fetch(f"{explorer.url}/blocks?below={10**30}", token=token)[0] == 200
+    code, _, body = _fetch(f"{explorer.url}/search?q=%C2%B2", token=token)  # '²' is a digit to Python
+    assert code == 200 and b"Nothing on this supernode's chain matches" in body
+
+
 def test_downloads_and_refusals(explorer):
     token, model_hash = explorer.entry.token, explorer.store.rounds(explorer.job_id)[-1]["global_hash"]
     code, headers, body = _fetch(f"{explorer.url}/model/{model_hash}/download", token=token)
@@ -125,6 +142,8 @@ def browser():
 
 def test_the_explorer_in_a_browser(explorer, browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
 
     store, shots = explorer.store, []
     keep = Path(os.environ["FEDLEDGER_SCREENSHOTS"]) if os.environ.get("FEDLEDGER_SCREENSHOTS") else None
@@ -147,7 +166,7 @@ def test_the_explorer_in_a_browser(explorer, browser, tmp_path):
     assert "/login" in browser.current_url
     browser.find_element(By.ID, "token").send_keys(explorer.entry.token)
     browser.find_element(By.ID, "login").click()
-    assert browser.current_url.endswith("/jobs")
+    WebDriverWait(browser, 20).until(lambda b: b.current_url.endswith("/jobs"))
 
     browser.get(explorer.url + "/")  # the overview: the chain's head
     head = store.head()
@@ -189,6 +208,7 @@ def test_the_explorer_in_a_browser(explorer, browser, tmp_path):
     search = browser.find_element(By.NAME, "q")  # search by a prefix of a model's hash
     search.send_keys(rounds[-1]["global_hash"][:10])
     search.submit()
+    WebDriverWait(browser, 20).until(lambda b: "/model/" in b.current_url)
     assert text("model-hash") == rounds[-1]["global_hash"]
 
     browser.get(explorer.url + "/network")  # both supernodes, each with its edge node
@@ -199,6 +219,8 @@ def test_the_explorer_in_a_browser(explorer, browser, tmp_path):
 
     browser.get(explorer.url + "/verify")
     browser.find_element(By.ID, "verify-now").click()
+    WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: text("verify-status").startswith("OK"))
     assert text("verify-status").startswith(f"OK: {head.height + 1} blocks")
     shot("verify")
     assert len(shots) == 5

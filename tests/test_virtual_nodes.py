@@ -89,3 +89,32 @@ def test_the_server_routes_by_the_named_node_and_proves_its_certificate(network)
     with channel(host.address, creds, node_id="f" * 32) as ch:  # a node this server does not hold: no handshake
         assert refusal_code(lambda: rpc_pb.TrainingStub(ch).TrainRound(pb.RoundRequest(), timeout=5)) == \
             grpc.StatusCode.UNAVAILABLE
+
+
+def test_one_nodes_deliveries_cannot_evict_anothers_model(tmp_path):
+    """The edge nodes of one process share a model cache (by hash); each keeps its own latest
+    delivery, so a supernode flooding its own edge node with models cannot make another edge node
+    of the process lose the round's model."""
+    from node.chain.identity import Identity
+    from node.net.model_store import ModelCache
+    from node.net.streams import ReceivedModel, make_header
+    from node.roles.edgenode import EdgeNode
+    from node.roles.settings import NodeSettings
+
+    settings = NodeSettings.from_config(load_config(env={}))
+    shared = ModelCache(3000)  # room for about one model of 2,000 bytes
+    sender = Identity.load_or_create(tmp_path / "sn")
+    x, y = (EdgeNode(Identity.load_or_create(tmp_path / name), "127.0.0.1:1", "127.0.0.1:2", settings, models=shared)
+            for name in ("x", "y"))
+
+    def model(fill: int) -> ReceivedModel:
+        data = bytes([fill]) * 2000
+        return ReceivedModel.of(make_header(sender, data, "job", 1, 1), data)
+
+    round_model = model(0)
+    x.keep_model(round_model)
+    for fill in range(1, 6):
+        y.keep_model(model(fill))
+    assert shared.get(round_model.header.model_hash) is None  # gone from the shared cache …
+    assert x.model(round_model.header.model_hash) is round_model  # … not from the node it was sent to
+    assert y.model(round_model.header.model_hash) is None

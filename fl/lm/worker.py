@@ -116,13 +116,13 @@ class LMWorker:
         self.device = torch.device(device)
         # built on the CPU from the job's seed: the CPU generator gives every node, CPU or CUDA, the
         # same initial adapters (FFA-LoRA relies on an identical A everywhere)
-        base = load_model(model_path, "cpu")
-        # one evaluation batch holds at most EVAL_LOGITS logits (a 49k vocabulary's are large)
-        self._vocab_size = int(base.get_output_embeddings().weight.shape[0])
         with GLOBAL_RNG, warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecates
+            base = load_model(model_path, "cpu")
             torch.manual_seed(job.seed)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             peft = get_peft_model(base, lora.config())
+        # one evaluation batch holds at most EVAL_LOGITS logits (a 49k vocabulary's are large)
+        self._vocab_size = int(base.get_output_embeddings().weight.shape[0])
         self.model = LoRAModel(peft.to(self.device))
         if lora.variant == "ffa":
             for key, param in self.model.adapters.items():

@@ -87,6 +87,9 @@ class RequireOperator:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["method"] not in ("GET", "HEAD") and not _same_origin(headers):
+            await _refusal("a form posted from another site or port is refused", 403)(scope, receive, send)
+            return
         bearer = headers.get("authorization")
         if bearer is not None:  # a script: the token on every request, right or refused
             if bearer.startswith("Bearer ") and self.sessions.token_ok(bearer[7:].strip()):
@@ -107,8 +110,20 @@ class RequireOperator:
         await response(scope, receive, send)
 
 
-def _refusal(message: str) -> Response:
-    return Response(message + "\n", status_code=401, media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
+def _refusal(message: str, status: int = 401) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    return Response(message + "\n", status_code=status, media_type="text/plain", headers=headers)
+
+
+def _same_origin(headers: dict[str, str]) -> bool:
+    """A POST (log in, log out, verify) comes from this explorer's own pages: browsers say where
+    a request comes from (``Sec-Fetch-Site``, ``Origin``); SameSite cookies alone would still let
+    another port of the same host post here. Scripts that send neither are judged by the token."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = headers.get("origin")  # ("null" under this site's no-referrer policy)
+    return origin in (None, "null") or origin.split("://", 1)[-1] == headers.get("host", "")
 
 
 def safe_next(target: str | None) -> str:

@@ -67,8 +67,10 @@ def explorer_app(node: Supernode, secure_cookies: bool) -> Starlette:
                     ready=bool(node.admin_token_hash))
 
     async def login(request: Request) -> Response:
-        body = await request.body()
-        form = parse_qs(body[:MAX_FORM_BYTES].decode("utf-8", "replace"))
+        body = await _bounded_body(request, MAX_FORM_BYTES)
+        if body is None:
+            return Response(f"a login form is at most {MAX_FORM_BYTES} bytes\n", status_code=413, media_type="text/plain")
+        form = parse_qs(body.decode("utf-8", "replace"))
         target = safe_next(form.get("next", ["/"])[0])
         session = sessions.open(form.get("token", [""])[0].strip())
         if session is None:
@@ -97,7 +99,8 @@ def explorer_app(node: Supernode, secure_cookies: bool) -> Starlette:
         return page(request, "blocks.html", rows=rows, next_below=next_below)
 
     def block(request: Request) -> Response:
-        found = data.block(request.path_params["height"])
+        height = request.path_params["height"]
+        found = data.block(height) if height <= MAX_HEIGHT else None
         if found is None:
             raise not_found(f"no block at height {request.path_params['height']} on this supernode's chain")
         return page(request, "block.html", **found)
@@ -125,7 +128,7 @@ def explorer_app(node: Supernode, secure_cookies: bool) -> Starlette:
 
     def models(request: Request) -> Response:
         job, kind = request.query_params.get("job", ""), request.query_params.get("kind", "")
-        page_number = max(0, _int(request.query_params.get("page")) or 0)
+        page_number = min(_int(request.query_params.get("page")) or 0, 10**6)
         rows, more = data.models(job, kind, page_number)
         kinds = (TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.GLOBAL_MODEL, TxKind.SAVE)
         return page(request, "models.html", rows=rows, more=more, page=page_number, job=job, kind=kind, kinds=kinds,
@@ -213,6 +216,20 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it passes ``limit`` bytes (read no further: anyone may
+    post to the login page)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def _link(kind: str, key: str) -> str:
     return {"block": f"/block/{key}", "tx": f"/tx/{key}", "model": f"/model/{key}", "node": f"/node/{key}",
             "job": f"/job/{key}"}[kind]
@@ -224,11 +241,15 @@ def _hash(value: str, what: str) -> str:
     return value
 
 
+MAX_HEIGHT = 2**63 - 1  # the ledger's BIGINT
+
+
 def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None and value != "" else None
-    except ValueError:
+    """A non-negative integer the ledger can hold, else None."""
+    if value is None or not value.isascii() or not value.isdigit():
         return None
+    number = int(value)
+    return number if number <= MAX_HEIGHT else None
 
 
 def _when(ms: int | None) -> str:

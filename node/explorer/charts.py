@@ -20,10 +20,10 @@ def curves_svg(job_id: str, rounds: Sequence[Any], final_accuracy: Sequence[floa
     """The job's accuracy (weighted mean, min–max band) and loss per round, and each edge node's
     final accuracy, as an SVG document."""
     key = repr((list(rounds), list(final_accuracy)))  # repr: NaN equals itself there
-    kept = _KEPT.get(job_id)
-    if kept is not None and kept[0] == key:
-        return kept[1]
     with _DRAWING:
+        kept = _KEPT.get(job_id)
+        if kept is not None and kept[0] == key:
+            return kept[1]
         import matplotlib.pyplot as plt
 
         figure = accuracy_figure({job_id: rounds}, f"job {job_id}",
@@ -31,7 +31,7 @@ def curves_svg(job_id: str, rounds: Sequence[Any], final_accuracy: Sequence[floa
         out = io.BytesIO()
         figure.savefig(out, format="svg")
         plt.close(figure)
-    if len(_KEPT) >= KEPT_CHARTS:
-        _KEPT.pop(next(iter(_KEPT)))
-    _KEPT[job_id] = (key, out.getvalue())
-    return out.getvalue()
+        if len(_KEPT) >= KEPT_CHARTS:
+            _KEPT.pop(next(iter(_KEPT)))
+        _KEPT[job_id] = (key, out.getvalue())
+        return out.getvalue()

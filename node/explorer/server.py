@@ -16,6 +16,8 @@ from node.roles.supernode import Supernode
 
 log = logging.getLogger(__name__)
 
+CONCURRENT_REQUESTS = 64  # beyond: 503 at once (the page server shares the supernode's process)
+
 
 class ExplorerServer:
     """The explorer of ``node`` on ``host:port``; ``tls``: (certificate file, key file), or None
@@ -27,6 +29,7 @@ class ExplorerServer:
         self.scheme = "https" if tls else "http"
         config = uvicorn.Config(explorer_app(node, secure_cookies=tls is not None), log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+                                limit_concurrency=CONCURRENT_REQUESTS,
                                 ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True,

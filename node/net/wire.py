@@ -18,6 +18,7 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 # checked: ~75 bytes an edge node, so these grow with the network (1 MiB: ~14,000 edge nodes)
 MAX_LISTING_PAYLOAD_BYTES = 1 << 20
 LISTING_KINDS = frozenset({TxKind.JOB, TxKind.AGGREGATE})
+LISTED_HASH_BYTES = 67  # one listed transaction hash: 64 hex digits, quotes and a comma
 MAX_BLOCK_TRANSACTIONS = 10_000
 
 
@@ -45,6 +46,12 @@ def tx_from_pb(msg: pb.Transaction) -> Transaction:
         raise WireError(f"transaction payload is not usable JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise WireError(f"transaction payload must be a JSON object, got {type(payload).__name__}")
+    if msg.kind == TxKind.AGGREGATE and len(msg.payload) > MAX_PAYLOAD_BYTES:  # large only by what it lists
+        listed = payload.get("updates")
+        allowed = MAX_PAYLOAD_BYTES + LISTED_HASH_BYTES * (len(listed) if isinstance(listed, list) else 0)
+        if len(msg.payload) > allowed:
+            raise WireError(f"AGGREGATE payload is {len(msg.payload)} bytes; listing {len(listed or [])} updates "
+                            f"it may be {allowed}")
     return Transaction(msg.kind, msg.sender, payload, msg.timestamp, bytes(msg.signature))
 
 

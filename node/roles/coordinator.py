@@ -833,7 +833,7 @@ def _eval_report(job: Job, round_number: int, results: list[tuple[Any, pb.Supern
     for sn, result in results:
         report.excluded.extend(result.excluded)
         for edge in result.edges:
-            if not edge.HasField("eval"):
+            if not edge.HasField("eval") or not edge.eval.num_samples:  # (one sample: trained, none to test)
                 continue
             ev = EvalResult(edge.eval.correct, edge.eval.loss_sum, edge.eval.num_samples)
             evals.append(ev)

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -34,7 +35,7 @@ from node.net.tls import Credentials, Peer
 from node.roles.membership import register_transaction, signed_heartbeat
 from node.roles.settings import NodeSettings
 from node.net.model_store import ModelCache
-from node.net.streams import check_header_signature, receive
+from node.net.streams import ReceivedModel, check_header_signature, receive
 from node.net.wire import block_from_pb, tx_to_pb
 
 if TYPE_CHECKING:
@@ -70,6 +71,24 @@ class EdgeNode:
         self._thread: threading.Thread | None = None
         self._last_upload = -float("inf")  # time.monotonic() of the last upload its supernode took
         self.datasets = datasets
+        self._delivered: ReceivedModel | None = None  # the last model its supernode sent it
+
+    def keep_model(self, model: ReceivedModel) -> None:
+        """Keep a model its supernode sent it: in the cache (once per hash, shared by the edge
+        nodes of one process) and as this node's own latest, which another node's deliveries
+        cannot evict from under it."""
+        held = self.models.get(model.header.model_hash)
+        if held is None:
+            self.models.put(model)
+            held = model
+        self._delivered = held
+
+    def model(self, model_hash: str) -> ReceivedModel | None:
+        """A model this node was sent, by its hash."""
+        delivered = self._delivered
+        if delivered is not None and delivered.header.model_hash == model_hash:
+            return delivered
+        return self.models.get(model_hash)
 
     def upload_done(self) -> None:
         """The supernode took an upload: it now knows this node is alive (see the module doc)."""
@@ -165,6 +184,26 @@ def _entry_identity(ch: grpc.Channel, entry_id: str | None, genesis_hash: str) -
     return found_id, key
 
 
+class SharedJobData:
+    """``job_data`` once per job for the edge nodes of one process (``--count``): the first to ask
+    loads the job's samples and partition while the others wait, then each copies out only its
+    own shard; only the latest job's are kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: tuple[Any, tuple[Any, list[Any]]] | None = None
+
+    def __call__(self, spec: Any, data_dir: str | Path, model_path: str | Path) -> tuple[Any, list[Any]]:
+        key = (spec, str(data_dir), str(model_path))
+        with self._lock:
+            if self._kept is None or self._kept[0] != key:
+                from fl.federation import job_data  # (torch: imported when a job needs it)
+
+                self._kept = None  # (the last job's data goes before the next one's loads)
+                self._kept = (key, job_data(spec, data_dir, model_path))
+            return self._kept[1]
+
+
 class TrainerOnDemand:
     """The edge node's trainer, built when first needed: an idle edge node holds no learning
     runtime (torch), about 55 MiB instead of 250. The first model its supernode sends it warms the
@@ -255,7 +294,7 @@ class EdgeTrainingService(rpc_pb.TrainingServicer):
             check_header_signature(header, sn.public_key)
 
         model = receive(request_iterator, node.settings.max_model_bytes, authorise)
-        node.models.put(model)
+        node.keep_model(model)
         trainer.warm_up()  # a round follows: have torch and the trainer ready for it
         return pb.TransferReceipt(model_hash=model.header.model_hash, size=model.header.size)
 

@@ -18,9 +18,8 @@ count leaves no trace in the head; an order for an older round is refused.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import json
 import threading
 import time
@@ -101,19 +100,13 @@ class _JobState:
                    state_from_bytes(before.read_bytes()) if before.exists() else None, last_round)
 
 
-@functools.lru_cache(maxsize=2)
-def shared_job_data(spec: Any, data_dir: str, model_path: str) -> tuple[Any, list[Any]]:
-    """``job_data`` once per process and job: the edge nodes of one process (``--count``) share
-    the job's samples and partition; each copies out only its own shard."""
-    return job_data(spec, data_dir, model_path)
-
-
 class EdgeTrainer:
     def __init__(self, node: EdgeNode, home: Path, conf: dict[str, Any],
-                 slots: threading.Semaphore | None = None) -> None:
+                 slots: threading.Semaphore | None = None, data: Callable[..., Any] | None = None) -> None:
         """``slots``: how many of the process's edge nodes may train at once (shared by them:
-        they share the host's cores); None: this node alone decides."""
+        they share the host's cores); ``data``: the job data they share. None: this node alone."""
         self.node = node
+        self.job_data = data if data is not None else job_data
         self.slots = slots if slots is not None else threading.Semaphore(1)
         self.home = Path(home)
         self.data_dir = conf["data_dir"]
@@ -131,7 +124,7 @@ class EdgeTrainer:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has not joined the network yet")
         orders = read_orders(request, node.entry_id, node.entry_key, self.orders)
         job, round_number, model_hash = orders.job, orders.round, orders.model_hash
-        model = node.models.get(model_hash)
+        model = node.model(model_hash)
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
                          f"this edge node does not hold the global model {model_hash[:16]}…; distribute it first")
@@ -243,7 +236,7 @@ class EdgeTrainer:
             split = client_split(np.arange(len(dataset)), job.spec.train_fraction, job.spec.seed, index)
         else:
             try:
-                dataset, splits = shared_job_data(job.spec, str(self.data_dir), str(self.model_path or ""))
+                dataset, splits = self.job_data(job.spec, self.data_dir, self.model_path)
             except (ValueError, OSError) as exc:  # a PFLlib split of another size, a missing file …
                 raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"this edge node cannot load its data: {exc}") from None
             split = splits[index]
