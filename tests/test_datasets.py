@@ -169,3 +169,20 @@ def test_available_datasets_are_found_by_their_files_alone(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"")
     (tmp_path / "config.json").write_text("{}")
     assert available_datasets(tmp_path) == ["cifar10", "digits", "fashionmnist", "pfllib"]
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from fl.datasets import _load_digits
+
+    images, labels = _load_digits()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images.astype(np.float32)) and np.array_equal(labels, bunch.target)
+    imported = subprocess.run([sys.executable, "-c", "import sys; from fl.datasets import _load_digits; _load_digits(); "
+                               "print('sklearn' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"  # an edge node's process stays without scikit-learn
