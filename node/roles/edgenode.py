@@ -207,7 +207,8 @@ class SharedJobData:
 class TrainerOnDemand:
     """The edge node's trainer, built when first needed: an idle edge node holds no learning
     runtime (torch), about 55 MiB instead of 250. The first model its supernode sends it warms the
-    trainer up in the background, before the round that needs it."""
+    trainer up in the background, before the round that needs it (a process of many edge nodes
+    warms one up as it starts: see ``EdgeHost.start``)."""
 
     def __init__(self, build: Callable[[], EdgeTrainer]) -> None:
         self._build = build
@@ -268,6 +269,8 @@ class EdgeHost:
     def start(self) -> None:
         for node in self.nodes():
             node.start()
+        if len(self.members) > 1:  # torch's start-up, shared by all of them, before their first round
+            next(iter(self.members.values()))[1].warm_up()
 
     def stop(self) -> None:
         for node in self.nodes():
