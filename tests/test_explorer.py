@@ -40,8 +40,9 @@ def explorer(tmp_path_factory):
     port = free_port()
     try:
         entry, _, _ = start_network(tmp, lambda name: None, started, 2, entry_args=["--http", str(port)])
-        status = run_job(entry, {"dataset": "digits", "rounds": str(ROUNDS), "partition": "pathological",
-                                 "batch_size": "16", "lr": "0.05"})
+        job = {"dataset": "digits", "rounds": str(ROUNDS), "partition": "pathological", "batch_size": "16", "lr": "0.05"}
+        run_job(entry, {**job, "strategy": "fedavg"})  # a second job, for the chart comparing them
+        status = run_job(entry, job)
         wait_until(lambda: entry.status().pending_transactions == 0, 30, "the job's last records in a block")
         store = LedgerStore(f"sqlite:///{entry.home / 'ledger.db'}", create=False)
         yield Explorer(entry, f"https://127.0.0.1:{port}", store, status.job_id)
@@ -184,7 +185,8 @@ def test_the_explorer_in_a_browser(explorer, browser, tmp_path):
     browser.find_element(By.ID, "previous").click()
     assert text("block-hash") == store.block_hash(head.height - 1)
 
-    browser.get(explorer.url + "/jobs")  # the job: its rounds, curves, each edge node's accuracy
+    browser.get(explorer.url + "/jobs")  # both jobs in one chart; then the job: its rounds, curves, each edge node
+    assert browser.execute_script("return document.getElementById('compared').naturalWidth") > 0
     browser.find_element(By.LINK_TEXT, explorer.job_id).click()
     assert text("job-id") == explorer.job_id and text("rounds-done") == str(ROUNDS)
     assert browser.execute_script("return document.getElementById('curves').naturalWidth") > 0  # the chart drew

@@ -150,7 +150,8 @@ def explorer_app(node: Supernode, secure_cookies: bool) -> Starlette:
             "x-model-sha256": model_hash})
 
     def jobs(request: Request) -> Response:
-        return page(request, "jobs.html", rows=data.jobs())
+        rows = data.jobs()
+        return page(request, "jobs.html", rows=rows, compare=sum(1 for j in rows if j["rounds_done"]) > 1)
 
     def job(request: Request) -> Response:
         found = data.job(request.path_params["job_id"])
@@ -163,7 +164,12 @@ def explorer_app(node: Supernode, secure_cookies: bool) -> Starlette:
         drawn = data.curves(job_id)
         if drawn is None:
             raise not_found(f"no job {job_id!r} on this supernode's chain")
-        return Response(curves_svg(job_id, *drawn), media_type="image/svg+xml")
+        rounds, finals = drawn
+        return Response(curves_svg(f"job {job_id}", f"job {job_id}", {job_id: rounds}, {job_id: finals}),
+                        media_type="image/svg+xml")
+
+    def compared_curves(request: Request) -> Response:
+        return Response(curves_svg("jobs", "every job", data.compared()), media_type="image/svg+xml")
 
     def network(request: Request) -> Response:
         return page(request, "network.html", **data.network())
@@ -193,7 +199,8 @@ def explorer_app(node: Supernode, secure_cookies: bool) -> Starlette:
         Route("/verify", verify_page, methods=["GET"]), Route("/verify", verify_now, methods=["POST"]),
         Route("/models", models), Route("/model/{model_hash}", model),
         Route("/model/{model_hash}/download", download),
-        Route("/jobs", jobs), Route("/job/{job_id}", job), Route("/job/{job_id}/curves.svg", curves),
+        Route("/jobs", jobs), Route("/jobs/curves.svg", compared_curves), Route("/job/{job_id}", job),
+        Route("/job/{job_id}/curves.svg", curves),
         Route("/network", network), Route("/node/{node_id}", node_page),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

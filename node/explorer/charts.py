@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fl.plot import accuracy_figure
@@ -16,22 +16,23 @@ _KEPT: dict[str, tuple[Any, bytes]] = {}
 KEPT_CHARTS = 32
 
 
-def curves_svg(job_id: str, rounds: Sequence[Any], final_accuracy: Sequence[float]) -> bytes:
-    """The job's accuracy (weighted mean, min–max band) and loss per round, and each edge node's
-    final accuracy, as an SVG document."""
-    key = repr((list(rounds), list(final_accuracy)))  # repr: NaN equals itself there
+def curves_svg(name: str, title: str, curves: Mapping[str, Sequence[Any]],
+               final_accuracy: Mapping[str, Sequence[float]] | None = None) -> bytes:
+    """Accuracy (weighted mean, min–max band) and loss per round of each run in ``curves`` (label
+    → rounds), and each edge node's final accuracy where given, as an SVG document; kept under
+    ``name`` until what it draws changes."""
+    key = repr((title, dict(curves), dict(final_accuracy or {})))  # repr: NaN equals itself there
     with _DRAWING:
-        kept = _KEPT.get(job_id)
+        kept = _KEPT.get(name)
         if kept is not None and kept[0] == key:
             return kept[1]
         import matplotlib.pyplot as plt
 
-        figure = accuracy_figure({job_id: rounds}, f"job {job_id}",
-                                 {job_id: list(final_accuracy)} if final_accuracy else None)
+        figure = accuracy_figure(curves, title, {k: list(v) for k, v in (final_accuracy or {}).items() if v} or None)
         out = io.BytesIO()
         figure.savefig(out, format="svg")
         plt.close(figure)
         if len(_KEPT) >= KEPT_CHARTS:
             _KEPT.pop(next(iter(_KEPT)))
-        _KEPT[job_id] = (key, out.getvalue())
+        _KEPT[name] = (key, out.getvalue())
         return out.getvalue()

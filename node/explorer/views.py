@@ -185,6 +185,16 @@ class ExplorerData:
                 for r in job["round_rows"] if r["global_hash"]]
         return rows, [e["accuracy"] for e in job["edges"]]
 
+    def compared(self) -> dict[str, list[Any]]:
+        """Every job with a finished round, by "job (strategy, rule)", for one chart comparing them."""
+        out = {}
+        for job in self.jobs():
+            if job["rounds_done"]:
+                drawn = self.curves(job["job_id"])
+                spec = job["spec"]
+                out[f"{job['job_id']} ({spec.get('strategy')}, {spec.get('aggregation')})"] = drawn[0] if drawn else []
+        return out
+
     def _evaluations(self, job_id: str) -> list[dict[str, Any]]:
         coordinator = self.node.coordinator
         return coordinator.evaluations(job_id) if coordinator is not None else []
