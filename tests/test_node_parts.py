@@ -130,6 +130,30 @@ def test_updates_are_on_disk_before_a_supernode_reports_them(tmp_path):
     assert memory_only.wait_stored(hashes[:1], timeout=10) == hashes[:1]
 
 
+def test_a_rounds_updates_are_made_durable_together_not_one_sync_each(tmp_path, monkeypatch):
+    """A supernode stores an update per edge node each round: written as a batch, with two syncs
+    per batch (the bytes, then the names), not a journal commit per file."""
+    me = Identity.generate()
+    models = [ReceivedModel.of(make_header(me, bytes([i]) * 500, "job", 1, 1), bytes([i]) * 500) for i in range(50)]
+    store = ModelCache(max_bytes=1 << 20, directory=tmp_path / "models")
+    syncs, real_sync = [], store._sync
+
+    def slow_first_sync(files):
+        syncs.append(len(files))
+        if len(syncs) == 1:
+            time.sleep(0.2)  # the other spills queue up meanwhile
+        real_sync(files)
+
+    monkeypatch.setattr(store, "_sync", slow_first_sync)
+    for m in models:
+        store.put(m)
+    assert store.wait_stored([m.header.model_hash for m in models], 30) == []
+    assert len(syncs) <= 6  # two or three batches, not 50 syncs
+    store.close()
+    again = ModelCache(max_bytes=1 << 20, directory=tmp_path / "models")
+    assert all(again.get(m.header.model_hash).data == m.data for m in models)
+
+
 def test_a_model_the_disk_cannot_take_stays_in_memory_and_so_does_one_spilled_after_close(tmp_path):
     import shutil
 

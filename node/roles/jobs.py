@@ -14,6 +14,7 @@ once on each node (``OrderLog``), so an order cannot be replayed or stretched on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 from pathlib import Path
@@ -306,18 +307,31 @@ def seconds_left(order: pb.Order) -> float:
     return (order.deadline_ms - now_ms()) / 1000
 
 
+@functools.lru_cache(maxsize=8)
+def verified_job(kind: str, sender: str, payload: bytes, timestamp: int, signature: bytes, entry_id: str,
+                 entry_key: bytes) -> Job:
+    """The JOB of a round order, checked (signed by the entry node) and read once per process: it
+    comes with every order, and names every participant (75 KB at a thousand edge nodes), so the
+    edge nodes of one process (``--count``) would each parse and check it every round. Keyed by
+    the exact bytes received; a refusal is not kept."""
+    job_tx = tx_from_pb(pb.Transaction(kind=kind, sender=sender, payload=payload, timestamp=timestamp,
+                                       signature=signature))
+    check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
+    return Job.from_tx(job_tx)
+
+
 def read_orders(request: pb.RoundRequest, entry_id: str, entry_key: bytes, log: OrderLog) -> Orders:
     """Check that the entry node signed the JOB, the round's authority (a ROUND to train, a
     GLOBAL_MODEL to evaluate) and a fresh order to act on them now, that this node has not acted
     on that order before, and read them. Supernodes and edge nodes act on nothing else."""
-    job_tx, authority = tx_from_pb(request.job), tx_from_pb(request.authority)
+    authority = tx_from_pb(request.authority)
     try:
         check_payload(authority)
     except InvalidTransaction as exc:
         raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the round's {authority.kind} is malformed: {exc}") from None
-    check_signed_by(job_tx, (TxKind.JOB,), entry_id, entry_key)
+    job = verified_job(request.job.kind, request.job.sender, request.job.payload, request.job.timestamp,
+                       request.job.signature, entry_id, entry_key)
     check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), entry_id, entry_key)
-    job = Job.from_tx(job_tx)
     round_number, model_hash = authorised_model(authority, job.job_id)
     order = request.order
     if not verify_signature(entry_key, order.signature, order_fields(order)):
