@@ -259,8 +259,9 @@ class ModelCache:
         except Exception:  # noqa: BLE001 - as above
             log.exception("could not store %d models in %s; keeping them in memory", len(written), self.directory)
             stored = []
+        on_disk = {id(model) for model in stored}
         for model in models:
-            self._stored_or_kept(model, model in stored)
+            self._stored_or_kept(model, id(model) in on_disk)
 
     def _sync(self, files: list[Path]) -> None:
         """Everything written to this store's file system on disk: one ``syncfs`` where the C
