@@ -118,3 +118,37 @@ def test_one_nodes_deliveries_cannot_evict_anothers_model(tmp_path):
     assert shared.get(round_model.header.model_hash) is None  # gone from the shared cache …
     assert x.model(round_model.header.model_hash) is round_model  # … not from the node it was sent to
     assert y.model(round_model.header.model_hash) is None
+
+
+def test_a_thousand_virtual_edge_nodes_join_and_train_a_digits_job(tmp_path):
+    """The issue's scale: 1,000 edge nodes in one process join two supernodes and train a round
+    of digits (iid: one or two samples each); the round is sealed whole in one block and the
+    chain verifies. (Timings are bench/scale.py's, not asserted here.)"""
+    from node.chain.audit import verify_chain
+    from sql.store import LedgerStore
+
+    count, slow = 1000, {"FL_HEARTBEAT_INTERVAL": "5", "FL_DEAD_AFTER": "30", "FL_BLOCK_INTERVAL": "0.2"}
+    started: list[NodeProcess] = []
+    try:
+        entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, env=slow)
+        started.append(entry)
+        entry.wait_ready()
+        sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, token_source=entry, env=slow)
+        started.append(sn)
+        sn.wait_ready()
+        started.append(NodeProcess(tmp_path, "edges", "EN", entry=entry.address, token_source=entry, env=slow,
+                                   extra=["--count", str(count)]))
+        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == count, 180, "1,000 edge nodes",
+                   interval=1)
+        done = run_job(entry, {"dataset": "digits", "partition": "iid", "rounds": "1", "batch_size": "16"}, timeout=300)
+        assert done.metrics[0].participants == count and not done.metrics[0].excluded
+        wait_until(lambda: entry.status().pending_transactions == 0, 60, "the round sealed")
+    finally:
+        stop_all(started, timeout=30)
+    store = LedgerStore(f"sqlite:///{entry.home / 'ledger.db'}", create=False)
+    try:
+        heights = {height for height, _ in store.transactions(kind="MODEL_UPDATE")}
+        assert len(heights) == 1 and len(store.block(heights.pop()).transactions) > count  # the round, whole
+        assert verify_chain(store).ok
+    finally:
+        store.close()
