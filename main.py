@@ -396,6 +396,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
     enrolled with the same token (it must allow K uses), behind one server and one torch runtime
     that they share: its data, its models (named by hash) and ``slots`` cores' worth of training."""
     import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from fl.datasets import available_datasets
@@ -411,12 +412,19 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
     members: list[tuple[Any, Any, Any]] = [(home, identity, pin)]
     if args.count > 1:
         homes = [home / f"node-{i:04d}" for i in range(args.count)]
+
         def admitted(node_home: Path) -> tuple[Path, Any, Any]:
             node_identity = Identity.load_or_create(node_home)
             return node_home, node_identity, _admit(args, node_home, conf, node_identity, log)[1]
 
         with ThreadPoolExecutor(max_workers=8) as pool:  # first start: K enrolments
-            members = list(pool.map(admitted, homes))
+            members, said = [], time.monotonic()
+            for member in pool.map(admitted, homes):
+                members.append(member)
+                if time.monotonic() - said > 2:  # progress, for K in the thousands
+                    log.info("%d of %d edge nodes ready (enrolled or already holding a certificate)", len(members),
+                             args.count)
+                    said = time.monotonic()
         log.info("%d edge nodes in this process, homes %s … %s", args.count, homes[0], homes[-1])
     datasets = available_datasets(conf["data_dir"], conf["model_path"])
     models = ModelCache(2 * settings.max_model_bytes)

@@ -47,6 +47,7 @@ def test_k_edge_nodes_in_one_process_train_as_k_processes_would(network):
                                           "workers": 1, "device": "cpu"})
     assert tx_from_pb(done.global_model).payload["hash"] == model_hash(state_to_bytes(
         simulate_as_edge_nodes(conf).global_state))
+    assert f"all {COUNT} edge nodes joined in" in host.log.read_text()  # (progress while joining)
     homes = sorted(p for p in host.home.iterdir() if p.name.startswith("node-"))
     assert len(homes) == COUNT
     for home in homes:  # each its own key, certificate and head on disk

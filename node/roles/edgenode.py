@@ -249,6 +249,7 @@ class EdgeHost:
             raise ValueError("an edge host needs at least one edge node")
         self.members = {node.node_id: (node, trainer) for node, trainer in members}
         self.entry_address = members[0][0].entry_address
+        self._stopping = threading.Event()
 
     def addressed(self, context: grpc.ServicerContext) -> tuple[EdgeNode, TrainerOnDemand]:
         """The edge node a call is for."""
@@ -271,8 +272,23 @@ class EdgeHost:
             node.start()
         if len(self.members) > 1:  # torch's start-up, shared by all of them, before their first round
             next(iter(self.members.values()))[1].warm_up()
+            threading.Thread(target=self._report_joining, name="joining", daemon=True).start()
+
+    def _report_joining(self, every_s: float = 2.0) -> None:
+        """Progress while K edge nodes join: a line every ``every_s`` seconds, then one when all have."""
+        started = said = time.monotonic()
+        nodes = self.nodes()
+        while (joined := sum(node.supernode is not None for node in nodes)) < len(nodes):
+            if self._stopping.wait(0.2):
+                return
+            if time.monotonic() - said >= every_s:
+                said = time.monotonic()
+                log.info("joining: %d of %d edge nodes registered with a supernode (%.0f s)", joined, len(nodes),
+                         said - started)
+        log.info("all %d edge nodes joined in %.1f s", len(nodes), time.monotonic() - started)
 
     def stop(self) -> None:
+        self._stopping.set()
         for node in self.nodes():
             node.stop(wait=False)
         for node in self.nodes():
