@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/ledger.py
 	$(PY) bench/transfer.py
 	$(PY) bench/round_overhead.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
