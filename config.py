@@ -101,7 +101,9 @@ my_conf: dict[str, Any] = {
     "round_timeout": 300.0,  # seconds an edge node has for one round before it is left out
     "round_attempts": 3,  # a round that fails is tried again this many times in all before the job fails
     "ledger_outage_s": 600.0,  # the entry node's database down this long: the job waiting for it pauses
-    "torch_threads": 1,  # torch (OpenMP) threads per node process (several nodes often share a host's cores)
+    # torch (OpenMP) threads per node process (several nodes often share a host's cores); 0: auto,
+    # the process's share of its cores among the node processes running on the host (node/cores.py)
+    "torch_threads": 1,
     "own_data": False,  # jobs: edge nodes train on everything in their data_dir instead of their job shard
     "max_samples": 100_000,  # own-data jobs: the most training samples an edge node may claim
     "recompute_partials": True,  # jobs: the entry node re-sums each supernode's partial from its updates
@@ -182,7 +184,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "round_timeout": lambda v: None if 0 < v <= 86_400 else "between 0 and 86400 seconds",
     "round_attempts": lambda v: None if 1 <= v <= 100 else "between 1 and 100",
     "ledger_outage_s": lambda v: None if 0 < v <= 7 * 86_400 else "between 0 and a week (604800 s)",
-    "torch_threads": _at_least(1),
+    "torch_threads": _at_least(0),
     "edge_parallelism": _at_least(0),
     "cert_days": lambda v: None if 1 <= v <= 3650 else "between 1 and 3650 days",
     "streams_per_peer": _at_least(1),

@@ -267,6 +267,13 @@ def run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     config_file = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
     conf = load_config(config_file, overrides=overrides)
+    from node.cores import HostShare
+
+    share = HostShare()  # this process among the host's node processes (torch_threads = 0: its share of the cores)
+    if conf["torch_threads"] == 0 and (args.nt == "SN" or args.count > 1):
+        conf["torch_threads"], processes = share.threads()  # (torch loads as these start; a lone edge node's later)
+        logging.getLogger("fedledger").info("torch threads: %d (%d node processes share this host)",
+                                            conf["torch_threads"], processes)
     prepare_process(conf["torch_threads"])
 
     from node.chain.identity import Identity
@@ -303,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             from node.roles.edgenode import edge_rules, edge_servicers
 
-            node, credentials = _edge_host(args, home, conf, address, settings, identity, pin, credentials, log)
+            node, credentials = _edge_host(args, home, conf, address, settings, identity, pin, credentials, log, share)
             servicers, rules = edge_servicers(node), edge_rules(node)
             ledger_text = "none (edge node)"
             revoked = lambda node_id: False  # noqa: E731 - an edge node keeps no chain; its supernode does
@@ -336,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for close in closers:
             close()
+        share.close()
     log.info("stopped cleanly")
     return 0
 
@@ -346,7 +354,8 @@ def prepare_process(torch_threads: int) -> None:
     and a supernode's aggregation, like an edge node's training, shares the host's cores with
     other nodes; a parallel region there waits for a busy core. And freed memory is kept for the
     next round (fl/memory.py)."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+    if torch_threads:  # (0: decided when torch loads, see _edge_host)
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
     keep_freed_memory()
 
 
@@ -390,7 +399,7 @@ def _admit(args: argparse.Namespace, home: Path, conf: dict[str, Any], identity:
 
 
 def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], address: str, settings: Any,
-               identity: Any, pin: Any, credentials: Any, log: logging.Logger) -> tuple[Any, Any]:
+               identity: Any, pin: Any, credentials: Any, log: logging.Logger, share: Any) -> tuple[Any, Any]:
     """(host, server credentials): the edge node this process runs, or with ``--count K`` K of
     them, each in a home of its own under ``home`` (``node-0000`` …: key, certificate, heads),
     enrolled with the same token (it must allow K uses), behind one server and one torch runtime
@@ -429,7 +438,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
     datasets = available_datasets(conf["data_dir"], conf["model_path"])
     models = ModelCache(2 * settings.max_model_bytes)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    slots = threading.Semaphore(max(1, cores // conf["torch_threads"]))
+    slots = threading.Semaphore(max(1, cores // max(1, conf["torch_threads"])))
     shared_data = SharedJobData() if args.count > 1 else None
 
     def edge(node_home: Path, node_identity: Any, node_pin: Any) -> tuple[Any, Any]:
@@ -438,6 +447,10 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
                         entry_id=node_pin.entry_id, genesis_hash=node_pin.genesis_hash, datasets=datasets, models=models)
 
         def trainer() -> Any:  # (imported on first use: torch is most of an edge node's memory)
+            if conf["torch_threads"] == 0:  # auto: its share of the cores among the host's node processes now
+                conf["torch_threads"], processes = share.threads()
+                os.environ.setdefault("OMP_NUM_THREADS", str(conf["torch_threads"]))
+                log.info("torch threads: %d (%d node processes share this host)", conf["torch_threads"], processes)
             from node.roles.trainer import EdgeTrainer
 
             return EdgeTrainer(node, node_home, conf, slots, shared_data)

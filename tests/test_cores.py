@@ -1,0 +1,54 @@
+"""``torch_threads = 0``: a node process takes its share of the cores among the node processes
+of its host, counted through locked files that the kernel releases when a process ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from node.cores import HostShare, usable_cores
+from node.dev.launcher import ROOT, wait_until
+
+HOLD = """
+import sys, time
+from node.cores import HostShare
+HostShare(__import__('pathlib').Path(sys.argv[1]))
+print('registered', flush=True)
+time.sleep(60)
+"""
+
+
+def test_processes_are_counted_while_they_run_and_not_after(tmp_path):
+    mine = HostShare(tmp_path)
+    assert mine.processes() == 1 and mine.threads() == (usable_cores(), 1)
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "registered"
+        assert mine.processes() == 2
+        assert mine.threads() == (max(1, usable_cores() // 2), 2)
+    finally:
+        other.kill()  # however it ends, the kernel lets go of its lock
+        other.wait()
+    wait_until(lambda: mine.processes() == 1, 10, "the ended process to leave the count")
+    assert len(list(tmp_path.glob("*.lock"))) == 1  # its file was removed
+    mine.close()
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_auto_threads_are_a_valid_setting():
+    from config import load_config
+
+    assert load_config(env={}, overrides={"torch_threads": 0})["torch_threads"] == 0
+
+
+def test_an_edge_node_with_auto_threads_takes_its_share_when_torch_loads(tmp_path, nodes):
+    import re
+
+    from tests.conftest import run_job, start_network
+
+    entry, _, [edge] = start_network(tmp_path, lambda name: None, nodes, 1, edge_args=["--set", "torch_threads=0"])
+    run_job(entry, {"dataset": "digits", "rounds": "1", "partition": "iid"})
+    said = re.search(r"torch threads: (\d+) \((\d+) node processes share this host\)", edge.log.read_text())
+    assert said, "the edge node did not say how many threads it took"
+    threads, processes = int(said.group(1)), int(said.group(2))
+    assert processes >= 3 and threads == max(1, usable_cores() // processes)  # entry, supernode, itself (and others)
