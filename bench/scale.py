@@ -40,7 +40,7 @@ from bench.machine import machine  # noqa: E402
 from config import load_config  # noqa: E402
 from fl.simulation import run_simulation  # noqa: E402
 from node.chain.audit import verify_chain  # noqa: E402
-from node.dev.launcher import NodeProcess, stop_all, wait_until  # noqa: E402
+from node.dev.launcher import NodeProcess, start_supernodes, stop_all, wait_until  # noqa: E402
 from sql.store import LedgerStore  # noqa: E402
 
 JOB = {"dataset": "digits", "partition": "iid", "batch_size": "16", "lr": "0.05", "local_epochs": "1"}
@@ -99,12 +99,7 @@ def measure(work: Path, kind: str, n: int, rounds: int, per_process_mib: float |
     env = network_env(n)
     started: list[NodeProcess] = []
     try:
-        entry = NodeProcess(work, "entry", "SN", is_entry=True, env=env)
-        started.append(entry)
-        entry.wait_ready()
-        sn = NodeProcess(work, "sn1", "SN", entry=entry.address, token_source=entry, env=env)
-        started.append(sn)
-        sn.wait_ready()
+        entry, sn = start_supernodes(work, started, env=env)
         began = time.perf_counter()
         if kind == "virtual":
             edges = [NodeProcess(work, "edges", "EN", entry=entry.address, token_source=entry, env=env,

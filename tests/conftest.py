@@ -115,18 +115,11 @@ def node_channel(node, target):
 
 
 def start_supernodes(tmp_path, db_for, nodes: list, entry_args: list[str] = (), **second: Any) -> tuple:
-    """An entry supernode and a second supernode, each with its own ledger database, serving and
-    registered. ``second``: more NodeProcess arguments for the second one (a faulty script …)."""
-    from node.dev.launcher import NodeProcess, wait_until
+    """An entry supernode and a second supernode, each with its own ledger database (``db_for``),
+    serving and registered (``node.dev.launcher.start_supernodes``)."""
+    from node.dev.launcher import start_supernodes as start
 
-    entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, db=db_for("entry"), extra=list(entry_args))
-    nodes.append(entry)
-    entry.wait_ready()
-    sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, db=db_for("sn1"), token_source=entry, **second)
-    nodes.append(sn)
-    sn.wait_ready()
-    wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
-    return entry, sn
+    return start(tmp_path, nodes, db=db_for, entry_args=list(entry_args), **second)
 
 
 def start_network(tmp_path, db_for, nodes: list, edge_nodes: int, edge_args: list[str] = (),

@@ -12,11 +12,11 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from config import load_config
 from fl.serialize import model_hash, state_to_bytes
-from node.dev.launcher import NodeProcess, stop_all, wait_until
+from node.dev.launcher import NodeProcess, start_supernodes, stop_all, wait_until
 from node.net.channels import addressed_to, channel
 from node.net.tls import Credentials
 from node.net.wire import tx_from_pb
-from tests.conftest import refusal_code, run_job, simulate_as_edge_nodes, start_supernodes
+from tests.conftest import refusal_code, run_job, simulate_as_edge_nodes
 
 COUNT = 6
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2"}
@@ -26,7 +26,7 @@ JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr
 def network(tmp_path_factory):
     started: list[NodeProcess] = []
     try:
-        entry, sn = start_supernodes(tmp_path_factory.mktemp("virtual"), lambda name: None, started)
+        entry, sn = start_supernodes(tmp_path_factory.mktemp("virtual"), started)
         host = NodeProcess(entry.home.parent, "edges", "EN", entry=entry.address, token_source=entry,
                            extra=["--count", str(COUNT)])
         started.append(host)
@@ -131,12 +131,7 @@ def test_a_thousand_virtual_edge_nodes_join_and_train_a_digits_job(tmp_path):
     count, slow = 1000, {"FL_HEARTBEAT_INTERVAL": "5", "FL_DEAD_AFTER": "30", "FL_BLOCK_INTERVAL": "0.2"}
     started: list[NodeProcess] = []
     try:
-        entry = NodeProcess(tmp_path, "entry", "SN", is_entry=True, env=slow)
-        started.append(entry)
-        entry.wait_ready()
-        sn = NodeProcess(tmp_path, "sn1", "SN", entry=entry.address, token_source=entry, env=slow)
-        started.append(sn)
-        sn.wait_ready()
+        entry, _ = start_supernodes(tmp_path, started, env=slow)
         started.append(NodeProcess(tmp_path, "edges", "EN", entry=entry.address, token_source=entry, env=slow,
                                    extra=["--count", str(count)]))
         wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == count, 180, "1,000 edge nodes",

@@ -180,3 +180,19 @@ def stop_all(nodes: list[NodeProcess], timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             node.proc.kill()
             node.proc.wait()
+
+
+def start_supernodes(work: Path, started: list[NodeProcess], *, env: dict[str, str] | None = None,
+                     db: Callable[[str], str | None] = lambda name: None, entry_args: list[str] = (),
+                     **second: Any) -> tuple[NodeProcess, NodeProcess]:
+    """An entry supernode and a second one, each with its own ledger (``db(name)``: its URL; None:
+    SQLite in its home), serving and registered; both appended to ``started`` as they start.
+    ``second``: more NodeProcess arguments for the second one (a faulty script …)."""
+    entry = NodeProcess(work, "entry", "SN", is_entry=True, db=db("entry"), extra=list(entry_args), env=env)
+    started.append(entry)
+    entry.wait_ready()
+    sn = NodeProcess(work, "sn1", "SN", entry=entry.address, db=db("sn1"), token_source=entry, env=env, **second)
+    started.append(sn)
+    sn.wait_ready()
+    wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
+    return entry, sn
