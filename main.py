@@ -410,6 +410,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
 
     from fl.datasets import available_datasets
     from node.chain.identity import Identity
+    from node.cores import usable_cores
     from node.net.model_store import ModelCache
     from node.net.tls import TLS_DIR, Credentials, HostCredentials
     from node.roles.edgenode import EdgeHost, EdgeNode, SharedJobData, TrainerOnDemand
@@ -437,8 +438,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
         log.info("%d edge nodes in this process, homes %s … %s", args.count, homes[0], homes[-1])
     datasets = available_datasets(conf["data_dir"], conf["model_path"])
     models = ModelCache(2 * settings.max_model_bytes)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    slots = threading.Semaphore(max(1, cores // max(1, conf["torch_threads"])))
+    slots = threading.Semaphore(max(1, usable_cores() // max(1, conf["torch_threads"])))
     shared_data = SharedJobData() if args.count > 1 else None
 
     def edge(node_home: Path, node_identity: Any, node_pin: Any) -> tuple[Any, Any]:

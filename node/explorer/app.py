@@ -132,7 +132,7 @@ def explorer_app(node: Supernode, secure_cookies: bool) -> Starlette:
         rows, more = data.models(job, kind, page_number)
         kinds = (TxKind.MODEL_UPDATE, TxKind.AGGREGATE, TxKind.GLOBAL_MODEL, TxKind.SAVE)
         return page(request, "models.html", rows=rows, more=more, page=page_number, job=job, kind=kind, kinds=kinds,
-                    jobs=[j["job_id"] for j in data.jobs()])
+                    jobs=data.job_ids())
 
     def model(request: Request) -> Response:
         found = data.model(_hash(request.path_params["model_hash"], "model"))

@@ -143,17 +143,60 @@ class ExplorerData:
 
     # --- jobs ------------------------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:
-        rows = []
-        for job in self.store.jobs():
-            finished = [r for r in self.store.rounds(job["job_id"]) if r["global_hash"]]
-            rows.append({**job, "rounds_done": len(finished), "rounds": job["spec"].get("rounds"),
-                         "state": self._state(job["job_id"])})
-        return rows
+        running = self._running()
+        return [self._summary(job, running) for job in self.store.jobs()]
+
+    def job_ids(self) -> list[str]:
+        return [job["job_id"] for job in self.store.jobs()]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        job = next((j for j in self.jobs() if j["job_id"] == job_id), None)
+        job = self._find(job_id)
         if job is None:
             return None
+        rounds, evaluated = self._round_rows(job_id)
+        privacy = next((j for j in privacy_report(self.store).jobs if j.job_id == job_id), None)
+        scores = next((j for j in score_report(self.store).jobs if j.job_id == job_id), None)
+        failed = [tx for _, tx in self.store.transactions(kind=TxKind.ROUND_FAILED, job_id=job_id)]
+        return {**job, "round_rows": rounds, "edges": _last_edges(evaluated), "evaluated": bool(evaluated),
+                "privacy": privacy, "scores": scores, "failed": failed, "entry": self.node.is_entry}
+
+    def curves(self, job_id: str) -> tuple[list[Any], list[float]] | None:
+        """The job's rounds as the chart draws them, and each edge node's final accuracy."""
+        if self._find(job_id) is None:
+            return None
+        rounds, evaluated = self._round_rows(job_id)
+        return _curve(rounds), [e["accuracy"] for e in _last_edges(evaluated)]
+
+    def compared(self) -> dict[str, list[Any]]:
+        """Every job with a finished round, by "job (strategy, rule)", for one chart comparing them."""
+        out = {}
+        for job in self.jobs():
+            if job["rounds_done"]:
+                spec = job["spec"]
+                out[f"{job['job_id']} ({spec.get('strategy')}, {spec.get('aggregation')})"] = \
+                    _curve(self._round_rows(job["job_id"])[0])
+        return out
+
+    def _find(self, job_id: str) -> dict[str, Any] | None:
+        job = next((j for j in self.store.jobs() if j["job_id"] == job_id), None)
+        return None if job is None else self._summary(job, self._running())
+
+    def _summary(self, job: dict[str, Any], running: tuple[str, str]) -> dict[str, Any]:
+        finished = [r for r in self.store.rounds(job["job_id"]) if r["global_hash"]]
+        return {**job, "rounds_done": len(finished), "rounds": job["spec"].get("rounds"),
+                "state": running[1] if running[0] == job["job_id"] else ""}
+
+    def _running(self) -> tuple[str, str]:
+        """(job id, state) of the entry node's current job; empty elsewhere."""
+        coordinator = self.node.coordinator
+        if coordinator is None:
+            return "", ""
+        status = coordinator.status()
+        return status.job_id, status.state
+
+    def _round_rows(self, job_id: str) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+        """Each round of the job (the chain's records with the entry node's evaluations), and the
+        evaluations by round."""
         evaluated = {int(row["round"]): row for row in self._evaluations(job_id)}
         excluded: dict[int, list[Transaction]] = {}
         for _, tx in self.store.transactions(kind=TxKind.EXCLUDED, job_id=job_id):
@@ -168,43 +211,11 @@ class ExplorerData:
                            "accuracy": _number(ev.get("acc_weighted")), "acc_min": _number(ev.get("acc_min")),
                            "acc_max": _number(ev.get("acc_max")), "loss": _number(ev.get("loss")),
                            "excluded": excluded.get(r["round"], [])})
-        last_edges = next((row["edges"] for _, row in sorted(evaluated.items(), reverse=True) if row.get("edges")), [])
-        privacy = next((j for j in privacy_report(self.store).jobs if j.job_id == job_id), None)
-        scores = next((j for j in score_report(self.store).jobs if j.job_id == job_id), None)
-        failed = [tx for _, tx in self.store.transactions(kind=TxKind.ROUND_FAILED, job_id=job_id)]
-        return {**job, "round_rows": rounds, "edges": sorted(last_edges, key=lambda e: e["node_id"]),
-                "evaluated": bool(evaluated), "privacy": privacy, "scores": scores, "failed": failed,
-                "entry": self.node.is_entry}
-
-    def curves(self, job_id: str) -> tuple[list[Any], list[float]] | None:
-        """The job's rounds as the chart draws them, and each edge node's final accuracy."""
-        job = self.job(job_id)
-        if job is None:
-            return None
-        rows = [_CurvePoint(r["round"], r["accuracy"], r["acc_min"], r["acc_max"], r["loss"], r["train_loss"])
-                for r in job["round_rows"] if r["global_hash"]]
-        return rows, [e["accuracy"] for e in job["edges"]]
-
-    def compared(self) -> dict[str, list[Any]]:
-        """Every job with a finished round, by "job (strategy, rule)", for one chart comparing them."""
-        out = {}
-        for job in self.jobs():
-            if job["rounds_done"]:
-                drawn = self.curves(job["job_id"])
-                spec = job["spec"]
-                out[f"{job['job_id']} ({spec.get('strategy')}, {spec.get('aggregation')})"] = drawn[0] if drawn else []
-        return out
+        return rounds, evaluated
 
     def _evaluations(self, job_id: str) -> list[dict[str, Any]]:
         coordinator = self.node.coordinator
         return coordinator.evaluations(job_id) if coordinator is not None else []
-
-    def _state(self, job_id: str) -> str:
-        coordinator = self.node.coordinator
-        if coordinator is None:
-            return ""
-        status = coordinator.status()
-        return status.state if status.job_id == job_id else ""
 
     # --- network ---------------------------------------------------------------------------------
     def network(self) -> dict[str, Any]:
@@ -238,6 +249,17 @@ class _CurvePoint:
     acc_max: float
     loss: float
     train_loss: float
+
+
+def _curve(rounds: list[dict[str, Any]]) -> list[_CurvePoint]:
+    return [_CurvePoint(r["round"], r["accuracy"], r["acc_min"], r["acc_max"], r["loss"], r["train_loss"])
+            for r in rounds if r["global_hash"]]
+
+
+def _last_edges(evaluated: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each edge node's evaluation in the last evaluated round that kept them, by node id."""
+    last = next((row["edges"] for _, row in sorted(evaluated.items(), reverse=True) if row.get("edges")), [])
+    return sorted(last, key=lambda e: e["node_id"])
 
 
 def _number(value: Any, default: float = math.nan) -> float:

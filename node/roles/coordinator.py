@@ -846,7 +846,7 @@ def _eval_report(job: Job, round_number: int, results: list[tuple[Any, pb.Supern
 
 
 def _summary(report: pb.EvalReport) -> dict[str, float]:
-    accs = [e.accuracy for e in report.edges if e.num_samples] or [e.accuracy for e in report.edges]
+    accs = [e.accuracy for e in report.edges]  # (edge nodes with no test sample are not in the report)
     return {"acc_weighted": report.acc_weighted, "acc_mean": report.acc_mean, "acc_min": min(accs),
             "acc_max": max(accs), "loss": report.loss}
 
