@@ -42,7 +42,7 @@ TOKEN_ENV = "FEDLEDGER_ENROL_TOKEN"  # where a node finds its enrolment token wh
 NODE_FILE = "node.toml"  # in a node's home: the flags `main.py run --home` starts it with
 # main.py's flags a node's description may hold (the enrolment token does not: it is a secret, used once)
 NODE_FLAGS = ("port", "nt", "entry", "is_entry", "host", "advertise", "enrol_port", "insecure", "db", "data_dir",
-              "model_path", "device", "http", "count")
+              "model_path", "device", "http", "count", "fork")
 
 
 def build_parser(describing: bool = False) -> argparse.ArgumentParser:
@@ -83,6 +83,9 @@ def build_parser(describing: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None if describing else 1, metavar="K",
                    help="edge nodes: run K edge nodes in this process (each its own key, enrolment, data shard and "
                         "head, in <home>/node-0000 …), behind one server; the enrolment token must allow K uses")
+    p.add_argument("--fork", action="store_true", default=None if describing else False,
+                   help="with --count K: run the K edge nodes as K processes instead (ports PORT … PORT+K-1), "
+                        "forked from this one once it has loaded torch, so that they share its memory")
     p.add_argument("--http", type=int, metavar="PORT",
                    help="supernodes: serve the block and model explorer on this port (HTTPS with the node's "
                         "certificate; plain HTTP with --insecure); log in with the admin token")
@@ -256,8 +259,14 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
+def default_home(args: argparse.Namespace) -> Path:
+    return args.home or Path.home() / ".fedledger" / f"{args.nt.lower()}-{args.port}"
+
+
 def run(args: argparse.Namespace) -> int:
-    home = args.home or Path.home() / ".fedledger" / f"{args.nt.lower()}-{args.port}"
+    if args.fork:
+        return run_forked(args)
+    home = default_home(args)
     overrides = parse_assignments(args.set)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
@@ -348,6 +357,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_forked(args: argparse.Namespace) -> int:
+    """``--count K --fork``: K edge node processes forked from this one (node/forked.py), node ``i``
+    on port ``--port`` + i (and ``--advertise``'s port + i) with its home in ``<home>/node-<i>``."""
+    from node.cores import share_for
+    from node.forked import ForkedEdgeNodes, preload
+
+    if args.nt != "EN" or args.count < 2:
+        raise ConfigError("--fork runs the K edge nodes of --count K (K >= 2, --nt EN) as K processes")
+    if args.http is not None:
+        raise ConfigError("--http serves the explorer from a supernode's copy of the chain; edge nodes keep none")
+    if not 0 < args.port <= 65536 - args.count:
+        raise ConfigError(f"--fork needs ports {args.port} … {args.port + args.count - 1}: all below 65536")
+    advertised = None
+    if args.advertise:
+        from node.net.channels import split_address, url_host
+
+        host, port = split_address(args.advertise)
+        advertised = (url_host(host), port)
+    home = default_home(args)
+    config = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
+    threads = share_for(args.count)  # each child's share of the cores: OpenMP reads it as torch loads, here
+    keep_freed_memory()
+    preload(threads)
+
+    def node_args(index: int) -> argparse.Namespace:
+        child = argparse.Namespace(**vars(args))
+        child.count, child.fork, child.config = 1, False, config
+        child.port = args.port + index
+        child.home = home / f"node-{index:04d}"
+        child.advertise = f"{advertised[0]}:{advertised[1] + index}" if advertised else None
+        child.set = [*args.set, f"torch_threads={threads}"]
+        return child
+
+    def name(index: int) -> str:
+        return f"node-{index:04d} (port {args.port + index})"
+
+    def child(index: int) -> int:
+        logging.basicConfig(force=True, level=args.log_level.upper(),
+                            format=f"%(asctime)s %(levelname)s node-{index:04d} %(name)s: %(message)s")
+        return run(node_args(index))
+
+    logging.getLogger("fedledger").info("%d edge node processes, ports %d … %d, homes %s … %s; torch threads %d each",
+                                        args.count, args.port, args.port + args.count - 1, home / "node-0000",
+                                        home / f"node-{args.count - 1:04d}", threads)
+    return ForkedEdgeNodes(args.count, child, name).run()
+
+
 def prepare_process(torch_threads: int) -> None:
     """Process-wide settings, made before torch is first imported: OpenMP reads its thread count
     once, for every thread (``torch.set_num_threads`` would reach only the thread calling it),
@@ -403,14 +459,14 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
     """(host, server credentials): the edge node this process runs, or with ``--count K`` K of
     them, each in a home of its own under ``home`` (``node-0000`` …: key, certificate, heads),
     enrolled with the same token (it must allow K uses), behind one server and one torch runtime
-    that they share: its data, its models (named by hash) and ``slots`` cores' worth of training."""
-    import threading
+    that they share: its data and its models (named by hash); they train ``slots`` at a time, as many
+    as the host's cores allow, counting other node processes' trainings (node/cores.py HostSlots)."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     from fl.datasets import available_datasets
     from node.chain.identity import Identity
-    from node.cores import usable_cores
+    from node.cores import HostSlots, usable_cores
     from node.net.model_store import ModelCache
     from node.net.tls import TLS_DIR, Credentials, HostCredentials
     from node.roles.edgenode import EdgeHost, EdgeNode, SharedJobData, TrainerOnDemand
@@ -438,7 +494,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
         log.info("%d edge nodes in this process, homes %s … %s", args.count, homes[0], homes[-1])
     datasets = available_datasets(conf["data_dir"], conf["model_path"])
     models = ModelCache(2 * settings.max_model_bytes)
-    slots = threading.Semaphore(max(1, usable_cores() // max(1, conf["torch_threads"])))
+    slots = HostSlots(usable_cores() // max(1, conf["torch_threads"]))  # (host-wide: other processes' trainings count)
     shared_data = SharedJobData() if args.count > 1 else None
 
     def edge(node_home: Path, node_identity: Any, node_pin: Any) -> tuple[Any, Any]:

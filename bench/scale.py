@@ -1,8 +1,9 @@
 """How a network's cost grows with its edge nodes, on this machine, printed as one table.
 
 Each row starts a fresh network on loopback (an entry supernode and a second one, SQLite
-ledgers) and N edge nodes: N virtual edge nodes in one process (``main.py --count N``) or N edge
-node processes; then it trains a digits job (iid: 1,000 clients of digits' 1,797 samples hold one
+ledgers) and N edge nodes: N virtual edge nodes in one process (``main.py --count N``), N edge
+node processes forked from one that loaded torch (``--count N --fork``), or N edge node processes
+started one by one; then it trains a digits job (iid: 1,000 clients of digits' 1,797 samples hold one
 or two each). The in-process simulation of the same job, in the same run, is the reference.
 
 - join: seconds from starting the edge node process(es) until the entry node counts N alive;
@@ -14,8 +15,8 @@ or two each). The in-process simulation of the same job, in the same run, is the
 - chain: the largest block (transactions and payload bytes) and ``verify`` of the entry node's
   chain in transactions per second.
 
-    python bench/scale.py                          # virtual 10,100,1000; processes 10,50,100
-    python bench/scale.py --virtual 10,100 --processes 10 --rounds 3
+    python bench/scale.py                          # virtual 10,100,1000; forked and processes 10,50,100
+    python bench/scale.py --virtual 10,100 --forked 10 --processes 10 --rounds 3
     python bench/scale.py --quick                  # a smoke run (tests)
 """
 
@@ -44,6 +45,7 @@ from node.dev.launcher import NodeProcess, start_supernodes, stop_all, wait_unti
 from sql.store import LedgerStore  # noqa: E402
 
 JOB = {"dataset": "digits", "partition": "iid", "batch_size": "16", "lr": "0.05", "local_epochs": "1"}
+KINDS = ("virtual", "forked", "processes")
 MEMORY_BUDGET = 0.8  # of this machine's available memory: a row that would need more is skipped, saying so
 
 
@@ -71,6 +73,10 @@ def pss_mib(pids: list[int]) -> float:
             if line.startswith("Pss:"):
                 total += int(line.split()[1])
     return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -104,6 +110,9 @@ def measure(work: Path, kind: str, n: int, rounds: int, per_process_mib: float |
         if kind == "virtual":
             edges = [NodeProcess(work, "edges", "EN", entry=entry.address, token_source=entry, env=env,
                                  extra=["--count", str(n)])]
+        elif kind == "forked":
+            edges = [NodeProcess(work, "edges", "EN", entry=entry.address, token_source=entry, env=env,
+                                 extra=["--count", str(n), "--fork"])]
         else:
             edges = [NodeProcess(work, f"en{i}", "EN", entry=entry.address, token_source=entry, env=env)
                      for i in range(n)]
@@ -112,7 +121,7 @@ def measure(work: Path, kind: str, n: int, rounds: int, per_process_mib: float |
                    interval=0.5)
         row.join_s = time.perf_counter() - began
         time.sleep(2)  # settled
-        pids = [e.proc.pid for e in edges]
+        pids = [e.proc.pid for e in edges] + [child for e in edges for child in children(e.proc.pid)]
         row.idle_mib = pss_mib(pids) / n
         cpu_before = cpu_seconds(entry.proc.pid) + cpu_seconds(sn.proc.pid)
         entry.console("StartJob", pb.JobRequest(settings={**JOB, "rounds": str(rounds)}))
@@ -124,6 +133,9 @@ def measure(work: Path, kind: str, n: int, rounds: int, per_process_mib: float |
         row.sn_cpu_ms = 1000 * (cpu_seconds(entry.proc.pid) + cpu_seconds(sn.proc.pid) - cpu_before) / (n * rounds)
         row.after_mib = pss_mib(pids) / n
         seconds = [m.seconds for m in done.metrics]
+        left_out = sum(len(m.excluded) for m in done.metrics)
+        if left_out:
+            row.note = f"{left_out} updates left out over {len(seconds)} rounds"
         row.first_round_s = seconds[0]
         row.round_s = statistics.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
         wait_until(lambda: entry.status().pending_transactions == 0, 60, "the last records sealed")
@@ -158,20 +170,20 @@ def simulated(n: int, rounds: int) -> Row:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--virtual", default="10,100,1000", help="virtual edge node counts")
-    p.add_argument("--processes", default="10,50,100", help="edge node process counts")
+    p.add_argument("--forked", default="10,50,100", help="counts of edge node processes forked from one (--fork)")
+    p.add_argument("--processes", default="10,50,100", help="counts of edge node processes started one by one")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="a smoke run: 4 virtual, 2 processes, 2 rounds")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 4 virtual, 2 forked, 2 processes, 2 rounds")
     args = p.parse_args()
     if args.quick:
-        args.virtual, args.processes, args.rounds = "4", "2", 2
-    counts = {"virtual": [int(x) for x in args.virtual.split(",") if x],
-              "processes": [int(x) for x in args.processes.split(",") if x]}
+        args.virtual, args.forked, args.processes, args.rounds = "4", "2", "2", 2
+    counts = {kind: [int(x) for x in getattr(args, kind).split(",") if x] for kind in KINDS}
     out = Console()
     rows: list[Row] = []
     per_process: float | None = None
-    for n in sorted(set(counts["virtual"] + counts["processes"])):
+    for n in sorted(set(counts["virtual"] + counts["forked"] + counts["processes"])):
         rows.append(simulated(n, args.rounds))
-    for kind in ("virtual", "processes"):
+    for kind in KINDS:
         for n in counts[kind]:
             work = Path(tempfile.mkdtemp(prefix=f"scale-{kind}-{n}-"))
             try:
@@ -203,7 +215,7 @@ def table(rows: list[Row], rounds: int) -> Table:
     def num(value: float, fmt: str) -> str:
         return "–" if value != value else format(value, fmt)
 
-    for r in sorted(rows, key=lambda r: (r.edge_nodes, ["simulation", "virtual", "processes"].index(r.kind))):
+    for r in sorted(rows, key=lambda r: (r.edge_nodes, ["simulation", *KINDS].index(r.kind))):
         ratio = r.round_s / reference[r.edge_nodes] if r.kind != "simulation" and reference.get(r.edge_nodes) else float("nan")
         block = f"{r.block_txs} tx, {r.block_kib:.0f} KiB" if r.block_txs else "–"
         t.add_row(str(r.edge_nodes), r.kind, num(r.join_s, ".1f"), num(r.idle_mib, ".1f"), num(r.after_mib, ".1f"),

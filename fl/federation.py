@@ -25,7 +25,7 @@ from fl.distill import PUBLIC_LOGITS, DistillTerm, public_indices, public_output
 from fl.names import DISTILL_PUBLIC, DP_OPTIONS, INPUT_SHAPES, OPTION_DEFAULTS, SPLIT_STRATEGIES, TEXT_DATASETS
 from fl.split import Cut, LocalLink, ServerHalf, ServerLink, train_split
 from fl.strategy import Strategy, TrainHook, strategy_for_job
-from fl.train import GLOBAL_RNG, ClientData, EvalResult, TrainStats, evaluate, train_local
+from fl.train import GLOBAL_RNG, ClientData, EvalResult, TrainStats, evaluate, seed_global, train_local
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class JobSpec:
     def build_model(self, num_classes: int = 10, client: int = 0) -> SplitModel:
         """Client ``client``'s model, initialised from the job's seed (identical on every node)."""
         with GLOBAL_RNG:
-            torch.manual_seed(self.seed)
+            seed_global(self.seed)
             return build_model(self.architecture(client), self.dataset, num_classes, self.head_layers)
 
     def check_model_fits(self, input_shape: tuple[int, ...] | None = None) -> None:
@@ -174,6 +174,33 @@ def make_worker(job: JobSpec, num_classes: int, device: torch.device, model_path
 
     return LMWorker(job, _model_path(model_path), LoRASpec(job.lora_rank, job.lora_alpha, variant=job.lora_variant),
                     device)
+
+
+def warm_up(device: torch.device) -> None:
+    """Run a client's round and evaluation once on a tiny job of random digits-shaped samples.
+
+    The first round in a process is slow for reasons that have nothing to do with its job: torch
+    initialises operators, autograd and the optimiser on first use (~0.8 s), and Python specialises
+    this code as it first runs it. An edge node does that here, before its first round; a process
+    that forks edge nodes (``--fork``) does it once for all of them, which then share the result.
+    Once per process (and per device)."""
+    if device in _WARMED:
+        return
+    job = JobSpec(dataset="digits", model="auto", strategy="fedper", num_clients=2, rounds=1, local_epochs=1,
+                  lr=0.01, batch_size=8, momentum=0.0, partition="iid", classes_per_client=2, dirichlet_alpha=0.5,
+                  train_fraction=0.75, head_layers=1, seed=0)
+    samples = torch.Generator().manual_seed(0)
+    dataset = Dataset(name="digits", x=torch.randn(32, *INPUT_SHAPES["digits"], generator=samples),
+                      y=torch.arange(32) % 10, num_classes=10)
+    worker = make_worker(job, 10, device)
+    data = client_data(dataset, client_indices(dataset.y.numpy(), job)[0], device)
+    shared = split_state(worker.model.full_state(), worker.shared_keys)
+    result = worker.train_round(0, data, 1, shared, worker.initial_personal(0))
+    worker.evaluate(0, data, shared, result.personal)
+    _WARMED.add(device)
+
+
+_WARMED: set[torch.device] = set()
 
 
 def _model_path(model_path: str | Path) -> Path:

@@ -20,6 +20,17 @@ from torch import nn
 # must not interleave with another's, or it would not train as it would alone.
 GLOBAL_RNG = threading.RLock()
 
+
+def seed_global(seed: int) -> None:
+    """``torch.manual_seed`` (hold ``GLOBAL_RNG``), without CUDA's part where CUDA is absent: there
+    ``manual_seed`` queues a CUDA seeding for a CUDA start that never comes, with a formatted stack
+    trace each time (the queue grows with every model built; the first costs milliseconds of
+    reading source files)."""
+    if torch.cuda.is_available():
+        torch.manual_seed(seed)
+    else:
+        torch.random.default_generator.manual_seed(seed)
+
 if TYPE_CHECKING:
     from fl.strategy.client import TrainHook
 

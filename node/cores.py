@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 
 def default_registry() -> Path:
@@ -24,6 +27,35 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def node_processes(registry: Path | None = None, mine: Path | None = None) -> int:
+    """The node processes registered on this host now (``mine``: this process's own file, held by
+    it); files nobody holds are removed."""
+    registry = registry or default_registry()
+    alive = 0
+    for path in registry.glob("*.lock"):
+        if path == mine:
+            alive += 1
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            alive += 1  # held: its process runs
+        else:
+            path.unlink(missing_ok=True)  # nobody holds it: its process is gone
+        finally:
+            os.close(fd)
+    return alive
+
+
+def share_for(joining: int, registry: Path | None = None) -> int:
+    """Each of ``joining`` processes' share of the cores (at least one) once they join those running."""
+    return max(1, usable_cores() // (node_processes(registry) + joining))
+
+
 class HostShare:
     """This process's place among the node processes of its host."""
 
@@ -36,24 +68,7 @@ class HostShare:
 
     def processes(self) -> int:
         """Node processes on this host now, this one included (files nobody holds are removed)."""
-        alive = 0
-        for path in self.registry.glob("*.lock"):
-            if path == self._mine:
-                alive += 1
-                continue
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                alive += 1  # held: its process runs
-            else:
-                path.unlink(missing_ok=True)  # nobody holds it: its process is gone
-            finally:
-                os.close(fd)
-        return alive
+        return node_processes(self.registry, mine=self._mine)
 
     def threads(self) -> tuple[int, int]:
         """(this process's share of the cores, at least one; the node processes sharing them)."""
@@ -63,3 +78,44 @@ class HostShare:
     def close(self) -> None:
         os.close(self._fd)
         self._mine.unlink(missing_ok=True)
+
+
+class HostSlots:
+    """At most ``count`` trainings at once among the host's node processes and their threads: a
+    training holds a lock on one of ``count`` files, which the kernel releases however its holder
+    ends. Without it the hundred edge node processes of one two-core host each start training as a
+    round starts, and the supernodes sharing those cores wait behind a hundred runnable processes:
+    heartbeats time out and edge nodes leave supernodes that were only busy. A context manager."""
+
+    def __init__(self, count: int, registry: Path | None = None) -> None:
+        self.count = max(1, count)
+        self.folder = (registry or default_registry()) / "slots"
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._held = threading.local()  # the lock a thread holds (one at a time)
+
+    def _open(self, slot: int) -> int:
+        return os.open(self.folder / f"slot-{slot}", os.O_CREAT | os.O_RDWR, 0o600)
+
+    def __enter__(self) -> "HostSlots":
+        order = random.sample(range(self.count), self.count)
+        for slot in order:  # a free one, if any …
+            fd = self._open(slot)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._held.fd = fd
+            return self
+        fd = self._open(order[0])  # … else wait for one (each waiter picks its own at random)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fd, self._held.fd = self._held.fd, None
+        os.close(fd)  # (closing the file lets go of its lock)

@@ -52,3 +52,57 @@ def test_an_edge_node_with_auto_threads_takes_its_share_when_torch_loads(tmp_pat
     assert said, "the edge node did not say how many threads it took"
     threads, processes = int(said.group(1)), int(said.group(2))
     assert processes >= 3 and threads == max(1, usable_cores() // processes)  # entry, supernode, itself (and others)
+
+
+SLOT = """
+import sys, time
+from node.cores import HostSlots
+with HostSlots(1, __import__('pathlib').Path(sys.argv[1])):
+    print('holding', flush=True)
+    time.sleep(60)
+"""
+
+
+def test_host_slots_bound_trainings_across_processes_and_free_a_dead_holders(tmp_path):
+    import threading
+
+    from node.cores import HostSlots, share_for
+
+    slots = HostSlots(2, tmp_path)
+    inside, most, lock = 0, 0, threading.Lock()
+
+    def train() -> None:
+        nonlocal inside, most
+        with slots:
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            threading.Event().wait(0.05)
+            with lock:
+                inside -= 1
+
+    threads = [threading.Thread(target=train) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 2  # two at a time, never more
+    other = subprocess.Popen([sys.executable, "-c", SLOT, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "holding"
+        one = HostSlots(1, tmp_path)
+        def wait_for_the_slot() -> None:
+            with one:
+                pass
+
+        waiting = threading.Thread(target=wait_for_the_slot)
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive()  # another process holds the only slot
+        other.kill()  # however it ends, its slot is free again
+        waiting.join(10)
+        assert not waiting.is_alive()
+    finally:
+        other.kill()
+        other.wait()
+    assert share_for(4, tmp_path / "none") == max(1, usable_cores() // 4)

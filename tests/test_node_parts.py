@@ -387,3 +387,19 @@ def test_the_admin_token_is_safe_on_a_command_line(tmp_path):
     assert created and re.fullmatch(r"[0-9a-f]{64}", token)
     assert load_or_create_token(tmp_path) == (token, False)
     assert (tmp_path / "admin.token").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_edge_node_that_moves_during_a_round_is_its_first_supernodes_for_that_round():
+    """A supernode too busy to answer heartbeats in time may lose an edge node to another during a
+    round; its report of that node's update for the round still counts (the node was its own as
+    the round started), and a supernode the node never belonged to still cannot report it."""
+    from types import SimpleNamespace
+
+    from node.roles.coordinator import Coordinator
+
+    now = SimpleNamespace(node=SimpleNamespace(members={"en": SimpleNamespace(supernode="sn-b")}))
+    at_start = {"en": "sn-a"}
+    assert Coordinator._owns(now, "sn-a", "en", at_start)  # its supernode as the round started
+    assert Coordinator._owns(now, "sn-b", "en", at_start)  # and its supernode now
+    assert not Coordinator._owns(now, "sn-c", "en", at_start)  # never its supernode
+    assert not Coordinator._owns(now, "sn-a", "other", at_start)  # not a member at all

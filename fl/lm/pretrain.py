@@ -35,7 +35,7 @@ from fl.lm.base import base_model_hash
 from fl.lm.corpus import stdlib_corpus
 from fl.lm.data import token_blocks, token_stream
 from fl.memory import keep_freed_memory
-from fl.train import resolve_device
+from fl.train import resolve_device, seed_global
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -83,7 +83,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, *, layers: int, hidden: int,
         max_position_embeddings=block_size, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
+    seed_global(seed)
     return LlamaForCausalLM(config)
 
 

@@ -35,7 +35,7 @@ from fl.federation import ClientResult, JobSpec
 from fl.lm.base import load_model
 from fl.models import StateDict
 from fl.strategy import TrainHook
-from fl.train import GLOBAL_RNG, ClientData, EvalResult, TrainStats
+from fl.train import GLOBAL_RNG, ClientData, EvalResult, TrainStats, seed_global
 
 VARIANTS = ("fedavg", "ffa")
 _ADAPTER = "default"  # peft's adapter name, dropped from the keys that travel
@@ -118,7 +118,7 @@ class LMWorker:
         # same initial adapters (FFA-LoRA relies on an identical A everywhere)
         with GLOBAL_RNG, warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecates
             base = load_model(model_path, "cpu")
-            torch.manual_seed(job.seed)
+            seed_global(job.seed)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             peft = get_peft_model(base, lora.config())
         # one evaluation batch holds at most EVAL_LOGITS logits (a 49k vocabulary's are large)
@@ -213,7 +213,7 @@ class LMWorker:
                       hook: TrainHook) -> TrainStats:
         n, job = int(blocks.shape[0]), self.job
         generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # LoRA dropout
+        seed_global(seed)  # LoRA dropout
         before_step = hook.start(self.model, self.shared_keys)
         peft = self.model.peft
         peft.train()

@@ -38,6 +38,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (below Linux's ephemeral range, where the
+    kernel picks ports for outgoing connections and ``free_port``)."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(10000, 32000 - count)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -62,7 +84,9 @@ class NodeProcess:
         node starts unenrolled. ``host``/``port``: where it listens (and is reached); ``prefix``
         wraps the command, e.g. ``ip netns exec NS`` to start it on another (namespaced) host;
         ``script`` runs instead of main.py with the same arguments (a test's deliberately faulty node)."""
-        self.name, self.port = name, port or free_port()
+        count = int(extra[list(extra).index("--count") + 1]) if "--count" in extra else 1
+        forked = "--fork" in extra  # K processes on K consecutive ports
+        self.name, self.port = name, port or (free_ports(count) if forked else free_port())
         self.insecure = "--insecure" in extra
         self.enrol_port = free_port() if is_entry and port is None else None
         self.address = f"{host}:{self.port}"
@@ -79,8 +103,7 @@ class NodeProcess:
             args += ["--db", db]
         environment = {**os.environ, **FAST, **(env or {})}
         if not is_entry and token_source is not None:  # (`--count K` edge nodes enrol K times)
-            uses = int(extra[list(extra).index("--count") + 1]) if "--count" in extra else 1
-            environment["FEDLEDGER_ENROL_TOKEN"] = token_source.enrolment_token(nt, uses)
+            environment["FEDLEDGER_ENROL_TOKEN"] = token_source.enrolment_token(nt, count)
         self.proc = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT)
         self.token_source = token_source

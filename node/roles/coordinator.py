@@ -569,6 +569,7 @@ class Coordinator:
         order = Transaction.create(TxKind.ROUND, order_payload, node.identity)
         node.submit(order)
         evaluate_first = job.evaluate_every_round and self._unevaluated is not None
+        owners = {n: m.supernode for n in job.participants if (m := node.members.get(n)) is not None}
         results, lost = self._fan_out(job, order, current, evaluate_first=evaluate_first)
         if evaluate_first:  # this round's exclusions are its own, not the previous round's
             report = _eval_report(job, round_number - 1, results)
@@ -584,11 +585,18 @@ class Coordinator:
         aggregates, parts, edges, update_txs = [], [], [], []
         records: list[Transaction] = []  # the supernodes' signed records of what this round combines
         scoring: dict[str, tuple[Update, int, int]] = {}  # edge node -> its checked update, size, samples (scores)
+        claimed: set[str] = set()  # edge nodes a supernode has reported: no other may report them too
         for sn, result in results:
             try:
-                exclusions = self._exclusion_records(job, round_number, sn, result)
+                exclusions = self._exclusion_records(job, round_number, sn, result, owners)
                 if result.num_samples:
-                    aggregate, part, checked = self._contribution(job, round_number, sn, result, reference, strategy)
+                    aggregate, part, checked = self._contribution(job, round_number, sn, result, reference, strategy,
+                                                                  owners)
+                reported = {tx_from_pb(e.update).sender for e in result.edges} | {t.payload["node"] for t in exclusions}
+                if reported & claimed:
+                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} reported edge nodes another "
+                                 f"supernode reported this round: {sorted(reported & claimed)[:3]}")
+                claimed |= reported
             except Exception as exc:  # noqa: BLE001 - a supernode whose result does not hold is left out
                 reason = f"its round result was refused: {status_for(exc)[1]}"
                 log.warning("job %s round %d: supernode %s left out: %s", job.job_id, round_number, sn.node_id, reason)
@@ -657,14 +665,15 @@ class Coordinator:
         return model.header.model_hash
 
     def _contribution(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
-                      reference: dict[str, Any], strategy: Strategy) -> tuple[Transaction, ExactSum | list[Update], list[Update]]:
+                      reference: dict[str, Any], strategy: Strategy,
+                      owners: dict[str, str]) -> tuple[Transaction, ExactSum | list[Update], list[Update]]:
         """One supernode's part, checked: its signed AGGREGATE (against what it returned), and its
         exact partial sum (a rule that decomposes: re-summed here from the updates it lists when the
         job says ``recompute_partials``, refused unless the hashes agree; else downloaded, checked
         against its hash, layout and the bounds its total allows) or every update it lists
         (downloaded from it and validated again here: median, trimmed mean, Krum); and the checked
         updates in the order of ``result.edges`` (none when only the partial was fetched)."""
-        aggregate = self._check_partial(job, round_number, sn, result, strategy)
+        aggregate = self._check_partial(job, round_number, sn, result, strategy, owners)
         if strategy.decomposable and not job.recompute_partials:
             limit = 16 * sum(v.numel() for v in reference.values()) + (1 << 20)  # two int64 limbs per value
             state = state_views(self.node.fetch_model(result.partial_hash, sn.address, limit, sn.node_id).data)
@@ -686,7 +695,16 @@ class Coordinator:
                          f"{len(updates)} updates it lists")
         return aggregate, partial, updates
 
-    def _exclusion_records(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult) -> list[Transaction]:
+    def _owns(self, sn_id: str, node_id: str, owners: dict[str, str]) -> bool:
+        """Whether edge node ``node_id`` is supernode ``sn_id``'s this round: its supernode as the
+        round started (``owners``) or now. An edge node that moves during a round (its supernode
+        too busy to answer its heartbeats) stays its first supernode's for that round; the other
+        supernodes' results are checked on their own (one edge node reported once in a round)."""
+        member = self.node.members.get(node_id)
+        return owners.get(node_id) == sn_id or (member is not None and member.supernode == sn_id)
+
+    def _exclusion_records(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
+                           owners: dict[str, str]) -> list[Transaction]:
         """The supernode's signed EXCLUDED records: of this round, of the job's edge nodes it did not
         also report an update of, each once."""
         member = self.node.members.get(sn.node_id)
@@ -698,10 +716,8 @@ class Coordinator:
             if record.kind != TxKind.EXCLUDED or record.sender != sn.node_id or member is None \
                     or not record.signed_by(member.public_key):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"supernode {sn.node_id} sent an exclusion it did not sign")
-            excluded = self.node.members.get(p["node"])
             if p["job_id"] != job.job_id or p["round"] != round_number or p["node"] not in job.participants \
-                    or p["node"] in updated or p["node"] in named or excluded is None \
-                    or excluded.supernode != sn.node_id:
+                    or p["node"] in updated or p["node"] in named or not self._owns(sn.node_id, p["node"], owners):
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
                              f"supernode {sn.node_id} excluded {p['node']}, which is not its own edge node of this "
                              f"round without an update, or twice")
@@ -710,9 +726,9 @@ class Coordinator:
         return records
 
     def _check_partial(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
-                       strategy: Strategy) -> Transaction:
+                       strategy: Strategy, owners: dict[str, str]) -> Transaction:
         """A supernode's result must list signed updates of this round from the job's edge nodes
-        registered with it, each edge node once, weigh exactly their samples, and come with its
+        registered with it (as the round started, or now), each edge node once, weigh exactly their samples, and come with its
         own signed AGGREGATE naming those same updates (and the partial it returned)."""
         if not result.HasField("aggregate"):
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} sent no signed AGGREGATE")
@@ -726,7 +742,7 @@ class Coordinator:
         for edge in result.edges:
             tx = tx_from_pb(edge.update)
             member = self.node.members.get(tx.sender)
-            if tx.sender not in job.participants or member is None or member.supernode != sn.node_id:
+            if tx.sender not in job.participants or member is None or not self._owns(sn.node_id, tx.sender, owners):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED,
                              f"supernode {sn.node_id} reported an update of {tx.sender}, not of its own edge node in the job")
             check_model_update(tx, job, round_number, member.public_key)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FAILURES_BEFORE_REHOMING = 2
+FAILURES_BEFORE_REHOMING = 2  # missed heartbeats, spanning dead_after seconds, before an edge node moves
 
 
 class EdgeNode:
@@ -132,20 +132,20 @@ class EdgeNode:
         return chosen
 
     def _run(self) -> None:
-        failures, exclude = 0, set()
+        failures, exclude, answered = 0, set(), time.monotonic()
         while not self._stop.is_set():
             try:
                 if self.supernode is None:
                     self.supernode = self.join(exclude)
                     exclude.clear()
-                    failures = 0
+                    failures, answered = 0, time.monotonic()
                 if time.monotonic() - self._last_upload < self.settings.heartbeat_interval:
-                    failures = 0  # the upload said it already
+                    failures, answered = 0, self._last_upload  # the upload said it already
                     self._stop.wait(self.settings.heartbeat_interval)
                     continue
                 reply = rpc_pb.MembershipStub(self.channels.get(self.supernode.address, self.supernode.node_id)).Heartbeat(
                     signed_heartbeat(self.identity), timeout=max(1.0, self.settings.heartbeat_interval))
-                failures = 0
+                failures, answered = 0, time.monotonic()
                 if not reply.known:
                     log.info("supernode %s no longer knows this node; registering again", self.supernode.node_id)
                     self.supernode = None
@@ -154,8 +154,10 @@ class EdgeNode:
                 failures += 1
                 where = self.supernode.address if self.supernode else self.entry_address
                 log.warning("%s: %s %s", where, exc.code().name, exc.details())
-                if self.supernode is not None and (failures >= FAILURES_BEFORE_REHOMING
-                                                   or exc.code() == grpc.StatusCode.FAILED_PRECONDITION):
+                silent = time.monotonic() - answered  # (a busy supernode answers late, not never: wait as long
+                if self.supernode is not None and (   # as the network waits before it calls a node dead)
+                        (failures >= FAILURES_BEFORE_REHOMING and silent >= self.settings.dead_after)
+                        or exc.code() == grpc.StatusCode.FAILED_PRECONDITION):
                     log.warning("supernode %s stopped answering; asking the entry node for another",
                                 self.supernode.node_id)
                     exclude.add(self.supernode.node_id)
@@ -213,6 +215,7 @@ class TrainerOnDemand:
     def __init__(self, build: Callable[[], EdgeTrainer]) -> None:
         self._build = build
         self._trainer: EdgeTrainer | None = None
+        self._warming = False
         self._lock = threading.Lock()
 
     def get(self) -> EdgeTrainer:
@@ -225,12 +228,20 @@ class TrainerOnDemand:
             return self._trainer
 
     def warm_up(self) -> None:
-        if self._trainer is None:
-            threading.Thread(target=self._warm, name="trainer-warm-up", daemon=True).start()
+        """Build the trainer and run ``fl.federation.warm_up`` in the background, once."""
+        with self._lock:
+            if self._warming:
+                return
+            self._warming = True
+        threading.Thread(target=self._warm, name="trainer-warm-up", daemon=True).start()
 
     def _warm(self) -> None:
         try:
-            self.get()
+            trainer = self.get()
+            from fl.federation import warm_up
+
+            with trainer.slots:  # (torch's and this code's first-use costs, before the first round)
+                warm_up(trainer.device)
         except Exception as exc:  # noqa: BLE001 - said again, to the supernode, when a round needs it
             log.warning("the trainer could not start: %s", exc)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 import json
 import threading
 import time
@@ -102,9 +103,9 @@ class _JobState:
 
 class EdgeTrainer:
     def __init__(self, node: EdgeNode, home: Path, conf: dict[str, Any],
-                 slots: threading.Semaphore | None = None, data: Callable[..., Any] | None = None) -> None:
-        """``slots``: how many of the process's edge nodes may train at once (shared by them:
-        they share the host's cores); ``data``: the job data they share. None: this node alone."""
+                 slots: AbstractContextManager[Any] | None = None, data: Callable[..., Any] | None = None) -> None:
+        """``slots``: held while training (how many edge nodes of the host may train at once: they
+        share its cores); ``data``: the job data a process's edge nodes share. None: this node alone."""
         self.node = node
         self.job_data = data if data is not None else job_data
         self.slots = slots if slots is not None else threading.Semaphore(1)

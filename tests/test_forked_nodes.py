@@ -1,0 +1,123 @@
+"""Forked edge node processes (``main.py --nt EN --count K --fork``): K whole edge nodes, each its
+own process, port, key, enrolment and head, forked from one process that loaded torch, which only
+supervises them. The network's global model is the simulation's, bit for bit; stops pass from the
+parent to every child, and a child outlives neither its parent nor its own crash's neighbours."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import load_config
+from fl.serialize import model_hash, state_to_bytes
+from node.dev.launcher import ROOT, NodeProcess, start_supernodes, stop_all, wait_until
+from node.net.wire import tx_from_pb
+from tests.conftest import run_job, simulate_as_edge_nodes
+
+COUNT = 4
+JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2"}
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # (a zombie: ended)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    started: list[NodeProcess] = []
+    try:
+        entry, sn = start_supernodes(tmp_path_factory.mktemp("forked"), started)
+        host = NodeProcess(entry.home.parent, "edges", "EN", entry=entry.address, token_source=entry,
+                           extra=["--count", str(COUNT), "--fork"])
+        started.append(host)
+        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == COUNT, 60, "the edge nodes")
+        yield entry, sn, host
+    finally:
+        stop_all(started, timeout=10)
+
+
+def test_k_forked_edge_nodes_are_k_processes_that_train_as_the_simulation(network):
+    entry, _, host = network
+    edges = entry.status().edge_nodes.nodes
+    ports = sorted(int(e.address.rsplit(":", 1)[1]) for e in edges)
+    assert ports == list(range(host.port, host.port + COUNT))  # one server per edge node, on consecutive ports
+    assert len({e.node_id for e in edges}) == COUNT and len({e.supernode for e in edges}) == 2
+    assert len(children(host.proc.pid)) == COUNT  # each a process of its own, forked from the one started
+    done = run_job(entry, JOB)
+    conf = load_config(env={}, overrides={"dataset": "digits", "partition": "pathological", "BATCH_SIZE": 16,
+                                          "learn_rate": 0.05, "gobal_epoch": 2, "client.amount": COUNT,
+                                          "workers": 1, "device": "cpu"})
+    assert tx_from_pb(done.global_model).payload["hash"] == model_hash(state_to_bytes(
+        simulate_as_edge_nodes(conf).global_state))
+    for index in range(COUNT):  # each its own key, certificate and head on disk
+        home = host.home / f"node-{index:04d}"
+        assert (home / "node.key").exists() and (home / "tls" / "node.crt").exists()
+        assert (home / "jobs" / done.job_id / "personal.safetensors").exists()
+    log = host.log.read_text()
+    assert "torch threads 1 each" in log and f"node-{COUNT - 1:04d} fedledger: node " in log  # (lines say which)
+
+
+def test_a_crashed_edge_node_process_takes_no_other_with_it(network):
+    entry, _, host = network
+    victim, *others = children(host.proc.pid)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: f"(pid {victim}) ended with exit code -9; {COUNT - 1} still running" in host.log.read_text(),
+               10, "the parent to notice")
+    assert host.proc.poll() is None and sorted(children(host.proc.pid)) == sorted(others)
+    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == COUNT - 1, 30, "one node dead")
+
+
+def test_sigterm_to_the_parent_stops_every_child_cleanly(tmp_path):
+    started: list[NodeProcess] = []
+    try:
+        entry, _ = start_supernodes(tmp_path, started)
+        host = NodeProcess(tmp_path, "edges", "EN", entry=entry.address, token_source=entry,
+                           extra=["--count", "3", "--fork"])
+        started.append(host)
+        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 3, 60, "the edge nodes")
+        assert host.stop(timeout=15) == 0
+        log = host.log.read_text()
+        assert log.count("fedledger: stopped cleanly") == 3 and "killing" not in log
+    finally:
+        stop_all(started, timeout=10)
+
+
+def test_children_end_when_their_parent_is_killed(tmp_path):
+    started: list[NodeProcess] = []
+    try:
+        entry, _ = start_supernodes(tmp_path, started)
+        host = NodeProcess(tmp_path, "edges", "EN", entry=entry.address, token_source=entry,
+                           extra=["--count", "2", "--fork"])
+        started.append(host)
+        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 2, 60, "the edge nodes")
+        kids = children(host.proc.pid)
+        host.kill()  # SIGKILL: no chance to pass anything on; the kernel sends each child SIGTERM
+        wait_until(lambda: all(gone(pid) for pid in kids), 15, "the children to stop")
+    finally:
+        stop_all(started, timeout=10)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--nt", "EN", "--fork"], "--fork runs the K edge nodes of --count K"),
+    (["--nt", "SN", "--count", "2", "--fork"], "--fork runs the K edge nodes of --count K"),
+    (["--nt", "EN", "--count", "3", "--fork", "--port", "65534"], "all below 65536"),
+])
+def test_fork_refuses_what_it_cannot_run(tmp_path, argv, said):
+    args = ["--port", "7000", "--entry", "127.0.0.1:1", "--home", str(tmp_path), *argv]
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and said in result.stderr
+    assert "Traceback" not in result.stderr
