@@ -203,6 +203,11 @@ def warm_up(device: torch.device) -> None:
 _WARMED: set[torch.device] = set()
 
 
+def warmed_up(device: torch.device) -> bool:
+    """Whether this process has run ``warm_up`` for ``device`` (a forked child inherits it)."""
+    return device in _WARMED
+
+
 def _model_path(model_path: str | Path) -> Path:
     if not str(model_path):
         raise ValueError("model=lora fine-tunes the base model at model_path (--model-path): point it at a local "

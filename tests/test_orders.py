@@ -53,6 +53,34 @@ def test_a_signed_fresh_order_is_carried_out_once():
     assert evaluate.order.action == "evaluate"
 
 
+def test_later_orders_of_a_job_may_come_without_its_job():
+    """A supernode sends an edge node the JOB (every participant: 75 KB at a thousand) with its
+    first order of the job only; a node that never checked that JOB asks for it."""
+    from node.roles.jobs import JOB_NEEDED
+
+    entry = Identity.generate()
+    conf = load_config(env={}, overrides={"dataset": "digits", "client.amount": 2})
+    job = Job.from_tx(Transaction.create(TxKind.JOB, job_payload("job-lean", JobSpec.from_config(conf),
+                                                                  ["a" * 32, "b" * 32], conf), entry))
+    authority = Transaction.create(TxKind.ROUND, {"job_id": job.job_id, "round": 1, "global_hash": "ab" * 32}, entry)
+
+    def lean() -> pb.RoundRequest:
+        return pb.RoundRequest(authority=tx_to_pb(authority), order=sign_order(entry, job, authority, now_ms() + 60_000))
+
+    log = OrderLog()
+    with pytest.raises(ServiceError) as caught:
+        read_orders(lean(), entry.node_id, entry.public_key, log)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION and caught.value.message.startswith(JOB_NEEDED)
+    full = lean()
+    full.job.CopyFrom(tx_to_pb(job.tx))
+    assert read_orders(full, entry.node_id, entry.public_key, log).job.job_id == "job-lean"
+    later = read_orders(lean(), entry.node_id, entry.public_key, OrderLog())  # (another node of the process)
+    assert list(later.job.participants) == ["a" * 32, "b" * 32]
+    with pytest.raises(ServiceError) as caught:  # held for that entry node only
+        read_orders(lean(), ENTRY.node_id, ENTRY.public_key, OrderLog())
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_orders_that_are_stretched_late_early_or_mismatched_are_refused():
     job = _job()
     stretched = _request(job)

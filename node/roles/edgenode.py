@@ -238,10 +238,11 @@ class TrainerOnDemand:
     def _warm(self) -> None:
         try:
             trainer = self.get()
-            from fl.federation import warm_up
+            from fl.federation import warm_up, warmed_up
 
-            with trainer.slots:  # (torch's and this code's first-use costs, before the first round)
-                warm_up(trainer.device)
+            if not warmed_up(trainer.device):  # (torch's and this code's first-use costs, before the first round)
+                with trainer.slots:
+                    warm_up(trainer.device)
         except Exception as exc:  # noqa: BLE001 - said again, to the supernode, when a round needs it
             log.warning("the trainer could not start: %s", exc)
 

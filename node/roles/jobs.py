@@ -307,6 +307,31 @@ def seconds_left(order: pb.Order) -> float:
     return (order.deadline_ms - now_ms()) / 1000
 
 
+JOB_NEEDED = "this node does not hold the order's JOB"  # (the start of the refusal: send the JOB with the order)
+HELD_JOBS = 8  # verified JOBs a process keeps, by entry node and job id
+_held_jobs: dict[tuple[str, str], Job] = {}
+_held_lock = threading.Lock()
+
+
+def _hold(entry_id: str, job: Job) -> None:
+    with _held_lock:
+        _held_jobs.pop((entry_id, job.job_id), None)
+        _held_jobs[(entry_id, job.job_id)] = job
+        while len(_held_jobs) > HELD_JOBS:
+            del _held_jobs[next(iter(_held_jobs))]
+
+
+def held_job(entry_id: str, job_id: str) -> Job:
+    """A JOB this process checked with an earlier order: an order may come without it (a
+    supernode sends an edge node the JOB, which names every participant, with its first order of
+    the job only, so a round costs each edge node O(1) bytes, not O(N))."""
+    with _held_lock:
+        job = _held_jobs.get((entry_id, job_id))
+    if job is None:
+        raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{JOB_NEEDED} ({job_id[:64]}): send it with the order")
+    return job
+
+
 @functools.lru_cache(maxsize=8)
 def verified_job(kind: str, sender: str, payload: bytes, timestamp: int, signature: bytes, entry_id: str,
                  entry_key: bytes) -> Job:
@@ -321,16 +346,21 @@ def verified_job(kind: str, sender: str, payload: bytes, timestamp: int, signatu
 
 
 def read_orders(request: pb.RoundRequest, entry_id: str, entry_key: bytes, log: OrderLog) -> Orders:
-    """Check that the entry node signed the JOB, the round's authority (a ROUND to train, a
-    GLOBAL_MODEL to evaluate) and a fresh order to act on them now, that this node has not acted
-    on that order before, and read them. Supernodes and edge nodes act on nothing else."""
+    """Check that the entry node signed the JOB (sent with the order, or with an earlier one of the
+    job: ``held_job``), the round's authority (a ROUND to train, a GLOBAL_MODEL to evaluate) and a
+    fresh order to act on them now, that this node has not acted on that order before, and read
+    them. Supernodes and edge nodes act on nothing else."""
     authority = tx_from_pb(request.authority)
     try:
         check_payload(authority)
     except InvalidTransaction as exc:
         raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"the round's {authority.kind} is malformed: {exc}") from None
-    job = verified_job(request.job.kind, request.job.sender, request.job.payload, request.job.timestamp,
-                       request.job.signature, entry_id, entry_key)
+    if request.HasField("job"):
+        job = verified_job(request.job.kind, request.job.sender, request.job.payload, request.job.timestamp,
+                           request.job.signature, entry_id, entry_key)
+        _hold(entry_id, job)
+    else:
+        job = held_job(entry_id, request.order.job_id)
     check_signed_by(authority, (TxKind.ROUND, TxKind.GLOBAL_MODEL), entry_id, entry_key)
     round_number, model_hash = authorised_model(authority, job.job_id)
     order = request.order

@@ -31,7 +31,7 @@ from fl.strategy import ExactSum, InvalidUpdate, Strategy, Update
 from node.chain.rules import Transaction, TxKind, fixed
 from fl.names import SPLIT_STRATEGIES
 from node.roles.split import SplitServer
-from node.roles.jobs import (Job, OrderLog, Orders, check_model_update, read_orders, seconds_left,
+from node.roles.jobs import (JOB_NEEDED, Job, OrderLog, Orders, check_model_update, read_orders, seconds_left,
                              signed_train_loss)
 from node.net.channels import addressed_to
 from node.net.errors import refuse, status_for
@@ -56,6 +56,7 @@ class RoundRunner:
     def __init__(self, node: Supernode) -> None:
         self.node = node
         self.delivered = Deliveries()  # which edge node holds which model
+        self.jobs_sent = Deliveries()  # which edge node holds which JOB (by job id): orders go without it
         self.partials: OrderedDict[str, None] = OrderedDict()  # the partial sums this supernode made (newest last)
         # edge_parallelism: how many of its edge nodes a supernode asks at once (0: all). Edge nodes
         # that share one host's cores train faster a few at a time than all at once.
@@ -190,7 +191,16 @@ class RoundRunner:
                 self.split.ask(split_attempt, edge.node_id)
             timeout = _seconds_left(request)
             stub = rpc_pb.TrainingStub(self.node.channels.get(edge.address, edge.node_id))
-            return stub.TrainRound(request, timeout=timeout, metadata=addressed_to(edge.node_id))
+            if self.jobs_sent.has(edge.node_id, request.order.job_id):  # it holds the JOB: the order alone
+                try:
+                    return stub.TrainRound(pb.RoundRequest(authority=request.authority, order=request.order),
+                                           timeout=timeout, metadata=addressed_to(edge.node_id))
+                except grpc.RpcError as exc:  # (it restarted since: the JOB again)
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or not (exc.details() or "").startswith(JOB_NEEDED):
+                        raise
+            result = stub.TrainRound(request, timeout=_seconds_left(request), metadata=addressed_to(edge.node_id))
+            self.jobs_sent.record(edge.node_id, request.order.job_id)
+            return result
 
     def _publish(self, job: Job, round_number: int, partial: ExactSum | None, txs: list[Transaction],
                  reply: pb.SupernodeResult) -> pb.SupernodeResult:

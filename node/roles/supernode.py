@@ -154,6 +154,7 @@ class Supernode:
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"node {tx.sender} is registered as a supernode")
             self.members.add(edge_member(tx, key))
             self.rounds.delivered.forget(tx.sender)
+            self.rounds.jobs_sent.forget(tx.sender)
             self._dial(address, tx.sender)
         self.submit(tx)
         log.info("registered %s %s at %s", role, tx.sender, address)
