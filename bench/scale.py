@@ -41,7 +41,7 @@ from bench.machine import machine  # noqa: E402
 from config import load_config  # noqa: E402
 from fl.simulation import run_simulation  # noqa: E402
 from node.chain.audit import verify_chain  # noqa: E402
-from node.dev.launcher import NodeProcess, start_supernodes, stop_all, wait_until  # noqa: E402
+from node.dev.launcher import NodeProcess, child_pids, start_supernodes, stop_all, wait_until  # noqa: E402
 from sql.store import LedgerStore  # noqa: E402
 
 JOB = {"dataset": "digits", "partition": "iid", "batch_size": "16", "lr": "0.05", "local_epochs": "1"}
@@ -73,10 +73,6 @@ def pss_mib(pids: list[int]) -> float:
             if line.startswith("Pss:"):
                 total += int(line.split()[1])
     return total / 1024
-
-
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -121,7 +117,7 @@ def measure(work: Path, kind: str, n: int, rounds: int, per_process_mib: float |
                    interval=0.5)
         row.join_s = time.perf_counter() - began
         time.sleep(2)  # settled
-        pids = [e.proc.pid for e in edges] + [child for e in edges for child in children(e.proc.pid)]
+        pids = [e.proc.pid for e in edges] + [child for e in edges for child in child_pids(e.proc.pid)]
         row.idle_mib = pss_mib(pids) / n
         cpu_before = cpu_seconds(entry.proc.pid) + cpu_seconds(sn.proc.pid)
         entry.console("StartJob", pb.JobRequest(settings={**JOB, "rounds": str(rounds)}))

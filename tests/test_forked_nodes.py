@@ -15,16 +15,12 @@ import pytest
 
 from config import load_config
 from fl.serialize import model_hash, state_to_bytes
-from node.dev.launcher import ROOT, NodeProcess, start_supernodes, stop_all, wait_until
+from node.dev.launcher import ROOT, NodeProcess, child_pids, start_edge_host, start_supernodes, stop_all, wait_until
 from node.net.wire import tx_from_pb
 from tests.conftest import run_job, simulate_as_edge_nodes
 
 COUNT = 4
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2"}
-
-
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def gone(pid: int) -> bool:
@@ -40,11 +36,7 @@ def network(tmp_path_factory):
     started: list[NodeProcess] = []
     try:
         entry, sn = start_supernodes(tmp_path_factory.mktemp("forked"), started)
-        host = NodeProcess(entry.home.parent, "edges", "EN", entry=entry.address, token_source=entry,
-                           extra=["--count", str(COUNT), "--fork"])
-        started.append(host)
-        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == COUNT, 60, "the edge nodes")
-        yield entry, sn, host
+        yield entry, sn, start_edge_host(entry.home.parent, entry, started, COUNT, fork=True)
     finally:
         stop_all(started, timeout=10)
 
@@ -55,7 +47,7 @@ def test_k_forked_edge_nodes_are_k_processes_that_train_as_the_simulation(networ
     ports = sorted(int(e.address.rsplit(":", 1)[1]) for e in edges)
     assert ports == list(range(host.port, host.port + COUNT))  # one server per edge node, on consecutive ports
     assert len({e.node_id for e in edges}) == COUNT and len({e.supernode for e in edges}) == 2
-    assert len(children(host.proc.pid)) == COUNT  # each a process of its own, forked from the one started
+    assert len(child_pids(host.proc.pid)) == COUNT  # each a process of its own, forked from the one started
     done = run_job(entry, JOB)
     conf = load_config(env={}, overrides={"dataset": "digits", "partition": "pathological", "BATCH_SIZE": 16,
                                           "learn_rate": 0.05, "gobal_epoch": 2, "client.amount": COUNT,
@@ -72,42 +64,35 @@ def test_k_forked_edge_nodes_are_k_processes_that_train_as_the_simulation(networ
 
 def test_a_crashed_edge_node_process_takes_no_other_with_it(network):
     entry, _, host = network
-    victim, *others = children(host.proc.pid)
+    victim, *others = child_pids(host.proc.pid)
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: f"(pid {victim}) ended with exit code -9; {COUNT - 1} still running" in host.log.read_text(),
                10, "the parent to notice")
-    assert host.proc.poll() is None and sorted(children(host.proc.pid)) == sorted(others)
+    assert host.proc.poll() is None and sorted(child_pids(host.proc.pid)) == sorted(others)
     wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == COUNT - 1, 30, "one node dead")
 
 
-def test_sigterm_to_the_parent_stops_every_child_cleanly(tmp_path):
+@pytest.fixture
+def forked_pair(tmp_path):
+    """Two forked edge node processes, joined, in a network of their own (stopped at the end)."""
     started: list[NodeProcess] = []
     try:
         entry, _ = start_supernodes(tmp_path, started)
-        host = NodeProcess(tmp_path, "edges", "EN", entry=entry.address, token_source=entry,
-                           extra=["--count", "3", "--fork"])
-        started.append(host)
-        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 3, 60, "the edge nodes")
-        assert host.stop(timeout=15) == 0
-        log = host.log.read_text()
-        assert log.count("fedledger: stopped cleanly") == 3 and "killing" not in log
+        yield start_edge_host(tmp_path, entry, started, 2, fork=True)
     finally:
         stop_all(started, timeout=10)
 
 
-def test_children_end_when_their_parent_is_killed(tmp_path):
-    started: list[NodeProcess] = []
-    try:
-        entry, _ = start_supernodes(tmp_path, started)
-        host = NodeProcess(tmp_path, "edges", "EN", entry=entry.address, token_source=entry,
-                           extra=["--count", "2", "--fork"])
-        started.append(host)
-        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == 2, 60, "the edge nodes")
-        kids = children(host.proc.pid)
-        host.kill()  # SIGKILL: no chance to pass anything on; the kernel sends each child SIGTERM
-        wait_until(lambda: all(gone(pid) for pid in kids), 15, "the children to stop")
-    finally:
-        stop_all(started, timeout=10)
+def test_sigterm_to_the_parent_stops_every_child_cleanly(forked_pair):
+    assert forked_pair.stop(timeout=15) == 0
+    log = forked_pair.log.read_text()
+    assert log.count("fedledger: stopped cleanly") == 2 and "killing" not in log
+
+
+def test_children_end_when_their_parent_is_killed(forked_pair):
+    kids = child_pids(forked_pair.proc.pid)
+    forked_pair.kill()  # SIGKILL: no chance to pass anything on; the kernel sends each child SIGTERM
+    wait_until(lambda: all(gone(pid) for pid in kids), 15, "the children to stop")
 
 
 @pytest.mark.parametrize("argv, said", [

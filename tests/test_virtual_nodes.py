@@ -12,7 +12,7 @@ from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from config import load_config
 from fl.serialize import model_hash, state_to_bytes
-from node.dev.launcher import NodeProcess, start_supernodes, stop_all, wait_until
+from node.dev.launcher import NodeProcess, start_edge_host, start_supernodes, stop_all, wait_until
 from node.net.channels import addressed_to, channel
 from node.net.tls import Credentials
 from node.net.wire import tx_from_pb
@@ -27,11 +27,7 @@ def network(tmp_path_factory):
     started: list[NodeProcess] = []
     try:
         entry, sn = start_supernodes(tmp_path_factory.mktemp("virtual"), started)
-        host = NodeProcess(entry.home.parent, "edges", "EN", entry=entry.address, token_source=entry,
-                           extra=["--count", str(COUNT)])
-        started.append(host)
-        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == COUNT, 60, "the edge nodes")
-        yield entry, sn, host
+        yield entry, sn, start_edge_host(entry.home.parent, entry, started, COUNT)
     finally:
         stop_all(started, timeout=5)
 
@@ -132,10 +128,7 @@ def test_a_thousand_virtual_edge_nodes_join_and_train_a_digits_job(tmp_path):
     started: list[NodeProcess] = []
     try:
         entry, _ = start_supernodes(tmp_path, started, env=slow)
-        started.append(NodeProcess(tmp_path, "edges", "EN", entry=entry.address, token_source=entry, env=slow,
-                                   extra=["--count", str(count)]))
-        wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == count, 180, "1,000 edge nodes",
-                   interval=1)
+        start_edge_host(tmp_path, entry, started, count, env=slow, timeout=180)
         done = run_job(entry, {"dataset": "digits", "partition": "iid", "rounds": "1", "batch_size": "16"}, timeout=300)
         assert done.metrics[0].participants == count and not done.metrics[0].excluded
         wait_until(lambda: entry.status().pending_transactions == 0, 60, "the round sealed")

@@ -219,3 +219,20 @@ def start_supernodes(work: Path, started: list[NodeProcess], *, env: dict[str, s
     sn.wait_ready()
     wait_until(lambda: sum(n.alive for n in entry.status().supernodes.nodes) == 2, 30, "the second supernode")
     return entry, sn
+
+
+def start_edge_host(work: Path, entry: NodeProcess, started: list[NodeProcess], count: int, *, fork: bool = False,
+                    env: dict[str, str] | None = None, timeout: float = 60) -> NodeProcess:
+    """``count`` edge nodes in one process (``--count``), or as forked processes (``--fork``),
+    enrolled with ``entry`` and alive there (appended to ``started`` as it starts)."""
+    host = NodeProcess(work, "edges", "EN", entry=entry.address, token_source=entry, env=env,
+                       extra=["--count", str(count), *(["--fork"] if fork else [])])
+    started.append(host)
+    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == count, timeout,
+               f"{count} edge nodes", interval=0.5)
+    return host
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
