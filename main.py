@@ -374,10 +374,20 @@ def run_forked(args: argparse.Namespace) -> int:
         from node.net.channels import split_address, url_host
 
         host, port = split_address(args.advertise)
+        if port > 65536 - args.count:
+            raise ConfigError(f"--fork advertises ports {port} … {port + args.count - 1}: all below 65536")
         advertised = (url_host(host), port)
     home = default_home(args)
     config = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
-    threads = share_for(args.count)  # each child's share of the cores: OpenMP reads it as torch loads, here
+    overrides = parse_assignments(args.set)
+    if args.device:
+        overrides["device"] = args.device
+    conf = load_config(config, overrides=overrides)
+    if conf["device"] == "cuda":
+        raise ConfigError("--fork runs edge nodes on the CPU: CUDA does not survive a fork; for a GPU run the "
+                          "edge nodes in one process (--count K without --fork)")
+    # each child's threads (OpenMP reads them as torch loads, here): torch_threads, or 0: its share of the cores
+    threads = conf["torch_threads"] or share_for(args.count)
     keep_freed_memory()
     preload(threads)
 
@@ -387,7 +397,7 @@ def run_forked(args: argparse.Namespace) -> int:
         child.port = args.port + index
         child.home = home / f"node-{index:04d}"
         child.advertise = f"{advertised[0]}:{advertised[1] + index}" if advertised else None
-        child.set = [*args.set, f"torch_threads={threads}"]
+        child.set = [*args.set, f"torch_threads={threads}"]  # (as decided here: the same for each)
         return child
 
     def name(index: int) -> str:

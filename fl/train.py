@@ -22,11 +22,13 @@ GLOBAL_RNG = threading.RLock()
 
 
 def seed_global(seed: int) -> None:
-    """``torch.manual_seed`` (hold ``GLOBAL_RNG``), without CUDA's part where CUDA is absent: there
-    ``manual_seed`` queues a CUDA seeding for a CUDA start that never comes, with a formatted stack
-    trace each time (the queue grows with every model built; the first costs milliseconds of
-    reading source files)."""
-    if torch.cuda.is_available():
+    """``torch.manual_seed`` (hold ``GLOBAL_RNG``), without CUDA's part until CUDA has started:
+    before, ``manual_seed`` queues a CUDA seeding for when it starts, with a formatted stack trace
+    each time (on a host without CUDA the queue grows with every model built, and the first costs
+    milliseconds of reading source files). Code that draws on CUDA (LoRA's dropout) seeds after
+    its model is there, when CUDA has started. (Asking whether CUDA is available would start its
+    driver, after which a forked process cannot use it.)"""
+    if torch.cuda.is_initialized():
         torch.manual_seed(seed)
     else:
         torch.random.default_generator.manual_seed(seed)

@@ -85,7 +85,11 @@ class HostSlots:
     training holds a lock on one of ``count`` files, which the kernel releases however its holder
     ends. Without it the hundred edge node processes of one two-core host each start training as a
     round starts, and the supernodes sharing those cores wait behind a hundred runnable processes:
-    heartbeats time out and edge nodes leave supernodes that were only busy. A context manager."""
+    heartbeats time out and edge nodes leave supernodes that were only busy. A context manager.
+
+    A training that finds every slot taken waits on one chosen at random (the kernel wakes it when
+    that one frees): no polling, at the price of a slot standing idle now and then near a round's
+    end while others queue elsewhere. Processes using different counts share the largest."""
 
     def __init__(self, count: int, registry: Path | None = None) -> None:
         self.count = max(1, count)
@@ -94,9 +98,14 @@ class HostSlots:
         self._held = threading.local()  # the lock a thread holds (one at a time)
 
     def _open(self, slot: int) -> int:
-        return os.open(self.folder / f"slot-{slot}", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            return os.open(self.folder / f"slot-{slot}", os.O_CREAT | os.O_RDWR, 0o600)
+        except FileNotFoundError:  # the runtime folder went (a logout ends the user's XDG_RUNTIME_DIR)
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return os.open(self.folder / f"slot-{slot}", os.O_CREAT | os.O_RDWR, 0o600)
 
     def __enter__(self) -> "HostSlots":
+        assert getattr(self._held, "fd", None) is None, "a thread holds one training slot at a time"
         order = random.sample(range(self.count), self.count)
         for slot in order:  # a free one, if any …
             fd = self._open(slot)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("fedledger")
 
+STOPS = (signal.SIGINT, signal.SIGTERM)
 STOP_GRACE_S = 10.0  # after passing a stop on: children still running then are killed
 _PR_SET_PDEATHSIG = 1
 
@@ -38,9 +39,13 @@ def preload(torch_threads: int) -> None:
     """Import what an edge node runs and run a client's round once (``fl.federation.warm_up``), so
     that forked children share it all. Call before any thread, gRPC object or OpenMP pool exists:
     ``fork`` copies only the calling thread. One thread trains here (no OpenMP pool to leave
-    half-copied); the children's count is ``OMP_NUM_THREADS``, set before torch loads."""
+    half-copied); the children's count is ``OMP_NUM_THREADS``, set before torch loads. The children
+    train on the CPU: CUDA does not survive a fork, so this process hides it before torch loads."""
     os.environ["OMP_NUM_THREADS"] = str(torch_threads)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # CUDA cannot work in a process forked after it started
     import torch
+
+    torch.set_num_threads(1)  # (this thread's only; each child's gRPC threads take OMP_NUM_THREADS)
 
     import node.chain.identity  # noqa: F401 - (imported for the children: shared pages)
     import node.net.server  # noqa: F401
@@ -53,7 +58,6 @@ def preload(torch_threads: int) -> None:
 
     with contextlib.suppress(OSError, DatasetError):  # the built-in dataset, parsed once for all (without
         load_dataset("digits")                           # scikit-learn installed: read when a job needs it)
-    torch.set_num_threads(1)  # (this thread's only; each child's gRPC threads take OMP_NUM_THREADS)
     warm_up(torch.device("cpu"))
     gc.collect()
     gc.freeze()  # what is loaded now stays out of the collector's sweeps (which would write to, and so copy, its pages)
@@ -75,20 +79,31 @@ class ForkedEdgeNodes:
         if threading.active_count() > 1:
             raise RuntimeError("edge node processes must be forked before any thread starts")
         parent = os.getpid()
-        previous = {sig: signal.signal(sig, self._on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_stop) for sig in STOPS}
+        failed = 0
         try:
             for index in range(self.count):
                 if self._stop_at is not None:
                     break
                 sys.stdout.flush()
                 sys.stderr.flush()
-                pid = os.fork()
-                if pid == 0:
-                    self._become_child(index, parent, previous)
-                self.running[pid] = index
-            log.info("%d edge node processes started (pids %d … %d)", len(self.running), min(self.running),
-                     max(self.running))
-            return self._wait()
+                # a stop arriving now waits until the child is on the list (and is not the child's to handle)
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+                try:
+                    pid = os.fork()
+                    if pid == 0:
+                        self._become_child(index, parent, previous)
+                    self.running[pid] = index
+                except OSError as exc:  # no memory or processes left for another: stop those started
+                    log.error("could not start edge node %s: %s; stopping the others", self.name(index), exc)
+                    failed = 1
+                    self._on_stop(signal.SIGTERM, None)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+            if self.running:
+                log.info("%d edge node processes started (pids %d … %d)", len(self.running), min(self.running),
+                         max(self.running))
+            return max(failed, self._wait())
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -131,11 +146,14 @@ class ForkedEdgeNodes:
         code = 1
         try:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)  # (the node installs its own)
+                signal.signal(sig, handler)  # (the node installs its own; until then a stop ends it at once)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
             _die_with_parent()
             if os.getppid() != parent:  # the parent died before the line above took effect
                 os._exit(1)
             code = self.child(index)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
         except BaseException as exc:  # noqa: BLE001 - a child reports and exits; it must never return into the parent's loop
             log.error("edge node %s stopped: %s", self.name(index), exc)
         finally:

@@ -106,3 +106,16 @@ def test_host_slots_bound_trainings_across_processes_and_free_a_dead_holders(tmp
         other.kill()
         other.wait()
     assert share_for(4, tmp_path / "none") == max(1, usable_cores() // 4)
+
+
+def test_host_slots_outlive_their_folder(tmp_path):
+    """A logout removes the user's runtime folder (XDG_RUNTIME_DIR) under running nodes: their
+    next training makes it again instead of failing for good."""
+    import shutil
+
+    from node.cores import HostSlots
+
+    slots = HostSlots(1, tmp_path / "runtime")
+    shutil.rmtree(tmp_path / "runtime")
+    with slots:
+        assert (tmp_path / "runtime" / "slots" / "slot-0").exists()

@@ -99,6 +99,8 @@ def test_children_end_when_their_parent_is_killed(forked_pair):
     (["--nt", "EN", "--fork"], "--fork runs the K edge nodes of --count K"),
     (["--nt", "SN", "--count", "2", "--fork"], "--fork runs the K edge nodes of --count K"),
     (["--nt", "EN", "--count", "3", "--fork", "--port", "65534"], "all below 65536"),
+    (["--nt", "EN", "--count", "3", "--fork", "--advertise", "10.0.0.1:65534"], "all below 65536"),
+    (["--nt", "EN", "--count", "2", "--fork", "--device", "cuda"], "CUDA does not survive a fork"),
 ])
 def test_fork_refuses_what_it_cannot_run(tmp_path, argv, said):
     args = ["--port", "7000", "--entry", "127.0.0.1:1", "--home", str(tmp_path), *argv]

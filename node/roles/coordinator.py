@@ -585,17 +585,17 @@ class Coordinator:
         aggregates, parts, edges, update_txs = [], [], [], []
         records: list[Transaction] = []  # the supernodes' signed records of what this round combines
         scoring: dict[str, tuple[Update, int, int]] = {}  # edge node -> its checked update, size, samples (scores)
-        claimed: set[str] = set()  # edge nodes a supernode has reported: no other may report them too
+        claimed: set[str] = set()  # edge nodes whose update a supernode reported: no other may report one too
         for sn, result in results:
             try:
                 exclusions = self._exclusion_records(job, round_number, sn, result, owners)
                 if result.num_samples:
                     aggregate, part, checked = self._contribution(job, round_number, sn, result, reference, strategy,
                                                                   owners)
-                reported = {tx_from_pb(e.update).sender for e in result.edges} | {t.payload["node"] for t in exclusions}
+                reported = {tx_from_pb(e.update).sender for e in result.edges}  # (updates: signed by the edge node)
                 if reported & claimed:
-                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} reported edge nodes another "
-                                 f"supernode reported this round: {sorted(reported & claimed)[:3]}")
+                    raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} reported updates of edge "
+                                 f"nodes another supernode reported this round: {sorted(reported & claimed)[:3]}")
                 claimed |= reported
             except Exception as exc:  # noqa: BLE001 - a supernode whose result does not hold is left out
                 reason = f"its round result was refused: {status_for(exc)[1]}"

@@ -326,7 +326,9 @@ def held_job(entry_id: str, job_id: str) -> Job:
     supernode sends an edge node the JOB, which names every participant, with its first order of
     the job only, so a round costs each edge node O(1) bytes, not O(N))."""
     with _held_lock:
-        job = _held_jobs.get((entry_id, job_id))
+        job = _held_jobs.pop((entry_id, job_id), None)
+        if job is not None:
+            _held_jobs[(entry_id, job_id)] = job  # (the most recently used last: evicted last)
     if job is None:
         raise refuse(grpc.StatusCode.FAILED_PRECONDITION, f"{JOB_NEEDED} ({job_id[:64]}): send it with the order")
     return job
