@@ -168,6 +168,23 @@ def simulate_as_edge_nodes(conf: dict) -> Any:
         torch.set_num_threads(threads)
 
 
+def run_job_as_simulation(entry: Any, settings: dict[str, str], edge_nodes: int) -> Any:
+    """Run a job of ``settings`` (dataset, partition, batch_size, lr, rounds) on the network and
+    check that its global model is the simulation's for ``edge_nodes`` clients, bit for bit."""
+    from config import load_config
+    from fl.serialize import model_hash, state_to_bytes
+    from node.net.wire import tx_from_pb
+
+    done = run_job(entry, settings)
+    conf = load_config(env={}, overrides={"dataset": settings["dataset"], "partition": settings["partition"],
+                                          "BATCH_SIZE": int(settings["batch_size"]), "learn_rate": float(settings["lr"]),
+                                          "gobal_epoch": int(settings["rounds"]), "client.amount": edge_nodes,
+                                          "workers": 1, "device": "cpu"})
+    assert tx_from_pb(done.global_model).payload["hash"] == model_hash(state_to_bytes(
+        simulate_as_edge_nodes(conf).global_state))
+    return done
+
+
 def run_job(entry: Any, settings: dict[str, str], timeout: float = 180) -> Any:
     """Start a job on the entry node with the console's ``settings``; its final status, once done."""
     from base_package import data_pb2 as pb

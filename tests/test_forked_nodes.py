@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from config import load_config
-from fl.serialize import model_hash, state_to_bytes
 from node.dev.launcher import ROOT, NodeProcess, child_pids, start_edge_host, start_supernodes, stop_all, wait_until
-from node.net.wire import tx_from_pb
-from tests.conftest import run_job, simulate_as_edge_nodes
+from tests.conftest import run_job_as_simulation
 
 COUNT = 4
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2"}
@@ -48,12 +45,7 @@ def test_k_forked_edge_nodes_are_k_processes_that_train_as_the_simulation(networ
     assert ports == list(range(host.port, host.port + COUNT))  # one server per edge node, on consecutive ports
     assert len({e.node_id for e in edges}) == COUNT and len({e.supernode for e in edges}) == 2
     assert len(child_pids(host.proc.pid)) == COUNT  # each a process of its own, forked from the one started
-    done = run_job(entry, JOB)
-    conf = load_config(env={}, overrides={"dataset": "digits", "partition": "pathological", "BATCH_SIZE": 16,
-                                          "learn_rate": 0.05, "gobal_epoch": 2, "client.amount": COUNT,
-                                          "workers": 1, "device": "cpu"})
-    assert tx_from_pb(done.global_model).payload["hash"] == model_hash(state_to_bytes(
-        simulate_as_edge_nodes(conf).global_state))
+    done = run_job_as_simulation(entry, JOB, COUNT)
     for index in range(COUNT):  # each its own key, certificate and head on disk
         home = host.home / f"node-{index:04d}"
         assert (home / "node.key").exists() and (home / "tls" / "node.crt").exists()

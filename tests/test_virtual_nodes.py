@@ -11,12 +11,10 @@ import pytest
 from base_package import data_pb2 as pb
 from base_package import data_pb2_grpc as rpc_pb
 from config import load_config
-from fl.serialize import model_hash, state_to_bytes
 from node.dev.launcher import NodeProcess, start_edge_host, start_supernodes, stop_all, wait_until
 from node.net.channels import addressed_to, channel
 from node.net.tls import Credentials
-from node.net.wire import tx_from_pb
-from tests.conftest import refusal_code, run_job, simulate_as_edge_nodes
+from tests.conftest import refusal_code, run_job, run_job_as_simulation
 
 COUNT = 6
 JOB = {"dataset": "digits", "partition": "pathological", "batch_size": "16", "lr": "0.05", "rounds": "2"}
@@ -37,12 +35,7 @@ def test_k_edge_nodes_in_one_process_train_as_k_processes_would(network):
     edges = entry.status().edge_nodes.nodes
     assert {e.address for e in edges} == {host.address}  # one server …
     assert len({e.node_id for e in edges}) == COUNT and len({e.supernode for e in edges}) == 2  # … K nodes, spread
-    done = run_job(entry, JOB)
-    conf = load_config(env={}, overrides={"dataset": "digits", "partition": "pathological", "BATCH_SIZE": 16,
-                                          "learn_rate": 0.05, "gobal_epoch": 2, "client.amount": COUNT,
-                                          "workers": 1, "device": "cpu"})
-    assert tx_from_pb(done.global_model).payload["hash"] == model_hash(state_to_bytes(
-        simulate_as_edge_nodes(conf).global_state))
+    done = run_job_as_simulation(entry, JOB, COUNT)
     assert f"all {COUNT} edge nodes joined in" in host.log.read_text()  # (progress while joining)
     homes = sorted(p for p in host.home.iterdir() if p.name.startswith("node-"))
     assert len(homes) == COUNT
