@@ -125,6 +125,11 @@ class EdgeTrainer:
             raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has not joined the network yet")
         orders = read_orders(request, node.entry_id, node.entry_key, self.orders)
         job, round_number, model_hash = orders.job, orders.round, orders.model_hash
+        # the update goes to the supernode that ordered the round (its edge node as the round
+        # started, which reports it), even if this node moves to another while it trains
+        ordered_by = node.supernode
+        if ordered_by is None:
+            raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node has no supernode right now")
         model = node.model(model_hash)
         if model is None:
             raise refuse(grpc.StatusCode.FAILED_PRECONDITION,
@@ -161,10 +166,7 @@ class EdgeTrainer:
             state.trained(round_number, result.personal)
             update = state_to_bytes(result.shared)  # only the shared layers ever leave this node
             header = make_header(node.identity, update, job.job_id, round_number, result.stats.num_samples)
-        sn = node.supernode
-        if sn is None:
-            raise refuse(grpc.StatusCode.UNAVAILABLE, "this edge node lost its supernode during the round")
-        rpc_pb.TrainingStub(node.channels.get(sn.address, sn.node_id)).UploadUpdate(
+        rpc_pb.TrainingStub(node.channels.get(ordered_by.address, ordered_by.node_id)).UploadUpdate(
             chunks(header, update), timeout=max(1.0, orders.seconds_left()))
         node.upload_done()
         tx = Transaction.create(TxKind.MODEL_UPDATE, {
