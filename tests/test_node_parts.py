@@ -403,3 +403,35 @@ def test_an_edge_node_that_moves_during_a_round_is_its_first_supernodes_for_that
     assert Coordinator._owns(now, "sn-b", "en", at_start)  # and its supernode now
     assert not Coordinator._owns(now, "sn-c", "en", at_start)  # never its supernode
     assert not Coordinator._owns(now, "sn-a", "other", at_start)  # not a member at all
+
+
+def test_an_exclusion_of_an_edge_node_a_supernode_lost_is_dropped_not_its_whole_result():
+    """A supernode whose answer to a registration was lost still lists that edge node (which
+    registered elsewhere); its exclusion of it says nothing about the round and is dropped, while
+    its exclusion of its own edge node stands, and a contradictory one still refuses the result."""
+    from types import SimpleNamespace
+
+    from base_package import data_pb2 as pb
+    from node.chain.identity import Identity
+    from node.chain.rules import Transaction, TxKind
+    from node.net.errors import ServiceError
+    from node.net.wire import tx_to_pb
+    from node.roles.coordinator import Coordinator
+
+    sn, moved, own = Identity.generate(), "a" * 32, "b" * 32
+    members = {sn.node_id: SimpleNamespace(public_key=sn.public_key, supernode=""),
+               moved: SimpleNamespace(supernode="c" * 32), own: SimpleNamespace(supernode=sn.node_id)}
+    coordinator = SimpleNamespace(node=SimpleNamespace(members=members))
+    coordinator._owns = lambda sn_id, node_id, owners: Coordinator._owns(coordinator, sn_id, node_id, owners)
+    job = SimpleNamespace(job_id="job-1", participants=[moved, own])
+
+    def exclusion(node: str) -> pb.Transaction:
+        return tx_to_pb(Transaction.create(TxKind.EXCLUDED, {"job_id": "job-1", "round": 1, "node": node,
+                                                             "reason": "timed out"}, sn))
+
+    result = pb.SupernodeResult(exclusion_records=[exclusion(moved), exclusion(own)])
+    kept = Coordinator._exclusion_records(coordinator, job, 1, SimpleNamespace(node_id=sn.node_id), result, {})
+    assert [t.payload["node"] for t in kept] == [own]
+    twice = pb.SupernodeResult(exclusion_records=[exclusion(own), exclusion(own)])
+    with pytest.raises(ServiceError):
+        Coordinator._exclusion_records(coordinator, job, 1, SimpleNamespace(node_id=sn.node_id), twice, {})

@@ -706,7 +706,8 @@ class Coordinator:
     def _exclusion_records(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
                            owners: dict[str, str]) -> list[Transaction]:
         """The supernode's signed EXCLUDED records: of this round, of the job's edge nodes it did not
-        also report an update of, each once."""
+        also report an update of, each once; those of edge nodes that are not its own (stale
+        registrations there) are dropped."""
         member = self.node.members.get(sn.node_id)
         updated = {tx_from_pb(e.update).sender for e in result.edges}
         records, named = [], set()
@@ -716,11 +717,17 @@ class Coordinator:
             if record.kind != TxKind.EXCLUDED or record.sender != sn.node_id or member is None \
                     or not record.signed_by(member.public_key):
                 raise refuse(grpc.StatusCode.PERMISSION_DENIED, f"supernode {sn.node_id} sent an exclusion it did not sign")
-            if p["job_id"] != job.job_id or p["round"] != round_number or p["node"] not in job.participants \
-                    or p["node"] in updated or p["node"] in named or not self._owns(sn.node_id, p["node"], owners):
+            if p["job_id"] != job.job_id or p["round"] != round_number or p["node"] in updated or p["node"] in named:
                 raise refuse(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"supernode {sn.node_id} excluded {p['node']}, which is not its own edge node of this "
-                             f"round without an update, or twice")
+                             f"supernode {sn.node_id} excluded {p['node']}, which is not an edge node of this round "
+                             f"without an update from it, or twice")
+            if p["node"] not in job.participants or not self._owns(sn.node_id, p["node"], owners):
+                # a stale registration (the edge node's answer to it was lost, and it registered
+                # elsewhere): the exclusion says nothing about the round, which counts that node where
+                # it is; it is dropped, and the rest of the supernode's result stands
+                log.info("job %s round %d: supernode %s excluded %s, not its edge node: exclusion dropped",
+                         job.job_id, round_number, sn.node_id, p["node"][:16])
+                continue
             named.add(p["node"])
             records.append(record)
         return records

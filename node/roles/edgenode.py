@@ -108,7 +108,9 @@ class EdgeNode:
     def join(self, exclude: set[str]) -> pb.NodeInfo:
         """Ask the entry node for a supernode (none of ``exclude``) and register there; raises
         ``grpc.RpcError``. A supernode that does not take the registration joins ``exclude``, so
-        one that heartbeats but cannot be reached does not keep this node out of the network."""
+        one that heartbeats but cannot be reached does not keep this node out of the network; one
+        that answers too late is not excluded (it may have registered this node: asked again, the
+        entry node is likely to name it again, which keeps the registrations consistent)."""
         entry = self.channels.get(self.entry_address, self.entry_id or "")
         if self.entry_key is None:
             self.entry_id, self.entry_key = _entry_identity(entry, self.entry_id, self.genesis_hash)
@@ -125,8 +127,9 @@ class EdgeNode:
         try:
             rpc_pb.MembershipStub(self.channels.get(chosen.address, chosen.node_id)).Register(
                 pb.RegisterRequest(registration=tx_to_pb(tx)), timeout=15)
-        except grpc.RpcError:
-            exclude.add(chosen.node_id)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # (a slow one may have taken it: ask again)
+                exclude.add(chosen.node_id)
             raise
         log.info("registered with supernode %s at %s", chosen.node_id, chosen.address)
         return chosen
