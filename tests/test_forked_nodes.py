@@ -65,12 +65,11 @@ def test_a_crashed_edge_node_process_takes_no_other_with_it(network):
 
 
 @pytest.fixture
-def forked_pair(tmp_path):
-    """Two forked edge node processes, joined, in a network of their own (stopped at the end)."""
+def forked_pair(network, tmp_path):
+    """Two more forked edge node processes, joined to the module's network (stopped at the end)."""
     started: list[NodeProcess] = []
     try:
-        entry, _ = start_supernodes(tmp_path, started)
-        yield start_edge_host(tmp_path, entry, started, 2, fork=True)
+        yield start_edge_host(tmp_path, network[0], started, 2, fork=True)
     finally:
         stop_all(started, timeout=10)
 

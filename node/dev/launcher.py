@@ -228,8 +228,13 @@ def start_edge_host(work: Path, entry: NodeProcess, started: list[NodeProcess], 
     host = NodeProcess(work, "edges", "EN", entry=entry.address, token_source=entry, env=env,
                        extra=["--count", str(count), *(["--fork"] if fork else [])])
     started.append(host)
-    wait_until(lambda: sum(n.alive for n in entry.status().edge_nodes.nodes) == count, timeout,
-               f"{count} edge nodes", interval=0.5)
+    ports = range(host.port, host.port + (count if fork else 1))  # (the host's own: a network may hold others)
+
+    def joined() -> bool:
+        edges = entry.status().edge_nodes.nodes
+        return sum(e.alive and int(e.address.rsplit(":", 1)[1]) in ports for e in edges) == count
+
+    wait_until(joined, timeout, f"{count} edge nodes", interval=0.5)
     return host
 
 
