@@ -263,26 +263,40 @@ def default_home(args: argparse.Namespace) -> Path:
     return args.home or Path.home() / ".fedledger" / f"{args.nt.lower()}-{args.port}"
 
 
+def config_file(args: argparse.Namespace, home: Path) -> Path | None:
+    """``--config``, else the home's ``config.toml`` when it has one."""
+    return args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
+
+
+def node_config(args: argparse.Namespace, file: Path | None) -> dict[str, Any]:
+    """The node's config: ``file`` with ``--set`` and the flags that name config keys over it."""
+    overrides = parse_assignments(args.set)
+    for key in ("data_dir", "model_path", "device"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    return load_config(file, overrides=overrides)
+
+
+def take_share_of_cores(conf: dict[str, Any], share: Any) -> None:
+    """``torch_threads = 0`` (auto): this process's share of the cores among the host's node
+    processes now, in ``conf`` and, for OpenMP (read as torch loads), the environment."""
+    if conf["torch_threads"] == 0:
+        conf["torch_threads"], processes = share.threads()
+        os.environ.setdefault("OMP_NUM_THREADS", str(conf["torch_threads"]))
+        logging.getLogger("fedledger").info("torch threads: %d (%d node processes share this host)",
+                                            conf["torch_threads"], processes)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.fork:
         return run_forked(args)
     home = default_home(args)
-    overrides = parse_assignments(args.set)
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    if args.model_path:
-        overrides["model_path"] = args.model_path
-    if args.device:
-        overrides["device"] = args.device
-    config_file = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
-    conf = load_config(config_file, overrides=overrides)
+    conf = node_config(args, config_file(args, home))
     from node.cores import HostShare
 
     share = HostShare()  # this process among the host's node processes (torch_threads = 0: its share of the cores)
-    if conf["torch_threads"] == 0 and (args.nt == "SN" or args.count > 1):
-        conf["torch_threads"], processes = share.threads()  # (torch loads as these start; a lone edge node's later)
-        logging.getLogger("fedledger").info("torch threads: %d (%d node processes share this host)",
-                                            conf["torch_threads"], processes)
+    if args.nt == "SN" or args.count > 1:  # (torch loads as these start; a lone edge node's later, see _edge_host)
+        take_share_of_cores(conf, share)
     prepare_process(conf["torch_threads"])
 
     from node.chain.identity import Identity
@@ -378,11 +392,8 @@ def run_forked(args: argparse.Namespace) -> int:
             raise ConfigError(f"--fork advertises ports {port} … {port + args.count - 1}: all below 65536")
         advertised = (url_host(host), port)
     home = default_home(args)
-    config = args.config or (home / "config.toml" if (home / "config.toml").exists() else None)
-    overrides = parse_assignments(args.set)
-    if args.device:
-        overrides["device"] = args.device
-    conf = load_config(config, overrides=overrides)
+    config = config_file(args, home)
+    conf = node_config(args, config)
     if conf["device"] == "cuda":
         raise ConfigError("--fork runs edge nodes on the CPU: CUDA does not survive a fork; for a GPU run the "
                           "edge nodes in one process (--count K without --fork)")
@@ -513,10 +524,7 @@ def _edge_host(args: argparse.Namespace, home: Path, conf: dict[str, Any], addre
                         entry_id=node_pin.entry_id, genesis_hash=node_pin.genesis_hash, datasets=datasets, models=models)
 
         def trainer() -> Any:  # (imported on first use: torch is most of an edge node's memory)
-            if conf["torch_threads"] == 0:  # auto: its share of the cores among the host's node processes now
-                conf["torch_threads"], processes = share.threads()
-                os.environ.setdefault("OMP_NUM_THREADS", str(conf["torch_threads"]))
-                log.info("torch threads: %d (%d node processes share this host)", conf["torch_threads"], processes)
+            take_share_of_cores(conf, share)  # (auto: among the host's node processes as torch loads)
             from node.roles.trainer import EdgeTrainer
 
             return EdgeTrainer(node, node_home, conf, slots, shared_data)

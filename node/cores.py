@@ -51,9 +51,14 @@ def node_processes(registry: Path | None = None, mine: Path | None = None) -> in
     return alive
 
 
+def cores_each(processes: int) -> int:
+    """Each of ``processes`` node processes' share of the cores this one may run on (at least one)."""
+    return max(1, usable_cores() // max(1, processes))
+
+
 def share_for(joining: int, registry: Path | None = None) -> int:
-    """Each of ``joining`` processes' share of the cores (at least one) once they join those running."""
-    return max(1, usable_cores() // (node_processes(registry) + joining))
+    """Each of ``joining`` processes' share of the cores once they join those running."""
+    return cores_each(node_processes(registry) + joining)
 
 
 class HostShare:
@@ -73,7 +78,7 @@ class HostShare:
     def threads(self) -> tuple[int, int]:
         """(this process's share of the cores, at least one; the node processes sharing them)."""
         processes = self.processes()
-        return max(1, usable_cores() // processes), processes
+        return cores_each(processes), processes
 
     def close(self) -> None:
         os.close(self._fd)

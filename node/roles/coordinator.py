@@ -592,7 +592,8 @@ class Coordinator:
                 if result.num_samples:
                     aggregate, part, checked = self._contribution(job, round_number, sn, result, reference, strategy,
                                                                   owners)
-                reported = {tx_from_pb(e.update).sender for e in result.edges}  # (updates: signed by the edge node)
+                updates = [tx_from_pb(e.update) for e in result.edges]
+                reported = {tx.sender for tx in updates}  # (updates: signed by the edge node)
                 if reported & claimed:
                     raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} reported updates of edge "
                                  f"nodes another supernode reported this round: {sorted(reported & claimed)[:3]}")
@@ -610,7 +611,6 @@ class Coordinator:
             aggregates.append(aggregate)
             parts.append(part)
             edges.extend(result.edges)
-            updates = [tx_from_pb(e.update) for e in result.edges]
             update_txs.extend(updates)
             records.extend([*updates, aggregate])
             scoring.update({tx.sender: (update, tx.payload["size"], tx.payload["samples"]) for tx, update in zip(updates, checked)})
@@ -735,8 +735,9 @@ class Coordinator:
     def _check_partial(self, job: Job, round_number: int, sn: Any, result: pb.SupernodeResult,
                        strategy: Strategy, owners: dict[str, str]) -> Transaction:
         """A supernode's result must list signed updates of this round from the job's edge nodes
-        registered with it (as the round started, or now), each edge node once, weigh exactly their samples, and come with its
-        own signed AGGREGATE naming those same updates (and the partial it returned)."""
+        registered with it (as the round started, or now), each edge node once, weigh exactly their
+        samples, and come with its own signed AGGREGATE naming those same updates (and the partial
+        it returned)."""
         if not result.HasField("aggregate"):
             raise refuse(grpc.StatusCode.INVALID_ARGUMENT, f"supernode {sn.node_id} sent no signed AGGREGATE")
         aggregate = tx_from_pb(result.aggregate)
